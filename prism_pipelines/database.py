@@ -1,0 +1,58 @@
+"""Engines for the two databases we touch: the gateway's (read) and our state (read/write)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_DIR = PROJECT_ROOT / ".prism"
+
+
+def source_url() -> str:
+    """``PRISM_SOURCE_URL``, else the embedded SQLite gateway database (demo traffic)."""
+    return os.environ.get("PRISM_SOURCE_URL") or f"sqlite:///{EMBEDDED_DIR / 'gateway.db'}"
+
+
+def state_url() -> str:
+    """``PRISM_STATE_URL``, else an SQLite file beside the project (the ledger)."""
+    return os.environ.get("PRISM_STATE_URL") or f"sqlite:///{EMBEDDED_DIR / 'state.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings every part relies on: UTC sessions, and a driver that exists.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which we do not install;
+    psycopg2 is what dagster-postgres uses too, so we name it explicitly.
+    """
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        # Timestamps come back in UTC whatever the server's default zone is.
+        return create_engine(
+            parsed, connect_args={"options": "-c timezone=UTC"}, pool_pre_ping=True
+        )
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets Dagster's run processes read the ledger while another writes it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages and metadata."""
+    return make_url(url).render_as_string(hide_password=True)

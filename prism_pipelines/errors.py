@@ -1,0 +1,25 @@
+"""Errors a user can act on. Their text is shown as is: it names what is wrong and what to do,
+and never carries a secret."""
+
+
+class PrismError(Exception):
+    """Base of every error whose message is meant for the person running the pipeline."""
+
+
+class IntegrationsFileError(PrismError):
+    """The integrations file is wrong; one line per problem."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path} has {len(problems)} problem(s):\n{lines}")
+
+
+class CredentialsError(PrismError):
+    """The destination refused our credentials (or they are missing): the integration is in
+    Error until someone fixes them. Retrying does not help."""
+
+
+class DestinationError(PrismError):
+    """The destination cannot take the data (missing bucket, queue, topic; unreachable endpoint;
+    retries exhausted). The batch is not recorded, so the next run redoes it."""

@@ -1,0 +1,428 @@
+"""The integrations file: typed models, loading, and one message per problem.
+
+The file is YAML (path from ``PRISM_INTEGRATIONS``, default ``integrations.yaml`` at the project
+root) whose ``integrations`` key lists one entry per destination. Secrets are never inline: they
+are ``{env: VAR_NAME}`` and read from the environment only when a sink needs them, so the file,
+the run config and the UI never hold a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from prism_pipelines.errors import CredentialsError, IntegrationsFileError
+from prism_pipelines.records import EXPORTED_FIELDS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SYNC_INTERVALS = (1, 2, 5, 10, 15, 30, 60)
+
+
+class Secret(BaseModel):
+    """A secret named by its environment variable; its value is read at use, never stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+    def value(self, integration: str, field: str) -> str:
+        value = os.environ.get(self.env)
+        if not value:
+            raise CredentialsError(
+                f"integration '{integration}': {field} comes from the environment variable "
+                f"{self.env}, which is not set; export it where Dagster runs"
+            )
+        return value
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env!r})"
+
+
+def _secret_not_inline(value: Any) -> Any:
+    if isinstance(value, str):
+        # Never echo the value: it may be the secret itself.
+        raise ValueError("a secret is never written inline: write it as {env: VAR_NAME}")
+    return value
+
+
+SecretRef = Annotated[Secret, BeforeValidator(_secret_not_inline)]
+
+
+def _utc_hour(value: datetime) -> datetime:
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+class History(BaseModel):
+    """Historical data: ``none`` (only new traffic) or the hours to backfill from (and until)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_means_new_traffic_only(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return {}
+        if isinstance(value, str):
+            raise ValueError("history is 'none' or {since: <ISO time>, until: <ISO time>}")
+        return value
+
+    @field_validator("since", "until")
+    @classmethod
+    def _to_utc_hour(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc_hour(value)
+
+    @model_validator(mode="after")
+    def _until_after_since(self) -> History:
+        if self.until and not self.since:
+            raise ValueError("history.until needs history.since")
+        if self.since and self.until and self.until <= self.since:
+            raise ValueError("history.until must be after history.since")
+        return self
+
+
+class Alerts(BaseModel):
+    """Thresholds of the gateway alerts (the observability spec's alerting table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    error_rate: float = Field(0.05, gt=0, le=1, description="error share that trips the alert")
+    error_rate_window_minutes: int = Field(15, ge=1, le=60)
+    error_rate_min_requests: int = Field(20, ge=1, description="below this, a window is noise")
+    p95_latency_ms: int | None = Field(None, gt=0)
+    hourly_budget_usd: float | None = Field(None, gt=0)
+    budget_warn_percent: float = Field(80, gt=0, le=100)
+    max_guardrail_triggers: int | None = Field(None, ge=0)
+
+
+class IntegrationBase(BaseModel):
+    """What every integration has, whatever its destination."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    sync_interval_minutes: int = 5
+    history: History = History()
+    paused: bool = False
+    fields: tuple[str, ...] | None = Field(
+        None, description="narrow the exported record to these fields, in this order"
+    )
+    batch_rows: int | None = Field(None, ge=1, description="rows per batch (file, send unit)")
+    grace_minutes: int = Field(
+        15, ge=0, le=59, description="how long after an hour closes the schedule still syncs it"
+    )
+    alerts: Alerts = Alerts()
+
+    #: rows per batch when ``batch_rows`` is not set: one file for storage, one ack unit for
+    #: queues (a crash re-sends at most this many).
+    default_batch_rows: ClassVar[int] = 10_000
+
+    @field_validator("sync_interval_minutes")
+    @classmethod
+    def _known_interval(cls, value: int) -> int:
+        if value not in SYNC_INTERVALS:
+            raise ValueError(f"must be one of {', '.join(map(str, SYNC_INTERVALS))} (minutes)")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            unknown = [f for f in value if f not in EXPORTED_FIELDS]
+            if unknown:
+                raise ValueError(
+                    f"unknown field(s) {', '.join(unknown)}; known: {', '.join(EXPORTED_FIELDS)}"
+                )
+            if not value:
+                raise ValueError("an empty field list would export nothing")
+        return value
+
+    @property
+    def rows_per_batch(self) -> int:
+        return self.batch_rows or self.default_batch_rows
+
+    def secret(self, field: str) -> str | None:
+        """The value of the secret in ``field``, read from the environment now."""
+        ref: Secret | None = getattr(self, field)
+        return None if ref is None else ref.value(self.name, field)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with this integration's secret values masked: a last guard for error text
+        that quotes a client's message, which we do not control."""
+        for _, value in self:
+            secret = os.environ.get(value.env) if isinstance(value, Secret) else None
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+class LocalIntegration(IntegrationBase):
+    """A folder that stands for a bucket: the embedded default and the benchmark's baseline."""
+
+    type: Literal["local"]
+    path: str = "archive"
+    prefix: str = ""
+    default_batch_rows: ClassVar[int] = 100_000
+
+    @property
+    def folder(self) -> Path:
+        path = Path(self.path)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _aws_keys_in_pairs(integration: S3Integration | SqsIntegration):
+    if (integration.access_key_id is None) != (integration.secret_access_key is None):
+        raise ValueError(
+            "access_key_id and secret_access_key go together (leave both out to use the "
+            "AWS default credential chain)"
+        )
+    return integration
+
+
+class S3Integration(IntegrationBase):
+    type: Literal["s3"]
+    bucket: str
+    region: str
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    default_batch_rows: ClassVar[int] = 100_000
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Integration:
+        return _aws_keys_in_pairs(self)
+
+
+class AzureBlobIntegration(IntegrationBase):
+    type: Literal["azure_blob"]
+    container: str
+    connection_string: SecretRef
+    prefix: str = ""
+    default_batch_rows: ClassVar[int] = 100_000
+
+
+class GcsIntegration(IntegrationBase):
+    type: Literal["gcs"]
+    bucket: str
+    service_account_json: SecretRef | None = None
+    project_id: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    default_batch_rows: ClassVar[int] = 100_000
+
+
+class SqsIntegration(IntegrationBase):
+    type: Literal["sqs"]
+    queue_url: str
+    region: str
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+    endpoint_url: str | None = None
+    message_source: str = "prism-gateway"
+    message_event_type: str = "request"
+    group_id_field: str | None = Field(
+        None,
+        description="FIFO only: record field for MessageGroupId; unset = one constant group "
+        "(strict order, one group's throughput)",
+    )
+    default_batch_rows: ClassVar[int] = 1_000
+
+    @property
+    def is_fifo(self) -> bool:
+        return self.queue_url.endswith(".fifo")
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> SqsIntegration:
+        return _aws_keys_in_pairs(self)
+
+
+class PubSubIntegration(IntegrationBase):
+    type: Literal["pubsub"]
+    topic_path: Annotated[str, Field(pattern=r"^projects/[^/]+/topics/[^/]+$")]
+    project_id: str | None = None
+    service_account_json: SecretRef | None = None
+    endpoint_url: str | None = None
+    message_source: str = "prism-gateway"
+    message_event_type: str = "request"
+    ordering_key_field: str | None = None
+    default_batch_rows: ClassVar[int] = 1_000
+
+
+DATADOG_SITES = {
+    "us1": "datadoghq.com",
+    "us3": "us3.datadoghq.com",
+    "us5": "us5.datadoghq.com",
+    "eu1": "datadoghq.eu",
+    "eu": "datadoghq.eu",
+    "ap1": "ap1.datadoghq.com",
+    "ap2": "ap2.datadoghq.com",
+    "us1-fed": "ddog-gov.com",
+    "gov": "ddog-gov.com",
+}
+
+
+class DatadogIntegration(IntegrationBase):
+    type: Literal["datadog"]
+    site: str = "datadoghq.com"
+    api_key: SecretRef
+    app_key: SecretRef | None = None
+    endpoint_url: str | None = None
+    ddsource: str = "futureagi"
+    service: str = "prism-gateway"
+    tags: tuple[str, ...] = ()
+    logs_per_request: int = Field(500, ge=1, le=1000)
+    old_logs: Literal["reject", "send_now"] = Field(
+        "reject",
+        description="logs older than Datadog's 18 h intake window: reject with reason, or send "
+        "with the current time and the event time kept as an attribute",
+    )
+    metric_namespace: str = "prism.gateway"
+    old_metrics: Literal["skip", "submit"] = Field(
+        "skip",
+        description="metric points older than Datadog's 1 h window: skip (counted) or submit "
+        "(accounts with historical metric ingestion)",
+    )
+    default_batch_rows: ClassVar[int] = 5_000
+
+    @field_validator("site")
+    @classmethod
+    def _known_site(cls, value: str) -> str:
+        site = DATADOG_SITES.get(value.lower(), value.lower())
+        if site not in DATADOG_SITES.values():
+            raise ValueError(
+                f"unknown Datadog site '{value}'; use one of "
+                f"{', '.join(sorted(k.upper() for k in DATADOG_SITES))} or its domain"
+            )
+        return site
+
+
+Integration = Annotated[
+    Union[
+        LocalIntegration,
+        S3Integration,
+        AzureBlobIntegration,
+        GcsIntegration,
+        SqsIntegration,
+        PubSubIntegration,
+        DatadogIntegration,
+    ],
+    Field(discriminator="type"),
+]
+INTEGRATION_TYPES = ("local", "s3", "azure_blob", "gcs", "sqs", "pubsub", "datadog")
+
+
+class SourceSettings(BaseModel):
+    """Where the gateway's rows are, when the gateway names its table or columns differently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    table: str = "prism_request_logs"
+    columns: dict[str, str] = {}
+    settle_seconds: float = Field(
+        5.0, ge=0, description="rows younger than this are held back (out-of-order commits)"
+    )
+
+
+class Notifications(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    webhook_url: SecretRef | None = None
+
+
+class IntegrationsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    integrations: list[Integration]
+    source: SourceSettings = SourceSettings()
+    notifications: Notifications = Notifications()
+
+    def get(self, name: str) -> Integration:
+        for integration in self.integrations:
+            if integration.name == name:
+                return integration
+        known = ", ".join(i.name for i in self.integrations) or "none"
+        raise KeyError(f"no integration named '{name}' (configured: {known})")
+
+
+_FILE = TypeAdapter(IntegrationsFile)
+
+
+def integrations_path() -> Path:
+    return Path(os.environ.get("PRISM_INTEGRATIONS") or PROJECT_ROOT / "integrations.yaml")
+
+
+def load_integrations(path: str | Path | None = None) -> IntegrationsFile:
+    """Read and validate the integrations file; every problem is reported at once."""
+    path = Path(path) if path else integrations_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise IntegrationsFileError(
+            str(path), ["file not found: create it or point PRISM_INTEGRATIONS at it"]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise IntegrationsFileError(str(path), [f"not valid YAML: {exc}"]) from None
+    problems = _shape_problems(raw)
+    if problems:
+        raise IntegrationsFileError(str(path), problems)
+    try:
+        parsed = _FILE.validate_python(raw)
+    except ValidationError as exc:
+        raise IntegrationsFileError(str(path), _describe(exc, raw)) from None
+    names = [i.name for i in parsed.integrations]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise IntegrationsFileError(
+            str(path), [f"integration '{n}': name is used more than once" for n in duplicates]
+        )
+    return parsed
+
+
+def _shape_problems(raw: Any) -> list[str]:
+    """Problems pydantic would word poorly: the top-level shape and unknown types."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("integrations"), list):
+        return ["the file must be a mapping whose key 'integrations' holds a list of entries"]
+    problems = []
+    for index, entry in enumerate(raw["integrations"]):
+        label = _label(raw, index)
+        if not isinstance(entry, dict):
+            problems.append(f"{label}: each entry is a mapping with name, type and settings")
+        elif entry.get("type") not in INTEGRATION_TYPES:
+            problems.append(
+                f"{label}: type '{entry.get('type')}' is not one of {', '.join(INTEGRATION_TYPES)}"
+            )
+    return problems
+
+
+def _label(raw: dict, index: int) -> str:
+    entry = raw["integrations"][index]
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return f"integration '{name}'" if name else f"integration #{index + 1} (no name)"
+
+
+def _describe(exc: ValidationError, raw: dict) -> list[str]:
+    """Turn pydantic's errors into 'integration X: field: what to do' lines (never the input,
+    which may be a secret)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = list(error["loc"])
+        message = re.sub(r"^Value error, ", "", error["msg"])
+        if loc[:1] == ["integrations"] and len(loc) >= 2 and isinstance(loc[1], int):
+            label = _label(raw, loc[1])
+            field = ".".join(str(p) for p in loc[3:])  # loc[2] is the type tag
+            problems.append(f"{label}: {field or 'entry'}: {message}")
+        else:
+            problems.append(f"{'.'.join(str(p) for p in loc) or 'file'}: {message}")
+    return problems

@@ -1,0 +1,319 @@
+"""The delivery state: per integration and partition, the batches delivered, rejects, errors.
+
+It lives in the state database (``PRISM_STATE_URL``), never in the gateway's. The ledger
+records batches, and everything else is derived from them: the cursor is the highest
+``through_id`` recorded, the counts are sums. A batch row is written when the batch starts
+(open: the sink may have half-sent it) and completed only after the sink acknowledged every
+record, in one transaction with its rejects. So the cursor never passes undelivered rows, and
+an open batch tells the next run exactly what to redo, under which name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from prism_pipelines.batch import Batch
+from prism_pipelines.database import make_engine, state_url
+
+metadata = MetaData()
+
+batches = Table(
+    "prism_batches",
+    metadata,
+    Column("integration", String(64), primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("after_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("through_id", BigInteger, nullable=True),
+    Column("location", Text, nullable=True),
+    Column("records", Integer, nullable=False, default=0),
+    Column("rejects", Integer, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+
+partitions = Table(
+    "prism_partitions",
+    metadata,
+    Column("integration", String(64), primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("last_sync_at", DateTime(timezone=True), nullable=True),
+    Column("last_success_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", DateTime(timezone=True), nullable=True),
+)
+
+rejects = Table(
+    "prism_rejects",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration", String(64), nullable=False, index=True),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("source_id", BigInteger, nullable=False),
+    Column("request_id", Text, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("record", Text, nullable=True),
+    Column("rejected_at", DateTime(timezone=True), nullable=False),
+)
+
+integrations = Table(
+    "prism_integrations",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("first_configured_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class RecordedBatch:
+    after_id: int
+    through_id: int | None
+    location: str | None
+    records: int
+    rejects: int
+    bytes: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    integration: str
+    hour: datetime
+    cursor: int
+    delivered: int
+    rejected: int
+    bytes: int
+    batches: int
+    last_sync_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+class Ledger:
+    def __init__(self, url: str | None = None):
+        self.url = url or state_url()
+        self.engine = make_engine(self.url)
+        metadata.create_all(self.engine)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def cursor(self, integration: str, hour: datetime) -> int:
+        """Highest ingest sequence the partition's recorded batches cover (0: nothing yet)."""
+        statement = select(func.coalesce(func.max(batches.c.through_id), 0)).where(
+            _partition(integration, hour)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(statement).scalar_one()
+
+    def batches(self, integration: str, hour: datetime) -> list[RecordedBatch]:
+        statement = (
+            select(
+                batches.c.after_id,
+                batches.c.through_id,
+                batches.c.location,
+                batches.c.records,
+                batches.c.rejects,
+                batches.c.bytes,
+                batches.c.finished_at.is_not(None),
+            )
+            .where(_partition(integration, hour))
+            .order_by(batches.c.after_id)
+        )
+        with self.engine.connect() as conn:
+            return [RecordedBatch(*row) for row in conn.execute(statement)]
+
+    def partition_states(
+        self, integration: str, since: datetime | None = None
+    ) -> list[PartitionState]:
+        """Every partition the integration has touched (or since ``since``), oldest first."""
+        totals = (
+            select(
+                batches.c.hour,
+                func.coalesce(func.max(batches.c.through_id), 0).label("cursor"),
+                func.sum(batches.c.records).label("delivered"),
+                func.sum(batches.c.rejects).label("rejected"),
+                func.sum(batches.c.bytes).label("bytes"),
+                func.count().label("batches"),
+            )
+            .where(batches.c.integration == integration)
+            .group_by(batches.c.hour)
+            .subquery()
+        )
+        statement = (
+            select(partitions, totals)
+            .select_from(partitions.outerjoin(totals, partitions.c.hour == totals.c.hour))
+            .where(partitions.c.integration == integration)
+            .order_by(partitions.c.hour)
+        )
+        if since is not None:
+            statement = statement.where(partitions.c.hour >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).mappings().all()
+        return [
+            PartitionState(
+                integration=integration,
+                hour=_utc(row["hour"]),
+                cursor=row["cursor"] or 0,
+                delivered=row["delivered"] or 0,
+                rejected=row["rejected"] or 0,
+                bytes=row["bytes"] or 0,
+                batches=row["batches"] or 0,
+                last_sync_at=_utc(row["last_sync_at"]),
+                last_success_at=_utc(row["last_success_at"]),
+                last_error=row["last_error"],
+                last_error_at=_utc(row["last_error_at"]),
+            )
+            for row in rows
+        ]
+
+    def partition_state(self, integration: str, hour: datetime) -> PartitionState | None:
+        states = [s for s in self.partition_states(integration, since=hour) if s.hour == hour]
+        return states[0] if states else None
+
+    def rejects(self, integration: str, hour: datetime | None = None, limit: int = 100) -> list[dict]:
+        statement = (
+            select(rejects.c.hour, rejects.c.source_id, rejects.c.request_id, rejects.c.reason, rejects.c.record)
+            .where(rejects.c.integration == integration)
+            .order_by(rejects.c.hour, rejects.c.source_id)
+            .limit(limit)
+        )
+        if hour is not None:
+            statement = statement.where(rejects.c.hour == hour)
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(statement).mappings()]
+
+    def first_configured(self, integration: str, now: datetime | None = None) -> datetime:
+        """The hour an integration with ``history: none`` starts at: when it was first seen."""
+        with self.engine.begin() as conn:
+            seen = conn.execute(
+                select(integrations.c.first_configured_at).where(integrations.c.name == integration)
+            ).scalar()
+            if seen is None:
+                seen = (now or utcnow()).replace(minute=0, second=0, microsecond=0)
+                conn.execute(insert(integrations).values(name=integration, first_configured_at=seen))
+        return _utc(seen)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def start_batch(self, batch: Batch, location: str | None) -> None:
+        """Mark the batch open before the sink sees it. A batch already recorded (a redo) keeps
+        the location it had, so the redo overwrites what the first attempt wrote."""
+        key = _batch_key(batch)
+        with self.engine.begin() as conn:
+            recorded = conn.execute(select(batches.c.location).where(key)).first()
+            if recorded is None:
+                conn.execute(
+                    insert(batches).values(
+                        integration=batch.integration,
+                        hour=batch.partition,
+                        after_id=batch.after_id,
+                        location=location,
+                        started_at=utcnow(),
+                    )
+                )
+                batch.location = location
+            else:
+                conn.execute(update(batches).where(key).values(finished_at=None, started_at=utcnow()))
+                batch.location = recorded.location or location
+
+    def finish_batch(self, batch: Batch, sent_bytes: int) -> None:
+        """Record an acknowledged batch and its rejects together: the cursor moves here."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(batches)
+                .where(_batch_key(batch))
+                .values(
+                    through_id=batch.through_id,
+                    location=batch.location,
+                    records=batch.records,
+                    rejects=len(batch.rejects),
+                    bytes=sent_bytes,
+                    finished_at=now,
+                )
+            )
+            conn.execute(
+                delete(rejects).where(
+                    and_(
+                        rejects.c.integration == batch.integration,
+                        rejects.c.hour == batch.partition,
+                        rejects.c.source_id > batch.after_id,
+                        rejects.c.source_id <= batch.through_id,
+                    )
+                )
+            )
+            if batch.rejects:
+                conn.execute(
+                    insert(rejects),
+                    [
+                        {
+                            "integration": batch.integration,
+                            "hour": batch.partition,
+                            "source_id": r.source_id,
+                            "request_id": r.request_id,
+                            "reason": r.reason,
+                            "record": None if r.record is None else orjson.dumps(r.record).decode(),
+                            "rejected_at": now,
+                        }
+                        for r in batch.rejects
+                    ],
+                )
+
+    def record_sync(self, integration: str, hour: datetime, error: str | None = None) -> None:
+        """Note a sync's outcome for the partition: its time, and its error or success."""
+        now = utcnow()
+        values = {"last_sync_at": now}
+        if error is None:
+            values.update(last_success_at=now, last_error=None, last_error_at=None)
+        else:
+            values.update(last_error=error, last_error_at=now)
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                update(partitions).where(_partition_row(integration, hour)).values(**values)
+            ).rowcount
+            if not found:
+                conn.execute(insert(partitions).values(integration=integration, hour=hour, **values))
+
+
+def _partition(integration: str, hour: datetime):
+    return (batches.c.integration == integration) & (batches.c.hour == hour)
+
+
+def _partition_row(integration: str, hour: datetime):
+    return (partitions.c.integration == integration) & (partitions.c.hour == hour)
+
+
+def _batch_key(batch: Batch):
+    return _partition(batch.integration, batch.partition) & (batches.c.after_id == batch.after_id)
+

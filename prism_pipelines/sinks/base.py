@@ -1,0 +1,51 @@
+"""What every sink is: validate, deliver a batch, describe what it delivered.
+
+Sinks know nothing of the ledger or of Dagster. ``deliver`` returns only when the destination
+has acknowledged every record of the batch that it did not reject for good; otherwise it
+raises (``CredentialsError`` for refused credentials, ``DestinationError`` for the rest), and
+the batch stays open in the ledger, to be redone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from prism_pipelines.batch import Batch
+from prism_pipelines.records import Reject
+
+
+@dataclass
+class Delivery:
+    """What a sink did with one batch, for the ledger and the run's metadata."""
+
+    records: int = 0
+    bytes: int = 0
+    requests: int = 0
+    retries: int = 0
+    location: str | None = None
+    #: records the destination refused for good, each with the destination's reason
+    rejects: list[Reject] = field(default_factory=list)
+    #: sink-specific counters (summed over a run into the metadata)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Sink(ABC):
+    def __init__(self, integration):
+        self.integration = integration
+
+    @abstractmethod
+    def validate(self) -> str:
+        """Prove the credentials and the destination work (the spec's "Validate & Continue").
+        Returns what was checked; raises with a message that says what to fix."""
+
+    def location_for(self, batch: Batch) -> str | None:
+        """Where the batch will land, recorded before it is sent (storage: its object key)."""
+        return None
+
+    @abstractmethod
+    def deliver(self, batch: Batch) -> Delivery:
+        """Send every chunk of the batch and wait for the destination's acknowledgement."""
+
+    def close(self) -> None:
+        """Release clients; called once at the end of a run."""

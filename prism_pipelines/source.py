@@ -1,0 +1,239 @@
+"""The gateway's table, ``prism_request_logs``, and the streaming reader over one hour of it.
+
+Rows are read by event time (``timestamp``) and ordered by the ingest sequence (``id``, the
+cursor). Table and column names can differ from ours: every column has our name as its key and
+the gateway's as its name, so the rest of the code only ever says ``table.c.timestamp``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Double,
+    Engine,
+    Integer,
+    MetaData,
+    Row,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
+
+from prism_pipelines.database import make_engine, source_url
+from prism_pipelines.errors import PrismError
+
+HOUR = timedelta(hours=1)
+
+# Our column names, in the order the reader selects them (records.py indexes rows by position).
+COLUMN_TYPES = {
+    "id": BigInteger().with_variant(Integer, "sqlite"),  # SQLite autoincrements INTEGER only
+    "request_id": Text,
+    "timestamp": DateTime(timezone=True),
+    "ingested_at": DateTime(timezone=True),
+    "trace_id": Text,
+    "session_id": Text,
+    "user_id": Text,
+    "model": Text,
+    "model_requested": Text,
+    "provider": Text,
+    "latency_ms": Integer,
+    "input_tokens": Integer,
+    "output_tokens": Integer,
+    "total_tokens": Integer,
+    "cost": Double,
+    "status_code": Integer,
+    "is_error": Boolean,
+    "error_message": Text,
+    "cache_hit": Boolean,
+    "cache_status": Text,
+    "guardrail_triggered": Boolean,
+    "guardrail_results": Text,
+    "routing_strategy": Text,
+    "fallback_used": Boolean,
+    "is_stream": Boolean,
+    "event_type": Text,
+}
+COLUMNS = tuple(COLUMN_TYPES)
+INSERT_COLUMNS = COLUMNS[1:]  # id is the gateway's ingest sequence, never ours to choose
+NOT_NULL = {"request_id", "timestamp", "ingested_at", "model", "provider"}
+DEFAULTS = {"routing_strategy": "", "event_type": "request"}
+
+
+def gateway_table(
+    name: str = "prism_request_logs",
+    columns: Mapping[str, str] | None = None,
+    metadata: MetaData | None = None,
+) -> Table:
+    """The gateway table under its real names (``columns`` maps ours to theirs)."""
+    columns = dict(columns or {})
+    unknown = set(columns) - set(COLUMNS)
+    if unknown:
+        raise PrismError(
+            f"source.columns names unknown column(s) {', '.join(sorted(unknown))}; "
+            f"ours are: {', '.join(COLUMNS)}"
+        )
+    return Table(
+        name,
+        metadata or MetaData(),
+        *(
+            Column(
+                columns.get(key, key),
+                type_,
+                key=key,
+                primary_key=key == "id",
+                autoincrement=key == "id",
+                nullable=key not in NOT_NULL and key != "id",
+                unique=key == "request_id",
+                index=key == "timestamp",
+                server_default=DEFAULTS.get(key),
+            )
+            for key, type_ in COLUMN_TYPES.items()
+        ),
+    )
+
+
+class GatewaySource:
+    """Read access to the gateway's request logs (which may be a read replica)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        table: str = "prism_request_logs",
+        columns: Mapping[str, str] | None = None,
+        engine: Engine | None = None,
+    ):
+        self.url = url or source_url()
+        self.engine = engine or make_engine(self.url)
+        self.table = gateway_table(table, columns)
+        c = self.table.c
+        self._select = select(*(c[key] for key in COLUMNS))
+
+    def create_table(self) -> None:
+        """Create the table (demo, tests, benchmark); production reads the gateway's own."""
+        self.table.metadata.create_all(self.engine)
+
+    def _in_hour(self, hour: datetime):
+        ts = self.table.c.timestamp
+        return (ts >= hour) & (ts < hour + HOUR)
+
+    def stream_rows(
+        self,
+        hour: datetime,
+        *,
+        after_id: int,
+        through_id: int | None = None,
+        before_id: int | None = None,
+        chunk_rows: int = 5_000,
+    ) -> Iterator[list[Row]]:
+        """Rows of ``hour`` with ``after_id < id [<= through_id] [< before_id]``, by id, in chunks.
+
+        One query per call, read through a server-side cursor on PostgreSQL, so memory holds one
+        chunk whatever the size of the hour.
+        """
+        c = self.table.c
+        where = self._in_hour(hour) & (c.id > after_id)
+        if through_id is not None:
+            where &= c.id <= through_id
+        if before_id is not None:
+            where &= c.id < before_id
+        statement = self._select.where(where).order_by(c.id)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+                statement
+            )
+            for chunk in result.partitions():
+                yield chunk
+
+    def first_unsettled_id(self, hour: datetime, after_id: int, settled_before: datetime) -> int | None:
+        """The lowest id past the cursor whose row is younger than the settle delay.
+
+        Rows from that id on are held back: an older transaction may still commit a lower id,
+        and the cursor must not pass it.
+        """
+        c = self.table.c
+        statement = select(func.min(c.id)).where(
+            self._in_hour(hour) & (c.id > after_id) & (c.ingested_at > settled_before)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(statement).scalar()
+
+    def count_rows(self, hour: datetime, after_id: int = 0, through_id: int | None = None) -> int:
+        c = self.table.c
+        where = self._in_hour(hour) & (c.id > after_id)
+        if through_id is not None:
+            where &= c.id <= through_id
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).where(where)).scalar_one()
+
+    def hour_summaries(self, start: datetime, end: datetime) -> dict[datetime, tuple[int, int]]:
+        """Per hour in ``[start, end)``: (row count, highest id). One grouped query."""
+        c = self.table.c
+        if self.engine.dialect.name == "postgresql":
+            hour = func.date_trunc("hour", c.timestamp)
+        else:
+            hour = func.strftime("%Y-%m-%d %H:00:00", c.timestamp)
+        statement = (
+            select(hour.label("hour"), func.count(), func.max(c.id))
+            .where((c.timestamp >= start) & (c.timestamp < end))
+            .group_by(hour)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        summaries = {}
+        for value, count, max_id in rows:
+            if isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            summaries[value.replace(tzinfo=start.tzinfo)] = (count, max_id)
+        return summaries
+
+    def insert_rows(self, chunks: Iterable[list[tuple]], columns: tuple[str, ...] = INSERT_COLUMNS) -> int:
+        """Bulk-insert row tuples (demo traffic, tests, benchmark): COPY on PostgreSQL."""
+        total = 0
+        if self.engine.dialect.name == "postgresql":
+            names = ", ".join(f'"{self.table.c[k].name}"' for k in columns)
+            copy = f'COPY "{self.table.name}" ({names}) FROM STDIN'
+            raw = self.engine.raw_connection()
+            try:
+                with raw.cursor() as cursor:
+                    for chunk in chunks:
+                        cursor.copy_expert(copy, io.StringIO(_copy_text(chunk)))
+                        total += len(chunk)
+                raw.commit()
+            finally:
+                raw.close()
+            return total
+        statement = insert(self.table)
+        with self.engine.begin() as conn:
+            for chunk in chunks:
+                conn.execute(statement, [dict(zip(columns, row)) for row in chunk])
+                total += len(chunk)
+        return total
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_value(value) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    return str(value)
+
+
+def _copy_text(rows: list[tuple]) -> str:
+    """Rows in COPY's text format (tab-separated, ``\\N`` for null)."""
+    return "".join("\t".join(map(_copy_value, row)) + "\n" for row in rows)
