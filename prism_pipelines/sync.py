@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import Row
 
 from prism_pipelines.batch import Batch, Chunk
-from prism_pipelines.errors import DestinationError, PrismError
+from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
 from prism_pipelines.ledger import Ledger, RecordedBatch
 from prism_pipelines.records import build_records, format_timestamp
 from prism_pipelines.sinks.base import Sink
@@ -33,6 +33,10 @@ CHUNK_ROWS = 5_000
 
 class SyncError(PrismError):
     """A sync failed; the message names the integration, the partition and what to do."""
+
+    def __init__(self, message: str, credentials_refused: bool = False):
+        super().__init__(message)
+        self.credentials_refused = credentials_refused
 
 
 @dataclass
@@ -133,7 +137,7 @@ def deliver_partition(
     except PrismError as exc:
         message = integration.scrub(str(exc))
         ledger.record_sync(name, hour, error=message)
-        raise SyncError(message) from None
+        raise SyncError(message, isinstance(exc, CredentialsError)) from None
     except Exception as exc:
         # Not one of ours: still a clear, secret-free message, and the cursor has not moved.
         message = integration.scrub(

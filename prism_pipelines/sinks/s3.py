@@ -1,0 +1,264 @@
+"""Amazon S3 and S3-compatible stores (MinIO, Cloudflare R2, …): the archive as S3 objects.
+
+The client comes from dagster-aws's ``S3Resource``: it carries everything this sink needs
+(region, ``endpoint_url``, the keys or else the default credential chain, and botocore's
+*standard* retry mode with ``max_attempts``). Throttling (503 SlowDown, 429), 5xx, timeouts and
+dropped connections are retried by botocore, with exponential backoff and full jitter; we only
+count those retries (``ResponseMetadata.RetryAttempts`` of every call) for the run's metadata.
+
+A file goes up with ``upload_fileobj``: one PutObject below ``PART_BYTES``, else a multipart
+upload of ``PART_BYTES`` parts that becomes visible only when completed (and is aborted on
+failure), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import BinaryIO
+
+import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+from dagster_aws.s3 import S3Resource
+
+from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
+from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, ObjectStoreSink
+
+#: multipart threshold and part size (S3 takes 5 MiB to 5 GiB per part, 10,000 parts at most)
+PART_BYTES = 8 * 1024 * 1024
+MAX_PARTS = 10_000
+#: parts in flight at once; also the parts held in memory, so memory stays at about
+#: ``UPLOAD_THREADS * PART_BYTES`` whatever the file's size
+UPLOAD_THREADS = 4
+#: botocore standard mode: attempts per request, the first included (backoff capped at 20 s)
+EXPORT_ATTEMPTS = 8
+#: Validate & Continue answers within seconds when the endpoint is wrong
+VALIDATE_ATTEMPTS = 2
+
+_KEY_REFUSED = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+}
+_WRONG_REGION = {
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+}
+_UNREACHABLE = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+
+
+class S3Archive(ObjectStoreSink):
+    def __init__(self, integration):
+        super().__init__(integration)
+        self._client = None
+        self._attempts = EXPORT_ATTEMPTS
+        self._retries = 0
+        self._retries_lock = threading.Lock()
+        self._kept_marker: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._connect(self._attempts)
+        return self._client
+
+    def _connect(self, max_attempts: int):
+        integration = self.integration
+        try:
+            client = S3Resource(
+                region_name=integration.region,
+                endpoint_url=integration.endpoint_url,
+                aws_access_key_id=integration.secret("access_key_id"),
+                aws_secret_access_key=integration.secret("secret_access_key"),
+                max_attempts=max_attempts,
+            ).get_client()
+        except BotoCoreError as exc:  # e.g. a region name that is not a name at all
+            raise DestinationError(
+                f"integration '{integration.name}': cannot set up the S3 client: {exc}; "
+                f"check region and endpoint_url"
+            ) from None
+        # Every call's response says how many retries botocore made for it (multipart parts
+        # run in threads, hence the lock).
+        client.meta.events.register("after-call.s3", self._count_retries)
+        return client
+
+    def _count_retries(self, parsed=None, **_) -> None:
+        retries = (parsed or {}).get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        if retries:
+            with self._retries_lock:
+                self._retries += retries
+
+    # -- the three operations the archive needs ---------------------------------------------
+
+    def put(self, key: str, data: BinaryIO, size: int) -> int:
+        before = self._retries
+        config = TransferConfig(
+            multipart_threshold=PART_BYTES,
+            multipart_chunksize=max(PART_BYTES, math.ceil(size / MAX_PARTS)),
+            max_concurrency=UPLOAD_THREADS,
+            preferred_transfer_client="classic",
+        )
+        config.max_in_memory_upload_chunks = UPLOAD_THREADS
+        try:
+            self.client.upload_fileobj(
+                data,
+                self.integration.bucket,
+                key,
+                ExtraArgs={"ContentType": CONTENT_TYPE, "ContentEncoding": CONTENT_ENCODING},
+                Config=config,
+            )
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            raise self._error(exc, f"write {self.describe(key)}") from None
+        return self._retries - before
+
+    def remove(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.integration.bucket, Key=key)
+        except ClientError as exc:
+            if _is_marker(key) and _code(exc) == "AccessDenied":
+                # The export needs only s3:PutObject (the spec's permission): a validation
+                # marker we may not delete is reported, not a failed validation.
+                self._kept_marker = key
+                return
+            raise self._error(exc, f"delete {self.describe(key)}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"delete {self.describe(key)}") from None
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.integration.bucket}/{key}"
+
+    # -- Validate & Continue -----------------------------------------------------------------
+
+    def validate(self) -> str:
+        """The base's marker write and delete, with few attempts so that a wrong address fails
+        in seconds; then the bucket's region against the configured one."""
+        self._attempts, self._client, self._kept_marker = VALIDATE_ATTEMPTS, None, None
+        try:
+            message = super().validate()
+            self._check_region()
+        finally:
+            self.close()
+            self._attempts = EXPORT_ATTEMPTS
+        if self._kept_marker:
+            message += (
+                f"; the marker was left behind (no s3:DeleteObject permission, which the export "
+                f"needs only to remove a file whose rows were all deleted): delete "
+                f"{self.describe(self._kept_marker)} by hand"
+            )
+        return message
+
+    def _check_region(self) -> None:
+        integration = self.integration
+        try:
+            head = self.client.head_bucket(Bucket=integration.bucket)
+        except ClientError:
+            return  # s3:ListBucket is not required; the write above proved the bucket works
+        actual = head.get("BucketRegion")
+        if actual and actual != integration.region:
+            raise DestinationError(
+                f"integration '{integration.name}': bucket '{integration.bucket}' is in region "
+                f"{actual}, not {integration.region}; set region: {actual}"
+            )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- errors a user can act on ------------------------------------------------------------
+
+    def _error(self, exc: Exception, action: str) -> PrismError:
+        integration = self.integration
+        where = f"integration '{integration.name}': cannot {action}"
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
+            exc = exc.__context__
+        if isinstance(exc, NoCredentialsError):
+            return CredentialsError(
+                f"{where}: no AWS credentials were found; set access_key_id and "
+                f"secret_access_key (as {{env: VAR}}) or give the process an AWS role"
+            )
+        if isinstance(exc, _UNREACHABLE):
+            if not integration.endpoint_url and integration.region not in _aws_regions():
+                return DestinationError(
+                    f"{where}: region '{integration.region}' is not an AWS region; set region "
+                    f"to the bucket's region (e.g. us-east-1), as the S3 console shows it"
+                )
+            endpoint = integration.endpoint_url or f"the S3 endpoint of region {integration.region}"
+            return DestinationError(
+                f"{where}: {endpoint} cannot be reached ({type(exc).__name__}); check "
+                f"endpoint_url, region and the network; the batch is redone on the next run"
+            )
+        if not isinstance(exc, ClientError):
+            return DestinationError(f"{where}: {type(exc).__name__}: {exc}")
+        code = _code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        said = exc.response.get("Error", {}).get("Message") or code
+        if code in _KEY_REFUSED:
+            keys = ", ".join(
+                f"{field} (from ${ref.env})" if (ref := getattr(integration, field)) else field
+                for field in ("access_key_id", "secret_access_key")
+            )
+            return CredentialsError(
+                f"{where}: S3 refused the access key ({code}: {said}); check {keys}"
+            )
+        if code == "AccessDenied" or status == 403:
+            return CredentialsError(
+                f"{where}: access denied ({code}); the credentials need s3:PutObject (and "
+                f"s3:DeleteObject) on arn:aws:s3:::{integration.bucket}/"
+                f"{integration.prefix.strip('/') + '/' if integration.prefix.strip('/') else ''}*"
+            )
+        if code == "NoSuchBucket":
+            return DestinationError(
+                f"{where}: bucket '{integration.bucket}' does not exist; create it, or fix bucket"
+            )
+        if code in _WRONG_REGION or status == 301:
+            actual = exc.response.get("Error", {}).get("Region") or exc.response.get(
+                "ResponseMetadata", {}
+            ).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+            hint = f"set region: {actual}" if actual else "set region to the bucket's region"
+            return DestinationError(
+                f"{where}: bucket '{integration.bucket}' is not in region {integration.region}; "
+                f"{hint}"
+            )
+        return DestinationError(
+            f"{where}: S3 answered {status} {code} ({said}) after {self._attempts} attempts; "
+            f"the batch is redone on the next run"
+        )
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _aws_regions() -> set[str]:
+    """Regions botocore knows in every partition (aws, aws-cn, aws-us-gov, …)."""
+    session = boto3.session.Session()
+    return {
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("s3", partition)
+    }
+
+
+def _is_marker(key: str) -> bool:
+    """The base's validation marker (``_prism_validate_<uuid>`` under the prefix)."""
+    return key.rpartition("/")[2].startswith("_prism_validate_")

@@ -1,0 +1,294 @@
+"""The foundation, end to end through Dagster with the local-folder archive, on PostgreSQL and
+on SQLite (the embedded default)."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+from dagster import DefaultScheduleStatus, build_schedule_context
+from sqlalchemy import text
+
+from prism_pipelines.errors import IntegrationsFileError
+from prism_pipelines.integrations import load_integrations
+from prism_pipelines.ledger import Ledger
+from prism_pipelines.records import EXPORTED_FIELDS
+from prism_pipelines.sinks.local import LocalArchive
+from prism_pipelines.source import GatewaySource
+from prism_pipelines_tests.factories import gateway_rows
+
+H = datetime(2026, 11, 22, 14, tzinfo=timezone.utc)
+KEY = "2026-11-22-14:00"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def gateway(backend, request, tmp_path, monkeypatch) -> GatewaySource:
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/gateway.db"
+    monkeypatch.setenv("PRISM_SOURCE_URL", url)
+    source = GatewaySource(url)
+    source.create_table()
+    yield source
+    source.engine.dispose()
+
+
+@pytest.fixture
+def state_url(backend, request, tmp_path) -> str:
+    return request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/state.db"
+
+
+def archive(tmp_path: Path, **settings) -> dict:
+    return {
+        "name": "archive",
+        "type": "local",
+        "path": str(tmp_path / "bucket"),
+        "prefix": "prism/prod",
+        "history": {"since": "2026-11-20T00:00:00Z"},
+        **settings,
+    }
+
+
+def read_files(folder: Path) -> dict[str, list[dict]]:
+    """Every archive file, gunzipped: relative key → records."""
+    return {
+        str(p.relative_to(folder)): [orjson.loads(line) for line in gzip.open(p).read().splitlines()]
+        for p in sorted(folder.rglob("*.jsonl.gz"))
+    }
+
+
+def ids_in(files: dict[str, list[dict]]) -> Counter:
+    return Counter(r["request_id"] for records in files.values() for r in records)
+
+
+def test_partition_files_hold_exactly_the_partitions_rows(prism, gateway, tmp_path):
+    gateway.insert_rows([gateway_rows(H - timedelta(hours=1), 50), gateway_rows(H, 2_500), gateway_rows(H + timedelta(hours=1), 50)])
+    prism.configure(archive(tmp_path, batch_rows=1_000))
+
+    run = prism.sync("archive", KEY)
+
+    files = read_files(tmp_path / "bucket")
+    assert set(ids_in(files).values()) == {1}
+    assert sorted(ids_in(files)) == [r[0] for r in gateway_rows(H, 2_500)]
+    assert len(files) == 3
+    for key, records in files.items():
+        assert key.startswith("prism/prod/logs/2026/11/22/hour=14/batch_")
+        for record in records:
+            assert tuple(record) == EXPORTED_FIELDS
+            assert record["timestamp"].startswith("2026-11-22T14:") and record["timestamp"].endswith("Z")
+            assert len(record["timestamp"]) == len("2026-03-31T14:22:10.000Z")
+    by_id = {r["request_id"]: r for records in files.values() for r in records}
+    first = by_id[gateway_rows(H, 1)[0][0]]
+    assert first["model"] == "gpt-4o" and first["provider"] == "openai" and isinstance(first["cost"], float)
+    assert run.metadata["records"] == 2_500
+    assert run.metadata["files"] == 3
+    assert run.metadata["cursor_before"] == 0 and run.metadata["cursor_after"] == 2_550
+    assert run.metadata["first_event_time"] == "2026-11-22T14:00:00.000Z"
+    assert run.metadata["rejects"] == 0 and run.metadata["bytes"] > 0
+    assert run.metadata["lag_seconds"] > 0
+
+
+def test_second_sync_delivers_only_new_rows(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path))
+    gateway.insert_rows([gateway_rows(H, 300)])
+    assert prism.sync("archive", KEY).metadata["records"] == 300
+
+    gateway.insert_rows([gateway_rows(H, 120, start=300)])
+    second = prism.sync("archive", KEY)
+
+    assert second.metadata["records"] == 120
+    files = read_files(tmp_path / "bucket")
+    assert len(files) == 2 and set(ids_in(files).values()) == {1} and sum(ids_in(files).values()) == 420
+    assert prism.sync("archive", KEY).metadata["records"] == 0
+    assert len(read_files(tmp_path / "bucket")) == 2  # no rows, no file
+
+
+def test_late_row_in_closed_hour_is_delivered_by_a_later_sync(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path))
+    gateway.insert_rows([gateway_rows(H, 100)])
+    prism.sync("archive", KEY)
+    late = gateway_rows(H, 1, start=100, ingested_at=H + timedelta(hours=5))
+    gateway.insert_rows([late])
+
+    assert prism.sync("archive", KEY).metadata["records"] == 1
+    assert ids_in(read_files(tmp_path / "bucket"))[late[0][0]] == 1
+
+
+def test_row_committed_below_the_cursor_is_not_skipped(prism, gateway, tmp_path):
+    """A row whose id is lower than rows already delivered (its transaction committed late):
+    the batch whose range it falls in is re-sent under the same name, so it lands exactly once."""
+    prism.configure(archive(tmp_path, batch_rows=100))
+    rows = gateway_rows(H, 300)
+    gateway.insert_rows([rows[:150]])
+    with gateway.engine.begin() as conn:  # leave a hole at ids 151..160
+        conn.execute(text("UPDATE prism_request_logs SET id = id + 10 WHERE id > 140"))
+        if gateway.engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT setval('prism_request_logs_id_seq', 160)"))
+    gateway.insert_rows([rows[150:]])
+    prism.sync("archive", KEY)
+    before = set(read_files(tmp_path / "bucket"))
+
+    late = gateway_rows(H, 1, start=300)[0]
+    with gateway.engine.begin() as conn:
+        conn.execute(
+            gateway.table.insert().values(id=145, **dict(zip(gateway.table.c.keys()[1:], late)))
+        )
+    run = prism.sync("archive", KEY)
+
+    files = read_files(tmp_path / "bucket")
+    assert run.metadata["redone_batches"] == 1
+    assert set(files) == before  # the batch's file was rewritten, not a new one added
+    assert set(ids_in(files).values()) == {1} and sum(ids_in(files).values()) == 301
+
+
+def test_rows_younger_than_the_settle_delay_wait_for_the_next_sync(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path), source={"settle_seconds": 3600})
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    gateway.insert_rows([gateway_rows(now, 10, ingested_at=datetime.now(timezone.utc))])
+    key = now.strftime("%Y-%m-%d-%H:%M")
+
+    held = prism.sync("archive", key)
+    assert held.metadata["records"] == 0 and held.metadata["held_back_unsettled_rows"] is True
+
+    prism.configure(archive(tmp_path), source={"settle_seconds": 0})
+    assert prism.sync("archive", key).metadata["records"] == 10
+
+
+@pytest.mark.parametrize("crash_in", ["upload", "ledger"])
+def test_crash_mid_partition_then_rerun_leaves_every_row_in_one_file(prism, gateway, tmp_path, monkeypatch, crash_in):
+    """Raise after k of n batches — before the file is written, or after it is written but
+    before the ledger records it — then rerun."""
+    prism.configure(archive(tmp_path, batch_rows=100))
+    gateway.insert_rows([gateway_rows(H, 550)])
+    target, method = (LocalArchive, "put") if crash_in == "upload" else (Ledger, "finish_batch")
+    real, calls = getattr(target, method), []
+
+    def crash_on_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(target, method, crash_on_third)
+    crashed = prism.sync("archive", KEY, raise_on_error=False)
+    assert not crashed.success and "simulated crash" in crashed.error
+    monkeypatch.setattr(target, method, real)
+
+    rerun = prism.sync("archive", KEY)
+
+    files = read_files(tmp_path / "bucket")
+    assert set(ids_in(files).values()) == {1} and sum(ids_in(files).values()) == 550
+    assert len(files) == 6
+    assert not list((tmp_path / "bucket").rglob("*.tmp"))
+    assert rerun.metadata["cursor_after"] == 550
+
+
+def test_full_redelivery_rewrites_the_same_files(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path, batch_rows=100))
+    gateway.insert_rows([gateway_rows(H, 250)])
+    prism.sync("archive", KEY)
+    before = read_files(tmp_path / "bucket")
+
+    assert prism.sync("archive", KEY).metadata["records"] == 0
+    again = prism.sync("archive", KEY, full=True)
+
+    assert again.metadata["records"] == 250 and again.metadata["redone_batches"] == 3
+    assert read_files(tmp_path / "bucket") == before
+
+
+def test_malformed_row_goes_to_rejects_and_its_neighbours_are_delivered(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path))
+    rows = gateway_rows(H, 20)
+    bad = gateway_rows(H, 1, start=20, guardrail_results="{not json")
+    gateway.insert_rows([rows, bad])
+
+    run = prism.sync("archive", KEY)
+
+    assert run.metadata["records"] == 20 and run.metadata["rejects"] == 1
+    assert run.metadata["reject_reasons"] == {"malformed row": 1}
+    [reject] = prism.ledger.rejects("archive")
+    assert reject["request_id"] == bad[0][0] and "guardrail_results is not JSON" in reject["reason"]
+    assert sum(ids_in(read_files(tmp_path / "bucket")).values()) == 20
+
+
+def test_backfill_of_48_hours_delivers_each_hour_once(prism, gateway, tmp_path):
+    start = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    hours = [start + timedelta(hours=i) for i in range(48)]
+    gateway.insert_rows([gateway_rows(h, 5 + i % 7) for i, h in enumerate(hours)])
+    prism.configure(archive(tmp_path))
+
+    runs = prism.backfill("archive", [h.strftime("%Y-%m-%d-%H:%M") for h in hours])
+
+    assert all(r.success for r in runs.values()) and len(runs) == 48
+    files = read_files(tmp_path / "bucket")
+    for i, hour in enumerate(hours):
+        in_hour = [r for k, rs in files.items() if f"{hour:%Y/%m/%d}/hour={hour:%H}/" in k for r in rs]
+        assert sorted(r["request_id"] for r in in_hour) == [row[0] for row in gateway_rows(hour, 5 + i % 7)]
+        assert runs[hour.strftime("%Y-%m-%d-%H:%M")].metadata["records"] == 5 + i % 7
+    # A second backfill delivers nothing new.
+    again = prism.backfill("archive", [h.strftime("%Y-%m-%d-%H:%M") for h in hours])
+    assert sum(r.metadata["records"] for r in again.values()) == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_schedule_syncs_the_current_hour_and_the_previous_during_grace(prism, tmp_path, backend):
+    prism.configure(archive(tmp_path, sync_interval_minutes=1), archive(tmp_path, name="paused_one", paused=True))
+    schedule = prism.defs.resolve_schedule_def("archive_schedule")
+
+    def keys_at(moment: datetime) -> list[str]:
+        context = build_schedule_context(
+            instance=prism.instance,
+            scheduled_execution_time=moment,
+            repository_def=prism.defs.get_repository_def(),
+        )
+        return sorted(r.partition_key for r in schedule.evaluate_tick(context).run_requests)
+
+    assert schedule.cron_schedule == "*/1 * * * *"
+    assert keys_at(datetime(2026, 11, 23, 0, 2, tzinfo=timezone.utc)) == ["2026-11-22-23:00", "2026-11-23-00:00"]
+    assert keys_at(datetime(2026, 11, 23, 0, 30, tzinfo=timezone.utc)) == ["2026-11-23-00:00"]
+    assert keys_at(datetime(2026, 11, 23, 13, 59, tzinfo=timezone.utc)) == ["2026-11-23-13:00"]
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+    assert prism.defs.resolve_schedule_def("paused_one_schedule").default_status == DefaultScheduleStatus.STOPPED
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_bad_integrations_file_names_each_integration_and_field(tmp_path, backend):
+    path = tmp_path / "integrations.yaml"
+    path.write_text(
+        """
+integrations:
+  - name: good
+    type: local
+  - name: s3_archive
+    type: s3
+    region: us-east-1
+    secret_access_key: AKIAVERYSECRETVALUE123
+    sync_interval_minutes: 7
+  - name: Bad-Name
+    type: local
+  - name: queue
+    type: kafka
+  - name: good
+    type: local
+"""
+    )
+    with pytest.raises(IntegrationsFileError) as raised:
+        load_integrations(path)
+    message = str(raised.value)
+    assert "integration 'queue': type 'kafka' is not one of local, s3" in message
+    path.write_text(path.read_text().replace("type: kafka", "type: local"))
+    with pytest.raises(IntegrationsFileError) as raised:
+        load_integrations(path)
+    message = str(raised.value)
+    assert "integration 's3_archive': bucket: Field required" in message
+    assert "integration 's3_archive': secret_access_key: a secret is never written inline" in message
+    assert "integration 's3_archive': sync_interval_minutes: must be one of 1, 2, 5, 10, 15, 30, 60" in message
+    assert "integration 'Bad-Name': name:" in message
+    assert "AKIAVERYSECRETVALUE123" not in message
