@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="prism-pipelines",
     version="0.1.0",
-    description="Export Prism Gateway request logs to cloud storage, queues and Datadog, with Dagster",
+    description="Export Prism Gateway request logs to storage, queues and Datadog, with Dagster",
     packages=find_packages(exclude=["prism_pipelines_tests*", "bench*"]),
     python_requires=">=3.11,<3.12",
     install_requires=[
@@ -45,5 +45,5 @@ setup(
             "ruff>=0.9",
         ],
     },
-    entry_points={"console_scripts": ["prism-pipelines=prism_pipelines.cli:main"]},
+    entry_points={"console_scripts": ["prism-pipelines=prism_pipelines.cli:run"]},
 )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -63,8 +63,8 @@ SecretRef = Annotated[Secret, BeforeValidator(_secret_not_inline)]
 
 
 def _utc_hour(value: datetime) -> datetime:
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 class History(BaseModel):
@@ -312,15 +312,13 @@ class DatadogIntegration(IntegrationBase):
 
 
 Integration = Annotated[
-    Union[
-        LocalIntegration,
-        S3Integration,
-        AzureBlobIntegration,
-        GcsIntegration,
-        SqsIntegration,
-        PubSubIntegration,
-        DatadogIntegration,
-    ],
+    LocalIntegration
+    | S3Integration
+    | AzureBlobIntegration
+    | GcsIntegration
+    | SqsIntegration
+    | PubSubIntegration
+    | DatadogIntegration,
     Field(discriminator="type"),
 ]
 INTEGRATION_TYPES = ("local", "s3", "azure_blob", "gcs", "sqs", "pubsub", "datadog")

@@ -11,7 +11,7 @@ an open batch tells the next run exactly what to redo, under which name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import (
@@ -65,7 +65,9 @@ partitions = Table(
 rejects = Table(
     "prism_rejects",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("integration", String(64), nullable=False, index=True),
     Column("hour", DateTime(timezone=True), nullable=False),
     Column("source_id", BigInteger, nullable=False),
@@ -84,14 +86,14 @@ integrations = Table(
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _utc(value: datetime | None) -> datetime | None:
     """SQLite hands datetimes back naive; they were written in UTC."""
     if value is None or value.tzinfo is not None:
         return value
-    return value.replace(tzinfo=timezone.utc)
+    return value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,17 @@ class Ledger:
         states = [s for s in self.partition_states(integration, since=hour) if s.hour == hour]
         return states[0] if states else None
 
-    def rejects(self, integration: str, hour: datetime | None = None, limit: int = 100) -> list[dict]:
+    def rejects(
+        self, integration: str, hour: datetime | None = None, limit: int = 100
+    ) -> list[dict]:
         statement = (
-            select(rejects.c.hour, rejects.c.source_id, rejects.c.request_id, rejects.c.reason, rejects.c.record)
+            select(
+                rejects.c.hour,
+                rejects.c.source_id,
+                rejects.c.request_id,
+                rejects.c.reason,
+                rejects.c.record,
+            )
             .where(rejects.c.integration == integration)
             .order_by(rejects.c.hour, rejects.c.source_id)
             .limit(limit)
@@ -221,7 +231,9 @@ class Ledger:
             ).scalar()
             if seen is None:
                 seen = (now or utcnow()).replace(minute=0, second=0, microsecond=0)
-                conn.execute(insert(integrations).values(name=integration, first_configured_at=seen))
+                conn.execute(
+                    insert(integrations).values(name=integration, first_configured_at=seen)
+                )
         return _utc(seen)
 
     # -- writing -------------------------------------------------------------------------------
@@ -244,7 +256,9 @@ class Ledger:
                 )
                 batch.location = location
             else:
-                conn.execute(update(batches).where(key).values(finished_at=None, started_at=utcnow()))
+                conn.execute(
+                    update(batches).where(key).values(finished_at=None, started_at=utcnow())
+                )
                 batch.location = recorded.location or location
 
     def finish_batch(self, batch: Batch, sent_bytes: int) -> None:
@@ -303,7 +317,9 @@ class Ledger:
                 update(partitions).where(_partition_row(integration, hour)).values(**values)
             ).rowcount
             if not found:
-                conn.execute(insert(partitions).values(integration=integration, hour=hour, **values))
+                conn.execute(
+                    insert(partitions).values(integration=integration, hour=hour, **values)
+                )
 
 
 def _partition(integration: str, hour: datetime):
@@ -316,4 +332,3 @@ def _partition_row(integration: str, hour: datetime):
 
 def _batch_key(batch: Batch):
     return _partition(batch.integration, batch.partition) & (batches.c.after_id == batch.after_id)
-

@@ -7,7 +7,7 @@ as a whole chunk. Rows arrive as tuples in ``source.COLUMNS`` order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -58,7 +58,7 @@ def format_timestamp(value: datetime) -> str:
     if len(text) == 23:
         return text + "Z"
     if not text.endswith("+00:00"):
-        text = value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        text = value.astimezone(UTC).isoformat(timespec="milliseconds")
     return text[:23] + "Z"
 
 
@@ -73,7 +73,9 @@ def build_records(
     loads = orjson.loads
     for r in rows:
         if r[1] is None or r[7] is None or r[9] is None:
-            missing = [n for n, i in (("request_id", 1), ("model", 7), ("provider", 9)) if r[i] is None]
+            missing = [
+                n for n, i in (("request_id", 1), ("model", 7), ("provider", 9)) if r[i] is None
+            ]
             rejects.append(Reject(r[0], r[1], f"malformed row: {', '.join(missing)} is null"))
             continue
         guardrails = r[21]

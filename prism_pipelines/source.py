@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -24,7 +24,6 @@ from sqlalchemy import (
     Table,
     Text,
     func,
-    insert,
     select,
 )
 
@@ -150,10 +149,11 @@ class GatewaySource:
             result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
                 statement
             )
-            for chunk in result.partitions():
-                yield chunk
+            yield from result.partitions()
 
-    def first_unsettled_id(self, hour: datetime, after_id: int, settled_before: datetime) -> int | None:
+    def first_unsettled_id(
+        self, hour: datetime, after_id: int, settled_before: datetime
+    ) -> int | None:
         """The lowest id past the cursor whose row is younger than the settle delay.
 
         Rows from that id on are held back: an older transaction may still commit a lower id,
@@ -195,7 +195,9 @@ class GatewaySource:
             summaries[value.replace(tzinfo=start.tzinfo)] = (count, max_id)
         return summaries
 
-    def insert_rows(self, chunks: Iterable[list[tuple]], columns: tuple[str, ...] = INSERT_COLUMNS) -> int:
+    def insert_rows(
+        self, chunks: Iterable[list[tuple]], columns: tuple[str, ...] = INSERT_COLUMNS
+    ) -> int:
         """Bulk-insert row tuples (demo traffic, tests, benchmark): COPY on PostgreSQL."""
         total = 0
         if self.engine.dialect.name == "postgresql":
@@ -211,12 +213,30 @@ class GatewaySource:
             finally:
                 raw.close()
             return total
-        statement = insert(self.table)
-        with self.engine.begin() as conn:
+        # SQLite: the driver's executemany on plain tuples; SQLAlchemy's per-value bind
+        # processing would cost more than the insert itself.
+        names = ", ".join(f'"{self.table.c[k].name}"' for k in columns)
+        marks = ", ".join("?" * len(columns))
+        statement = f'INSERT INTO "{self.table.name}" ({names}) VALUES ({marks})'
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
             for chunk in chunks:
-                conn.execute(statement, [dict(zip(columns, row)) for row in chunk])
+                cursor.executemany(statement, [tuple(map(_sqlite_value, row)) for row in chunk])
                 total += len(chunk)
+            raw.commit()
+        finally:
+            raw.close()
         return total
+
+
+def _sqlite_value(value):
+    """Datetimes as SQLAlchemy's SQLite dialect stores them (naive UTC text)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

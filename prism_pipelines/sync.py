@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Row
 
@@ -77,7 +77,7 @@ class SyncResult:
 
     def metadata(self, now: datetime | None = None) -> dict:
         """Plain values for the run's metadata (the Dagster layer types them)."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         last = _utc(self.last_event)
         return {
             "records": self.records,
@@ -119,17 +119,22 @@ def deliver_partition(
         for recorded in _batches_to_redo(source, ledger, name, hour, full):
             batch = Batch(name, hour, recorded.after_id, location=recorded.location)
             rows = source.stream_rows(
-                hour, after_id=recorded.after_id, through_id=recorded.through_id, chunk_rows=CHUNK_ROWS
+                hour,
+                after_id=recorded.after_id,
+                through_id=recorded.through_id,
+                chunk_rows=CHUNK_ROWS,
             )
             _send(integration, sink, ledger, batch, rows, result, through_id=recorded.through_id)
             result.redone_batches += 1
 
         cursor = ledger.cursor(name, hour)
-        settled_before = (now or datetime.now(timezone.utc)) - timedelta(seconds=settle_seconds)
+        settled_before = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
         held_back_from = source.first_unsettled_id(hour, cursor, settled_before)
         result.held_back = held_back_from is not None
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
-        stream = source.stream_rows(hour, after_id=cursor, before_id=held_back_from, chunk_rows=chunk_rows)
+        stream = source.stream_rows(
+            hour, after_id=cursor, before_id=held_back_from, chunk_rows=chunk_rows
+        )
         for batch_rows in _batches_of(stream, integration.rows_per_batch):
             batch = Batch(name, hour, after_id=cursor)
             _send(integration, sink, ledger, batch, batch_rows, result)
@@ -246,4 +251,4 @@ def _reason_kind(reason: str) -> str:
 def _utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
-    return value.replace(tzinfo=timezone.utc)
+    return value.replace(tzinfo=UTC)

@@ -17,6 +17,8 @@ from prism_pipelines.integrations import load_integrations
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
 
+pytest_plugins = ["prism_pipelines_tests.services"]
+
 PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
@@ -80,10 +82,16 @@ class Prism:
     def job(self, name: str):
         return self.defs.resolve_job_def(name)
 
-    def sync(self, name: str, partition_key: str, full: bool = False, raise_on_error: bool = True) -> SyncRun:
-        return self._run(name, {"partition_key": partition_key}, full, raise_on_error)[partition_key]
+    def sync(
+        self, name: str, partition_key: str, full: bool = False, raise_on_error: bool = True
+    ) -> SyncRun:
+        return self._run(name, {"partition_key": partition_key}, full, raise_on_error)[
+            partition_key
+        ]
 
-    def backfill(self, name: str, partition_keys: list[str], per_run: int = 24) -> dict[str, SyncRun]:
+    def backfill(
+        self, name: str, partition_keys: list[str], per_run: int = 24
+    ) -> dict[str, SyncRun]:
         """Runs over ranges of partitions, as a backfill with the asset's policy launches them."""
         runs = {}
         for i in range(0, len(partition_keys), per_run):

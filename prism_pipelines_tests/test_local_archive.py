@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -21,7 +21,7 @@ from prism_pipelines.sinks.local import LocalArchive
 from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests.factories import gateway_rows
 
-H = datetime(2026, 11, 22, 14, tzinfo=timezone.utc)
+H = datetime(2026, 11, 22, 14, tzinfo=UTC)
 KEY = "2026-11-22-14:00"
 
 
@@ -32,7 +32,11 @@ def backend(request):
 
 @pytest.fixture
 def gateway(backend, request, tmp_path, monkeypatch) -> GatewaySource:
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/gateway.db"
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path}/gateway.db"
+    )
     monkeypatch.setenv("PRISM_SOURCE_URL", url)
     source = GatewaySource(url)
     source.create_table()
@@ -42,7 +46,11 @@ def gateway(backend, request, tmp_path, monkeypatch) -> GatewaySource:
 
 @pytest.fixture
 def state_url(backend, request, tmp_path) -> str:
-    return request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/state.db"
+    return (
+        request.getfixturevalue("pg_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path}/state.db"
+    )
 
 
 def archive(tmp_path: Path, **settings) -> dict:
@@ -59,7 +67,9 @@ def archive(tmp_path: Path, **settings) -> dict:
 def read_files(folder: Path) -> dict[str, list[dict]]:
     """Every archive file, gunzipped: relative key → records."""
     return {
-        str(p.relative_to(folder)): [orjson.loads(line) for line in gzip.open(p).read().splitlines()]
+        str(p.relative_to(folder)): [
+            orjson.loads(line) for line in gzip.open(p).read().splitlines()
+        ]
         for p in sorted(folder.rglob("*.jsonl.gz"))
     }
 
@@ -69,7 +79,13 @@ def ids_in(files: dict[str, list[dict]]) -> Counter:
 
 
 def test_partition_files_hold_exactly_the_partitions_rows(prism, gateway, tmp_path):
-    gateway.insert_rows([gateway_rows(H - timedelta(hours=1), 50), gateway_rows(H, 2_500), gateway_rows(H + timedelta(hours=1), 50)])
+    gateway.insert_rows(
+        [
+            gateway_rows(H - timedelta(hours=1), 50),
+            gateway_rows(H, 2_500),
+            gateway_rows(H + timedelta(hours=1), 50),
+        ]
+    )
     prism.configure(archive(tmp_path, batch_rows=1_000))
 
     run = prism.sync("archive", KEY)
@@ -82,11 +98,17 @@ def test_partition_files_hold_exactly_the_partitions_rows(prism, gateway, tmp_pa
         assert key.startswith("prism/prod/logs/2026/11/22/hour=14/batch_")
         for record in records:
             assert tuple(record) == EXPORTED_FIELDS
-            assert record["timestamp"].startswith("2026-11-22T14:") and record["timestamp"].endswith("Z")
+            assert record["timestamp"].startswith("2026-11-22T14:") and record[
+                "timestamp"
+            ].endswith("Z")
             assert len(record["timestamp"]) == len("2026-03-31T14:22:10.000Z")
     by_id = {r["request_id"]: r for records in files.values() for r in records}
     first = by_id[gateway_rows(H, 1)[0][0]]
-    assert first["model"] == "gpt-4o" and first["provider"] == "openai" and isinstance(first["cost"], float)
+    assert (
+        first["model"] == "gpt-4o"
+        and first["provider"] == "openai"
+        and isinstance(first["cost"], float)
+    )
     assert run.metadata["records"] == 2_500
     assert run.metadata["files"] == 3
     assert run.metadata["cursor_before"] == 0 and run.metadata["cursor_after"] == 2_550
@@ -105,7 +127,11 @@ def test_second_sync_delivers_only_new_rows(prism, gateway, tmp_path):
 
     assert second.metadata["records"] == 120
     files = read_files(tmp_path / "bucket")
-    assert len(files) == 2 and set(ids_in(files).values()) == {1} and sum(ids_in(files).values()) == 420
+    assert (
+        len(files) == 2
+        and set(ids_in(files).values()) == {1}
+        and sum(ids_in(files).values()) == 420
+    )
     assert prism.sync("archive", KEY).metadata["records"] == 0
     assert len(read_files(tmp_path / "bucket")) == 2  # no rows, no file
 
@@ -138,7 +164,9 @@ def test_row_committed_below_the_cursor_is_not_skipped(prism, gateway, tmp_path)
     late = gateway_rows(H, 1, start=300)[0]
     with gateway.engine.begin() as conn:
         conn.execute(
-            gateway.table.insert().values(id=145, **dict(zip(gateway.table.c.keys()[1:], late)))
+            gateway.table.insert().values(
+                id=145, **dict(zip(gateway.table.c.keys()[1:], late, strict=True))
+            )
         )
     run = prism.sync("archive", KEY)
 
@@ -150,8 +178,8 @@ def test_row_committed_below_the_cursor_is_not_skipped(prism, gateway, tmp_path)
 
 def test_rows_younger_than_the_settle_delay_wait_for_the_next_sync(prism, gateway, tmp_path):
     prism.configure(archive(tmp_path), source={"settle_seconds": 3600})
-    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    gateway.insert_rows([gateway_rows(now, 10, ingested_at=datetime.now(timezone.utc))])
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    gateway.insert_rows([gateway_rows(now, 10, ingested_at=datetime.now(UTC))])
     key = now.strftime("%Y-%m-%d-%H:%M")
 
     held = prism.sync("archive", key)
@@ -162,7 +190,9 @@ def test_rows_younger_than_the_settle_delay_wait_for_the_next_sync(prism, gatewa
 
 
 @pytest.mark.parametrize("crash_in", ["upload", "ledger"])
-def test_crash_mid_partition_then_rerun_leaves_every_row_in_one_file(prism, gateway, tmp_path, monkeypatch, crash_in):
+def test_crash_mid_partition_then_rerun_leaves_every_row_in_one_file(
+    prism, gateway, tmp_path, monkeypatch, crash_in
+):
     """Raise after k of n batches — before the file is written, or after it is written but
     before the ledger records it — then rerun."""
     prism.configure(archive(tmp_path, batch_rows=100))
@@ -219,7 +249,7 @@ def test_malformed_row_goes_to_rejects_and_its_neighbours_are_delivered(prism, g
 
 
 def test_backfill_of_48_hours_delivers_each_hour_once(prism, gateway, tmp_path):
-    start = datetime(2026, 11, 20, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 20, tzinfo=UTC)
     hours = [start + timedelta(hours=i) for i in range(48)]
     gateway.insert_rows([gateway_rows(h, 5 + i % 7) for i, h in enumerate(hours)])
     prism.configure(archive(tmp_path))
@@ -229,8 +259,12 @@ def test_backfill_of_48_hours_delivers_each_hour_once(prism, gateway, tmp_path):
     assert all(r.success for r in runs.values()) and len(runs) == 48
     files = read_files(tmp_path / "bucket")
     for i, hour in enumerate(hours):
-        in_hour = [r for k, rs in files.items() if f"{hour:%Y/%m/%d}/hour={hour:%H}/" in k for r in rs]
-        assert sorted(r["request_id"] for r in in_hour) == [row[0] for row in gateway_rows(hour, 5 + i % 7)]
+        in_hour = [
+            r for k, rs in files.items() if f"{hour:%Y/%m/%d}/hour={hour:%H}/" in k for r in rs
+        ]
+        assert sorted(r["request_id"] for r in in_hour) == [
+            row[0] for row in gateway_rows(hour, 5 + i % 7)
+        ]
         assert runs[hour.strftime("%Y-%m-%d-%H:%M")].metadata["records"] == 5 + i % 7
     # A second backfill delivers nothing new.
     again = prism.backfill("archive", [h.strftime("%Y-%m-%d-%H:%M") for h in hours])
@@ -239,7 +273,10 @@ def test_backfill_of_48_hours_delivers_each_hour_once(prism, gateway, tmp_path):
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_schedule_syncs_the_current_hour_and_the_previous_during_grace(prism, tmp_path, backend):
-    prism.configure(archive(tmp_path, sync_interval_minutes=1), archive(tmp_path, name="paused_one", paused=True))
+    prism.configure(
+        archive(tmp_path, sync_interval_minutes=1),
+        archive(tmp_path, name="paused_one", paused=True),
+    )
     schedule = prism.defs.resolve_schedule_def("archive_schedule")
 
     def keys_at(moment: datetime) -> list[str]:
@@ -251,11 +288,17 @@ def test_schedule_syncs_the_current_hour_and_the_previous_during_grace(prism, tm
         return sorted(r.partition_key for r in schedule.evaluate_tick(context).run_requests)
 
     assert schedule.cron_schedule == "*/1 * * * *"
-    assert keys_at(datetime(2026, 11, 23, 0, 2, tzinfo=timezone.utc)) == ["2026-11-22-23:00", "2026-11-23-00:00"]
-    assert keys_at(datetime(2026, 11, 23, 0, 30, tzinfo=timezone.utc)) == ["2026-11-23-00:00"]
-    assert keys_at(datetime(2026, 11, 23, 13, 59, tzinfo=timezone.utc)) == ["2026-11-23-13:00"]
+    assert keys_at(datetime(2026, 11, 23, 0, 2, tzinfo=UTC)) == [
+        "2026-11-22-23:00",
+        "2026-11-23-00:00",
+    ]
+    assert keys_at(datetime(2026, 11, 23, 0, 30, tzinfo=UTC)) == ["2026-11-23-00:00"]
+    assert keys_at(datetime(2026, 11, 23, 13, 59, tzinfo=UTC)) == ["2026-11-23-13:00"]
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
-    assert prism.defs.resolve_schedule_def("paused_one_schedule").default_status == DefaultScheduleStatus.STOPPED
+    assert (
+        prism.defs.resolve_schedule_def("paused_one_schedule").default_status
+        == DefaultScheduleStatus.STOPPED
+    )
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -288,7 +331,12 @@ integrations:
         load_integrations(path)
     message = str(raised.value)
     assert "integration 's3_archive': bucket: Field required" in message
-    assert "integration 's3_archive': secret_access_key: a secret is never written inline" in message
-    assert "integration 's3_archive': sync_interval_minutes: must be one of 1, 2, 5, 10, 15, 30, 60" in message
+    assert (
+        "integration 's3_archive': secret_access_key: a secret is never written inline" in message
+    )
+    assert (
+        "integration 's3_archive': sync_interval_minutes: must be one of 1, 2, 5, 10, 15, 30, 60"
+        in message
+    )
     assert "integration 'Bad-Name': name:" in message
     assert "AKIAVERYSECRETVALUE123" not in message

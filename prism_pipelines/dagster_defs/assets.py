@@ -6,8 +6,7 @@ each hour gets its own materialization event with its own metadata as soon as it
 so the partition view in the UI is the sync history.
 """
 
-
-from datetime import timezone
+from datetime import UTC
 
 from dagster import (
     AssetExecutionContext,
@@ -86,7 +85,7 @@ def integration_asset(integration, partitions_def):
         failures = []
         try:
             for hour in hours_in(context.partition_time_window):
-                hour = hour.astimezone(timezone.utc)
+                hour = hour.astimezone(UTC)
                 try:
                     result = deliver_partition(
                         integration,
@@ -105,7 +104,8 @@ def integration_asset(integration, partitions_def):
                     continue
                 context.log.info(
                     f"partition {partition_key(hour)}: {result.records} records, "
-                    f"{result.rejects} rejects, cursor {result.cursor_before} → {result.cursor_after}"
+                    f"{result.rejects} rejects, "
+                    f"cursor {result.cursor_before} → {result.cursor_after}"
                 )
                 yield AssetMaterialization(
                     asset_key=asset_key(name),

@@ -1,7 +1,6 @@
 """Per integration: ``<name>_sync`` (materialize partitions), ``<name>_validate`` (the spec's
 "Validate & Continue"), and for Datadog ``<name>_create_dashboard``."""
 
-
 from dagster import Failure, JobDefinition, OpExecutionContext, define_asset_job, job, op
 
 from prism_pipelines.dagster_defs.assets import asset_key
@@ -34,8 +33,11 @@ def _sink_call_job(integration, suffix: str, method: str, description: str) -> J
         context.log.info(message)
         return message
 
-    @job(name=f"{integration.name}_{suffix}", description=description,
-         tags={"prism/integration": integration.name})
+    @job(
+        name=f"{integration.name}_{suffix}",
+        description=description,
+        tags={"prism/integration": integration.name},
+    )
     def call_job():
         call()
 
@@ -44,13 +46,17 @@ def _sink_call_job(integration, suffix: str, method: str, description: str) -> J
 
 def validate_job(integration) -> JobDefinition:
     return _sink_call_job(
-        integration, "validate", "validate",
+        integration,
+        "validate",
+        "validate",
         f"Check the credentials and destination of '{integration.name}' (Validate & Continue).",
     )
 
 
 def dashboard_job(integration) -> JobDefinition:
     return _sink_call_job(
-        integration, "create_dashboard", "create_dashboard",
+        integration,
+        "create_dashboard",
+        "create_dashboard",
         f"Create or update the Datadog dashboard template for '{integration.name}'.",
     )

@@ -20,7 +20,9 @@ class PrismResource(ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: SourceSettings) -> PrismResource:
-        return cls(table=settings.table, columns=settings.columns, settle_seconds=settings.settle_seconds)
+        return cls(
+            table=settings.table, columns=settings.columns, settle_seconds=settings.settle_seconds
+        )
 
     def source(self) -> GatewaySource:
         return GatewaySource(table=self.table, columns=self.columns)

@@ -1,8 +1,7 @@
 """``<name>_schedule``: every sync interval, the current hour, and the previous hour while it is
 within its grace period (rows written just after an hour closed still land in it)."""
 
-
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 from dagster import (
     DefaultScheduleStatus,
@@ -33,7 +32,7 @@ def sync_schedule(integration, sync_job, partitions_def):
         description=f"Sync '{integration.name}' every {integration.sync_interval_minutes} min.",
     )
     def _schedule(context: ScheduleEvaluationContext):
-        now = context.scheduled_execution_time.astimezone(timezone.utc)
+        now = context.scheduled_execution_time.astimezone(UTC)
         hour = now.replace(minute=0, second=0, microsecond=0)
         hours = [hour - timedelta(hours=1), hour] if now - hour < grace else [hour]
         valid = set(partitions_def.get_partition_keys(current_time=now))

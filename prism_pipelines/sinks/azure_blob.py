@@ -170,8 +170,9 @@ class AzureBlobArchive(ObjectStoreSink):
             isinstance(exc, ClientAuthenticationError) and not isinstance(exc, HttpResponseError)
         ):
             return CredentialsError(
-                f"{where}: the storage account refused the key in {secret} ({code or _first_line(exc)}); "
-                f"copy the connection string again from Azure Portal > Storage account > Access keys"
+                f"{where}: the storage account refused the key in {secret} "
+                f"({code or _first_line(exc)}); copy the connection string again from Azure "
+                f"Portal > Storage account > Access keys"
             )
         if code in _NOT_ALLOWED or getattr(exc, "status_code", None) == 403:
             return CredentialsError(
@@ -199,10 +200,15 @@ class AzureBlobArchive(ObjectStoreSink):
 
 
 def _code(exc: Exception) -> str:
+    """The storage error code (``ContainerNotFound``, …); a signature the service could not
+    verify counts as ``AuthenticationFailed`` (Azurite calls it ``AuthorizationFailure``)."""
     code = getattr(exc, "error_code", None)
     if not code and getattr(exc, "response", None) is not None:
         code = exc.response.headers.get("x-ms-error-code")
-    return str(code or "")
+    code = str(getattr(code, "value", code) or "")
+    if code == "AuthorizationFailure" and "failed to authenticate" in str(exc).lower():
+        return "AuthenticationFailed"
+    return code
 
 
 def _endpoint(url: str) -> str:

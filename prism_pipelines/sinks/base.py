@@ -47,5 +47,5 @@ class Sink(ABC):
     def deliver(self, batch: Batch) -> Delivery:
         """Send every chunk of the batch and wait for the destination's acknowledgement."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most sinks hold nothing to release
         """Release clients; called once at the end of a run."""

@@ -159,10 +159,10 @@ class S3Archive(ObjectStoreSink):
             self.close()
             self._attempts = EXPORT_ATTEMPTS
         if self._kept_marker:
-            message += (
-                f"; the marker was left behind (no s3:DeleteObject permission, which the export "
-                f"needs only to remove a file whose rows were all deleted): delete "
-                f"{self.describe(self._kept_marker)} by hand"
+            return (
+                f"wrote {self.describe(self._kept_marker)}, so the export can write; it could "
+                f"not delete it (no s3:DeleteObject, which the export needs only to remove a file "
+                f"whose rows were all deleted from the gateway): delete the marker by hand"
             )
         return message
 
