@@ -11,9 +11,6 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from prism_pipelines.demo import COLUMNS, generate_rows
 
@@ -21,7 +18,9 @@ ROWS = 1_000_000
 START = datetime(2025, 6, 2, tzinfo=UTC)  # a Monday: one full week shows the weekend dip
 END = START + timedelta(days=7)
 SEED = 7
-LATE_AFTER = timedelta(seconds=60)  # ingest lag beyond the request's own latency that counts as late
+LATE_AFTER = timedelta(
+    seconds=60
+)  # ingest lag beyond the request's own latency that counts as late
 
 C = {name: i for i, name in enumerate(COLUMNS)}
 
@@ -64,7 +63,7 @@ def stats_run(rows: int) -> dict:
             max_lag = max(max_lag, lag)
             late += lag - timedelta(milliseconds=row[C["latency_ms"]]) > LATE_AFTER
             per_hour[ts.replace(minute=0, second=0, microsecond=0)] += 1
-        columns = dict(zip(COLUMNS, zip(*batch)))
+        columns = dict(zip(COLUMNS, zip(*batch, strict=True), strict=True))
         n += len(batch)
         errors += sum(columns["is_error"])
         hits += sum(columns["cache_hit"])
@@ -80,7 +79,10 @@ def stats_run(rows: int) -> dict:
         statuses.update(columns["status_code"])
         cache_statuses.update(columns["cache_status"])
         providers.update(columns["provider"])
-    hourly = [per_hour.get(START + timedelta(hours=h), 0) for h in range(int((END - START) / timedelta(hours=1)))]
+    hourly = [
+        per_hour.get(START + timedelta(hours=h), 0)
+        for h in range(int((END - START) / timedelta(hours=1)))
+    ]
     weekday_hours, weekend_hours = hourly[: 5 * 24], hourly[5 * 24 :]
     return {
         "rows": n,
@@ -111,7 +113,9 @@ def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else ROWS
     count, wall, cpu, sample = timed_run(rows)
     print(f"generate_rows({rows:,}) over {START:%Y-%m-%d} .. {END:%Y-%m-%d}, seed {SEED}")
-    print(f"  {count:,} rows in {wall:.2f} s wall = {count / wall:,.0f} rows/s ({cpu:.2f} s CPU = {count / cpu:,.0f} rows/s)")
+    print(
+        f"  {count:,} rows in {wall:.2f} s wall = {count / wall:,.0f} rows/s ({cpu:.2f} s CPU = {count / cpu:,.0f} rows/s)"
+    )
     stats = stats_run(rows)
     stats["deterministic (same seed, same rows)"] = stats.pop("_sample") == sample
     for name, value in stats.items():

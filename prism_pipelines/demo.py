@@ -1,10 +1,10 @@
-"""Synthetic LLM-gateway request logs: realistic enough to exercise the export pipeline, fast enough to
-load millions of rows in seconds, and deterministic so that a seed always yields the same table.
+"""Synthetic LLM-gateway request logs: realistic enough to exercise the export pipeline, fast
+enough to load millions of rows in seconds, and deterministic so a seed always yields the same table.
 
-Rows are generated per slice of event time with vectorised numpy draws. Sessions started in a slice may
-run past its end and some rows arrive late, so every slice's rows go through a pending buffer that only
-releases rows whose ``ingested_at`` can no longer be undercut by a later slice: the output is globally
-ordered by ``ingested_at`` while only a few slices are ever held in memory.
+Rows are generated per slice of event time with vectorised numpy draws. Sessions started in a slice
+may run past its end and some rows arrive late, so every slice's rows go through a pending buffer
+that only releases rows whose ``ingested_at`` can no longer be undercut by a later slice: the output
+is globally ordered by ``ingested_at`` while only a few slices are ever held in memory.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -47,59 +46,91 @@ COLUMNS: tuple[str, ...] = (
 
 
 class ModelSpec(NamedTuple):
-    """One routable model: list prices drive ``cost``, speed figures drive ``latency_ms``."""
+    """One routable model; its speed figures drive ``latency_ms``, its traffic share the mix."""
 
     name: str
     provider: str
-    input_per_m: float  # USD per million input tokens (2025 list price)
-    output_per_m: float  # USD per million output tokens
     context: int  # context window in tokens: larger prompts fail with a context-length error
     ttft_ms: float  # median time to first token
     tokens_per_s: float  # output throughput once streaming
     output_scale: float  # reasoning models bill thinking tokens as output
     share: float  # share of traffic in a typical multi-provider tenant
-    fallback: str  # model the gateway falls back to when this one fails
 
 
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("gpt-4o-mini", "openai", 0.15, 0.60, 128_000, 350, 85, 1.0, 0.20, "claude-3-5-haiku-20241022"),
-    ModelSpec("gpt-4o", "openai", 2.50, 10.00, 128_000, 450, 70, 1.0, 0.16, "claude-sonnet-4-20250514"),
-    ModelSpec("gpt-4.1", "openai", 2.00, 8.00, 1_047_576, 500, 75, 1.1, 0.05, "gpt-4o"),
-    ModelSpec("gpt-4.1-mini", "openai", 0.40, 1.60, 1_047_576, 400, 90, 1.0, 0.05, "gpt-4o-mini"),
-    ModelSpec("o3-mini", "openai", 1.10, 4.40, 200_000, 2500, 150, 2.5, 0.03, "gpt-4o"),
-    ModelSpec(
-        "claude-sonnet-4-20250514", "anthropic", 3.00, 15.00, 200_000, 1200, 55, 1.3, 0.13,
-        "anthropic.claude-3-5-sonnet-20241022-v2:0",
-    ),
-    ModelSpec("claude-3-5-haiku-20241022", "anthropic", 0.80, 4.00, 200_000, 650, 65, 0.9, 0.05, "gpt-4o-mini"),
-    ModelSpec("claude-opus-4-20250514", "anthropic", 15.00, 75.00, 200_000, 1800, 35, 1.4, 0.01, "claude-sonnet-4-20250514"),
-    ModelSpec("gemini-2.5-flash", "google", 0.30, 2.50, 1_048_576, 450, 180, 1.5, 0.08, "gpt-4o-mini"),
-    ModelSpec("gemini-2.5-pro", "google", 1.25, 10.00, 1_048_576, 2500, 90, 2.2, 0.03, "claude-sonnet-4-20250514"),
-    ModelSpec("gemini-2.0-flash", "google", 0.10, 0.40, 1_048_576, 350, 200, 1.0, 0.03, "gemini-2.5-flash"),
-    ModelSpec("mistral-large-latest", "mistral", 2.00, 6.00, 128_000, 500, 45, 1.0, 0.03, "gpt-4o"),
-    ModelSpec("mistral-small-latest", "mistral", 0.10, 0.30, 128_000, 300, 120, 0.9, 0.02, "gpt-4o-mini"),
-    ModelSpec(
-        "llama-3.3-70b-versatile", "groq", 0.59, 0.79, 131_072, 200, 275, 1.0, 0.06, "meta.llama3-1-70b-instruct-v1:0"
-    ),
-    ModelSpec("llama-3.1-8b-instant", "groq", 0.05, 0.08, 131_072, 120, 750, 0.8, 0.03, "gpt-4o-mini"),
-    ModelSpec(
-        "anthropic.claude-3-5-sonnet-20241022-v2:0", "bedrock", 3.00, 15.00, 200_000, 1000, 50, 1.1, 0.03,
-        "claude-sonnet-4-20250514",
-    ),
-    ModelSpec("meta.llama3-1-70b-instruct-v1:0", "bedrock", 0.72, 0.72, 128_000, 600, 45, 1.0, 0.01, "llama-3.3-70b-versatile"),
+    ModelSpec("gpt-4o-mini", "openai", 128_000, 350, 85, 1.0, 0.20),
+    ModelSpec("gpt-4o", "openai", 128_000, 450, 70, 1.0, 0.16),
+    ModelSpec("gpt-4.1", "openai", 1_047_576, 500, 75, 1.1, 0.05),
+    ModelSpec("gpt-4.1-mini", "openai", 1_047_576, 400, 90, 1.0, 0.05),
+    ModelSpec("o3-mini", "openai", 200_000, 2500, 150, 2.5, 0.03),
+    ModelSpec("claude-sonnet-4-20250514", "anthropic", 200_000, 1200, 55, 1.3, 0.13),
+    ModelSpec("claude-3-5-haiku-20241022", "anthropic", 200_000, 650, 65, 0.9, 0.05),
+    ModelSpec("claude-opus-4-20250514", "anthropic", 200_000, 1800, 35, 1.4, 0.01),
+    ModelSpec("gemini-2.5-flash", "google", 1_048_576, 450, 180, 1.5, 0.08),
+    ModelSpec("gemini-2.5-pro", "google", 1_048_576, 2500, 90, 2.2, 0.03),
+    ModelSpec("gemini-2.0-flash", "google", 1_048_576, 350, 200, 1.0, 0.03),
+    ModelSpec("mistral-large-latest", "mistral", 128_000, 500, 45, 1.0, 0.03),
+    ModelSpec("mistral-small-latest", "mistral", 128_000, 300, 120, 0.9, 0.02),
+    ModelSpec("llama-3.3-70b-versatile", "groq", 131_072, 200, 275, 1.0, 0.06),
+    ModelSpec("llama-3.1-8b-instant", "groq", 131_072, 120, 750, 0.8, 0.03),
+    ModelSpec("anthropic.claude-3-5-sonnet-20241022-v2:0", "bedrock", 200_000, 1000, 50, 1.1, 0.03),
+    ModelSpec("meta.llama3-1-70b-instruct-v1:0", "bedrock", 128_000, 600, 45, 1.0, 0.01),
 )
+# USD per million (input, output) tokens: 2025 list prices, the source of every ``cost``.
+PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "o3-mini": (1.10, 4.40),
+    "claude-sonnet-4-20250514": (3.00, 15.00),
+    "claude-3-5-haiku-20241022": (0.80, 4.00),
+    "claude-opus-4-20250514": (15.00, 75.00),
+    "gemini-2.5-flash": (0.30, 2.50),
+    "gemini-2.5-pro": (1.25, 10.00),
+    "gemini-2.0-flash": (0.10, 0.40),
+    "mistral-large-latest": (2.00, 6.00),
+    "mistral-small-latest": (0.10, 0.30),
+    "llama-3.3-70b-versatile": (0.59, 0.79),
+    "llama-3.1-8b-instant": (0.05, 0.08),
+    "anthropic.claude-3-5-sonnet-20241022-v2:0": (3.00, 15.00),
+    "meta.llama3-1-70b-instruct-v1:0": (0.72, 0.72),
+}
+# The model the gateway's fallback chain moves to when a model fails: often another provider.
+FALLBACK_MODELS: dict[str, str] = {
+    "gpt-4o-mini": "claude-3-5-haiku-20241022",
+    "gpt-4o": "claude-sonnet-4-20250514",
+    "gpt-4.1": "gpt-4o",
+    "gpt-4.1-mini": "gpt-4o-mini",
+    "o3-mini": "gpt-4o",
+    "claude-sonnet-4-20250514": "anthropic.claude-3-5-sonnet-20241022-v2:0",
+    "claude-3-5-haiku-20241022": "gpt-4o-mini",
+    "claude-opus-4-20250514": "claude-sonnet-4-20250514",
+    "gemini-2.5-flash": "gpt-4o-mini",
+    "gemini-2.5-pro": "claude-sonnet-4-20250514",
+    "gemini-2.0-flash": "gemini-2.5-flash",
+    "mistral-large-latest": "gpt-4o",
+    "mistral-small-latest": "gpt-4o-mini",
+    "llama-3.3-70b-versatile": "meta.llama3-1-70b-instruct-v1:0",
+    "llama-3.1-8b-instant": "gpt-4o-mini",
+    "anthropic.claude-3-5-sonnet-20241022-v2:0": "claude-sonnet-4-20250514",
+    "meta.llama3-1-70b-instruct-v1:0": "llama-3.3-70b-versatile",
+}
 PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "google", "mistral", "groq", "bedrock")
+EVENT_TYPE = "request"
 
-# Relative request volume at each UTC hour (value at the top of the hour, interpolated between): the
-# night trough is Asia-Pacific only, the afternoon peak is Europe's afternoon overlapping US morning.
+# Relative request volume at each UTC hour (value at the top of the hour, interpolated between):
+# the night trough is Asia-Pacific only, the afternoon peak is Europe's afternoon and US morning.
+# fmt: off
 HOURLY_TRAFFIC: tuple[float, ...] = (
     0.35, 0.28, 0.22, 0.18, 0.17, 0.20, 0.30, 0.45, 0.60, 0.70, 0.75, 0.78,
     0.82, 0.90, 0.97, 1.00, 1.00, 0.95, 0.88, 0.80, 0.70, 0.60, 0.50, 0.42,
 )
+# fmt: on
 WEEKEND_FACTOR = 0.55  # B2B traffic roughly halves on Saturdays and Sundays
 
-# Sessions: one user's conversation or agent run, 1-20 requests minutes apart; traces group 1-5 calls
-# of one step (tool calls, retries) that run back to back.
+# Sessions: one user's conversation or agent run, 1-20 requests minutes apart; traces group the
+# 1-5 calls of one step (tool calls, retries) that run back to back.
 SESSION_CONTINUE_P = 0.25  # geometric session length: mean ~4 requests
 MAX_SESSION_REQUESTS = 20
 TRACE_SIZE_P: tuple[float, ...] = (0.45, 0.25, 0.15, 0.10, 0.05)  # P(trace has 1..5 requests)
@@ -112,7 +143,8 @@ USER_SKEW = 3.0  # u**3 sampling: a few heavy users dominate, as in real tenants
 STREAM_RATE = 0.35
 LEGACY_GATEWAY_RATE = 0.05  # old gateway versions log neither model_requested nor cache_status
 ROUTING_STRATEGIES: tuple[str, ...] = ("", "cost-optimized", "latency", "round-robin", "fallback")
-ROUTING_SHARE: tuple[float, ...] = (0.80, 0.09, 0.07, 0.04)  # per session; "fallback" is per request
+# Drawn per session over all but "fallback", which marks individual requests.
+ROUTING_SHARE: tuple[float, ...] = (0.80, 0.09, 0.07, 0.04)
 FALLBACK_RATE = 0.02
 FALLBACK_PENALTY_MS = (300.0, 5000.0)  # time lost on the failed primary attempt
 
@@ -160,79 +192,127 @@ GUARDRAIL_OVERHEAD_MS = (15.0, 120.0)
 GUARDRAIL_BLOCK_STATUSES = (403, 400)
 GUARDRAIL_BLOCK_403_SHARE = 0.7
 GUARDRAIL_BLOCK_LATENCY_MS = (20.0, 250.0)
-GUARDRAIL_BLOCK_MESSAGE = "Request blocked by guardrail '{guardrail}' (score {score:.2f}): content violates the configured policy"
+GUARDRAIL_BLOCK_MESSAGE = (
+    "Request blocked by guardrail '{guardrail}' (score {score:.2f}): "
+    "content violates the configured policy"
+)
 
 
 class ErrorKind(NamedTuple):
-    """A provider or gateway failure: status, share among such failures, latency range, provider messages."""
+    """A provider or gateway failure and how it looks in the log."""
 
+    name: str
     status: int
-    share: float
-    latency_ms: tuple[float, float]
+    share: float  # share among provider and gateway failures
+    latency_ms: tuple[float, float]  # log-uniform range: fast rejections, slow timeouts
     messages: dict[str, str]  # provider -> message template; "*" for the others
 
 
 PROVIDER_ERROR_RATE = 0.013  # with guardrail blocks (~0.7%) about 2% of rows are errors
 GATEWAY_TIMEOUT_S = 60
 ERROR_KINDS: tuple[ErrorKind, ...] = (
-    ErrorKind(429, 0.35, (40.0, 400.0), {
-        "openai": "Rate limit reached for {model} in organization {org} on tokens per min (TPM): Limit {limit}, "
-        "Used {used}, Requested {requested}. Please try again in {wait:.3f}s. "
-        "Visit https://platform.openai.com/account/rate-limits to learn more.",
-        "anthropic": "This request would exceed the rate limit for your organization ({org}) of {limit} input tokens "
-        "per minute. For details, refer to: https://docs.anthropic.com/en/api/rate-limits. You can see the response "
-        "headers for current usage. Please reduce the prompt length or the maximum tokens requested, or try again later.",
-        "google": "Resource has been exhausted (e.g. check quota).",
-        "groq": "Rate limit reached for model `{model}` in organization `{org}` service tier `on_demand` on tokens "
-        "per minute (TPM): Limit {limit}, Used {used}, Requested {requested}. Please try again in {wait:.2f}s.",
-        "bedrock": "ThrottlingException: Too many tokens, please wait before trying again.",
-        "*": "Requests rate limit exceeded",
-    }),
-    ErrorKind(500, 0.10, (300.0, 8000.0), {
-        "openai": "The server had an error while processing your request. Sorry about that!",
-        "google": "An internal error has occurred. Please retry or report in "
-        "https://developers.generativeai.google/guide/troubleshooting",
-        "bedrock": "ModelErrorException: The system encountered an unexpected error during processing. "
-        "Try your request again.",
-        "*": "Internal server error",
-    }),
-    ErrorKind(502, 0.07, (100.0, 30000.0), {
-        "*": "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-    }),
-    ErrorKind(503, 0.13, (50.0, 1500.0), {
-        "openai": "The engine is currently overloaded, please try again later.",
-        "anthropic": "Overloaded",
-        "google": "The model is overloaded. Please try again later.",
-        "bedrock": "ServiceUnavailableException: Bedrock is unable to process your request.",
-        "*": "Service unavailable",
-    }),
-    ErrorKind(504, 0.09, (GATEWAY_TIMEOUT_S * 1000.0, GATEWAY_TIMEOUT_S * 1000.0 + 250.0), {
-        "*": "Gateway timeout: {provider} did not respond within {timeout}s",
-    }),
-    ErrorKind(400, 0.16, (30.0, 300.0), {
-        "anthropic": "prompt is too long: {tokens} tokens > {context} maximum",
-        "google": "The input token count ({tokens}) exceeds the maximum number of tokens allowed ({context}).",
-        "mistral": "Prompt contains {tokens} tokens and 0 draft tokens, too large for model with {context} "
-        "maximum context length",
-        "bedrock": "ValidationException: Input is too long for requested model.",
-        "*": "This model's maximum context length is {context} tokens. However, your messages resulted in "
-        "{tokens} tokens. Please reduce the length of the messages.",
-    }),
-    ErrorKind(401, 0.10, (20.0, 200.0), {
-        "openai": "Incorrect API key provided: sk-proj-****{key}. You can find your API key at "
-        "https://platform.openai.com/account/api-keys.",
-        "anthropic": "invalid x-api-key",
-        "google": "API key not valid. Please pass a valid API key.",
-        "groq": "Invalid API Key",
-        "bedrock": "UnrecognizedClientException: The security token included in the request is invalid.",
-        "*": "Unauthorized",
-    }),
+    ErrorKind(
+        "rate_limit",
+        429,
+        0.35,
+        (40.0, 400.0),
+        {
+            "openai": "Rate limit reached for {model} in organization {org} on tokens per min (TPM): "
+            "Limit {limit}, Used {used}, Requested {requested}. Please try again in {wait:.3f}s. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more.",
+            "anthropic": "This request would exceed the rate limit for your organization ({org}) of "
+            "{limit} input tokens per minute. For details, refer to: "
+            "https://docs.anthropic.com/en/api/rate-limits. You can see the response headers for "
+            "current usage. Please reduce the prompt length or the maximum tokens requested, or try "
+            "again later.",
+            "google": "Resource has been exhausted (e.g. check quota).",
+            "groq": "Rate limit reached for model `{model}` in organization `{org}` service tier "
+            "`on_demand` on tokens per minute (TPM): Limit {limit}, Used {used}, Requested "
+            "{requested}. Please try again in {wait:.2f}s.",
+            "bedrock": "ThrottlingException: Too many tokens, please wait before trying again.",
+            "*": "Requests rate limit exceeded",
+        },
+    ),
+    ErrorKind(
+        "server_error",
+        500,
+        0.10,
+        (300.0, 8000.0),
+        {
+            "openai": "The server had an error while processing your request. Sorry about that!",
+            "google": "An internal error has occurred. Please retry or report in "
+            "https://developers.generativeai.google/guide/troubleshooting",
+            "bedrock": "ModelErrorException: The system encountered an unexpected error during "
+            "processing. Try your request again.",
+            "*": "Internal server error",
+        },
+    ),
+    ErrorKind(
+        "bad_gateway",
+        502,
+        0.07,
+        (100.0, 30_000.0),
+        {
+            "*": "upstream connect error or disconnect/reset before headers. "
+            "reset reason: connection termination",
+        },
+    ),
+    ErrorKind(
+        "overloaded",
+        503,
+        0.13,
+        (50.0, 1500.0),
+        {
+            "openai": "The engine is currently overloaded, please try again later.",
+            "anthropic": "Overloaded",
+            "google": "The model is overloaded. Please try again later.",
+            "bedrock": "ServiceUnavailableException: Bedrock is unable to process your request.",
+            "*": "Service unavailable",
+        },
+    ),
+    ErrorKind(
+        "timeout",
+        504,
+        0.09,
+        (GATEWAY_TIMEOUT_S * 1e3, GATEWAY_TIMEOUT_S * 1e3 + 250),
+        {
+            "*": "Gateway timeout: {provider} did not respond within {timeout}s",
+        },
+    ),
+    ErrorKind(
+        "context_length",
+        400,
+        0.16,
+        (30.0, 300.0),
+        {
+            "anthropic": "prompt is too long: {tokens} tokens > {context} maximum",
+            "google": "The input token count ({tokens}) exceeds the maximum number of tokens allowed "
+            "({context}).",
+            "mistral": "Prompt contains {tokens} tokens and 0 draft tokens, too large for model with "
+            "{context} maximum context length",
+            "bedrock": "ValidationException: Input is too long for requested model.",
+            "*": "This model's maximum context length is {context} tokens. However, your messages "
+            "resulted in {tokens} tokens. Please reduce the length of the messages.",
+        },
+    ),
+    ErrorKind(
+        "invalid_key",
+        401,
+        0.10,
+        (20.0, 200.0),
+        {
+            "openai": "Incorrect API key provided: sk-proj-****{key}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "anthropic": "invalid x-api-key",
+            "google": "API key not valid. Please pass a valid API key.",
+            "groq": "Invalid API Key",
+            "bedrock": "UnrecognizedClientException: The security token included in the request is "
+            "invalid.",
+            "*": "Unauthorized",
+        },
+    ),
 )
 ANTHROPIC_OVERLOADED_STATUS = 529  # Anthropic reports overload with its own status, not 503
-# Error kind codes: 0 = success, 1..len(ERROR_KINDS) = ERROR_KINDS, then the guardrail block.
-_RATE_LIMIT, _TIMEOUT, _CONTEXT_LENGTH = 1, 5, 6
-_OVERLOADED = 4
-_GUARDRAIL_BLOCK = len(ERROR_KINDS) + 1
 ORG_IDS: dict[str, str] = {  # the demo tenant's accounts, quoted by rate-limit messages
     "openai": "org-4fQz8LmR2vTnXc7KpWs3HdJb",
     "anthropic": "5c1e9f0a-7b2d-4e83-9a61-2f4c8d0b7e35",
@@ -241,7 +321,7 @@ ORG_IDS: dict[str, str] = {  # the demo tenant's accounts, quoted by rate-limit 
 API_KEY_SUFFIX = "x7Qa"
 TPM_LIMITS: dict[str, int] = {"openai": 800_000, "anthropic": 400_000, "groq": 300_000}
 
-# Ingestion: rows normally land within two seconds of the response; ~1% are replayed from a spool later.
+# Ingestion: rows land within two seconds of the response; ~1% are replayed from a spool later.
 INGEST_DELAY_S = (0.05, 2.0)
 LATE_RATE = 0.01
 LATE_DELAY_S = (120.0, 3 * 3600.0)
@@ -255,16 +335,16 @@ ID_FORMATS: dict[str, tuple[str, int]] = {
     "user": ("usr_", 6),
 }
 
-# Generation granularity: bins resolve the daily curve; slices group bins to amortise numpy call overhead.
+# Generation granularity: bins resolve the daily curve; slices group bins to amortise the
+# per-call overhead of numpy.
 BIN_US = 600 * 1_000_000
-TARGET_SLICE_ROWS = 20_000
+TARGET_SLICE_ROWS = 8_000
 
 _MODEL_INDEX = {m.name: i for i, m in enumerate(MODELS)}
 _MODEL_SHARE = np.array([m.share for m in MODELS]) / sum(m.share for m in MODELS)
 _MODEL_PROVIDER = np.array([PROVIDERS.index(m.provider) for m in MODELS])
-_FALLBACK = np.array([_MODEL_INDEX[m.fallback] for m in MODELS])
-_PRICE_IN = np.array([m.input_per_m for m in MODELS]) / 1e6
-_PRICE_OUT = np.array([m.output_per_m for m in MODELS]) / 1e6
+_FALLBACK = np.array([_MODEL_INDEX[FALLBACK_MODELS[m.name]] for m in MODELS])
+_PRICE_IN, _PRICE_OUT = np.array([PRICES_PER_MILLION[m.name] for m in MODELS]).T / 1e6
 _CONTEXT = np.array([m.context for m in MODELS])
 _TTFT_MS = np.array([m.ttft_ms for m in MODELS])
 _MS_PER_TOKEN = 1000.0 / np.array([m.tokens_per_s for m in MODELS])
@@ -275,7 +355,11 @@ _REQUESTED_NAMES = np.append(_MODEL_NAMES, None)  # index -1: not logged
 _CACHE_NAMES = np.array(CACHE_STATUSES, dtype=object)
 _ROUTING_NAMES = np.array(ROUTING_STRATEGIES, dtype=object)
 _FALLBACK_ROUTING = ROUTING_STRATEGIES.index("fallback")
+_ANTHROPIC = PROVIDERS.index("anthropic")
 
+# Error kind codes: 0 = success, 1..len(ERROR_KINDS) = ERROR_KINDS, then the guardrail block.
+_KIND_CODE = {k.name: code for code, k in enumerate(ERROR_KINDS, start=1)}
+_GUARDRAIL_BLOCK = len(ERROR_KINDS) + 1
 _ERROR_SHARE = np.array([k.share for k in ERROR_KINDS]) / sum(k.share for k in ERROR_KINDS)
 _STATUS = np.array([200, *(k.status for k in ERROR_KINDS), GUARDRAIL_BLOCK_STATUSES[0]])
 _ERROR_LOG_LATENCY = np.log(  # log-uniform bounds per error kind code; row 0 (success) is unused
@@ -286,7 +370,10 @@ _POLICY_SHARE = np.array([share for _, share in GUARDRAIL_POLICIES])
 _POLICY_SIZE = np.array([len(names) for names, _ in GUARDRAIL_POLICIES])
 _POLICY_WIDTH = int(_POLICY_SIZE.max())
 _POLICY_MEMBERS = np.array(
-    [[GUARDRAILS.index(n) for n in names] + [-1] * (_POLICY_WIDTH - len(names)) for names, _ in GUARDRAIL_POLICIES]
+    [
+        [GUARDRAILS.index(n) for n in names] + [-1] * (_POLICY_WIDTH - len(names))
+        for names, _ in GUARDRAIL_POLICIES
+    ]
 )
 _TRIGGER_ACTION_CDF = np.cumsum([GUARDRAIL_TRIGGER_ACTIONS[g] for g in GUARDRAILS], axis=1)
 _MIN_SCORE = np.array(GUARDRAIL_MIN_SCORE)
@@ -305,7 +392,8 @@ _ENTRY_JSON = np.array(
 _NEXT_ENTRY_JSON = np.array([", " + e if e else "" for e in _ENTRY_JSON], dtype=object)
 
 _ONE_US = timedelta(microseconds=1)
-_HEX_PAIRS = np.array([f"{b:02x}" for b in range(256)]).view(np.uint64)  # one byte = two UCS4 hex digits
+# One byte as two UCS4 hex digits, so id text is assembled with array lookups.
+_HEX_PAIRS = np.array([f"{b:02x}" for b in range(256)]).view(np.uint64)
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64 constants
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
@@ -316,11 +404,11 @@ Columns = dict[str, np.ndarray]
 def generate_rows(
     count: int, *, start: datetime, end: datetime, seed: int = 7, batch_size: int = 50_000
 ) -> Iterator[list[tuple]]:
-    """Yield batches of row tuples in COLUMNS order, timestamps within [start, end) following the daily curve,
-    sorted by ingested_at within the whole output (so that inserting them in order gives ids in ingest order:
-    late rows get higher ids than their neighbours in event time).
+    """Yield batches of row tuples in COLUMNS order, timestamps within [start, end) following the
+    daily curve, sorted by ingested_at within the whole output (so that inserting them in order
+    gives ids in ingest order: late rows get higher ids than their neighbours in event time).
 
-    Arguments are checked here rather than on the first ``next()`` so mistakes surface at the call site.
+    Arguments are checked here, not on the first ``next()``, so mistakes surface at the call site.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
@@ -334,11 +422,17 @@ def generate_rows(
     return _batches(count, start, end, seed, batch_size)
 
 
-def _batches(count: int, start: datetime, end: datetime, seed: int, batch_size: int) -> Iterator[list[tuple]]:
-    """Re-cut ingest-ordered chunks into batches; chunks do not depend on batch_size, so neither do the rows."""
+def _batches(
+    count: int, start: datetime, end: datetime, seed: int, batch_size: int
+) -> Iterator[list[tuple]]:
+    """Re-cut ingest-ordered chunks into batches: chunks do not depend on batch_size, so neither
+    do the rows."""
     rng = np.random.default_rng(seed)
-    id_keys = dict(zip(ID_FORMATS, rng.integers(0, 2**64, (len(ID_FORMATS), 2), dtype=np.uint64)))
-    users = np.array([*_id_text(np.arange(USER_POOL), "user", id_keys), None], dtype=object)  # index -1: anonymous
+    id_keys = dict(
+        zip(ID_FORMATS, rng.integers(0, 2**64, (len(ID_FORMATS), 2), dtype=np.uint64), strict=True)
+    )
+    user_ids = _id_text(np.arange(USER_POOL), "user", id_keys)
+    users = np.array([*user_ids, None], dtype=object)  # index -1: anonymous
     buffer: list[tuple] = []
     for chunk in _ingest_ordered_chunks(rng, count, start, end):
         buffer.extend(_to_tuples(chunk, start, id_keys, users))
@@ -349,7 +443,9 @@ def _batches(count: int, start: datetime, end: datetime, seed: int, batch_size: 
         yield buffer
 
 
-def _ingest_ordered_chunks(rng: np.random.Generator, count: int, start: datetime, end: datetime) -> Iterator[Columns]:
+def _ingest_ordered_chunks(
+    rng: np.random.Generator, count: int, start: datetime, end: datetime
+) -> Iterator[Columns]:
     """Generate slice by slice and release rows in ingested_at order.
 
     Rows of later slices start at or after the next slice boundary and are ingested after it, so any
@@ -370,11 +466,16 @@ def _ingest_ordered_chunks(rng: np.random.Generator, count: int, start: datetime
         hi = min(lo + bins_per_slice, len(bin_starts))
         rows = int(bin_rows[lo:hi].sum())
         if rows:
-            fresh = _slice_columns(rng, rows, bin_starts[lo:hi], bin_ends[lo:hi], weights[lo:hi], span_us)
-            for kind, serial in next_serial.items():  # slice-local numbers, non-decreasing, made global
+            fresh = _slice_columns(
+                rng, rows, bin_starts[lo:hi], bin_ends[lo:hi], weights[lo:hi], span_us
+            )
+            # Slice-local serial numbers (non-decreasing) continue the previous slices' ones.
+            for kind, serial in next_serial.items():
                 fresh[kind] += serial
                 next_serial[kind] = int(fresh[kind][-1]) + 1
-            pending = fresh if pending is None else {k: np.concatenate((pending[k], fresh[k])) for k in fresh}
+            if pending is not None:
+                fresh = {k: np.concatenate((pending[k], v)) for k, v in fresh.items()}
+            pending = fresh
         if pending is None:
             continue
         order = np.argsort(pending["ingested_us"], kind="stable")
@@ -383,7 +484,8 @@ def _ingest_ordered_chunks(rng: np.random.Generator, count: int, start: datetime
         ready = int(np.searchsorted(pending["ingested_us"], watermark, side="right"))
         if ready:
             yield {k: v[:ready] for k, v in pending.items()}
-            pending = {k: v[ready:] for k, v in pending.items()} if ready < len(pending["ingested_us"]) else None
+            left = {k: v[ready:] for k, v in pending.items()}
+            pending = left if len(left["ingested_us"]) else None
 
 
 def _traffic_weights(start: datetime, bin_starts: np.ndarray, bin_ends: np.ndarray) -> np.ndarray:
@@ -416,9 +518,13 @@ def _slice_columns(
     pos = np.arange(n) - first[sess]
 
     start_bin = rng.choice(len(bin_starts), n_sess, p=weights / weights.sum())
-    sess_start = bin_starts[start_bin] + (rng.random(n_sess) * (bin_ends - bin_starts)[start_bin]).astype(np.int64)
+    sess_start = bin_starts[start_bin] + (
+        rng.random(n_sess) * (bin_ends - bin_starts)[start_bin]
+    ).astype(np.int64)
     sess_user = np.where(
-        rng.random(n_sess) < ANONYMOUS_SESSION_RATE, -1, (USER_POOL * rng.random(n_sess) ** USER_SKEW).astype(np.int64)
+        rng.random(n_sess) < ANONYMOUS_SESSION_RATE,
+        -1,
+        (USER_POOL * rng.random(n_sess) ** USER_SKEW).astype(np.int64),
     )
     sess_model = rng.choice(len(MODELS), n_sess, p=_MODEL_SHARE)
     sess_stream = rng.random(n_sess) < STREAM_RATE
@@ -435,32 +541,45 @@ def _slice_columns(
 
     # Model: mostly the session's, sometimes a side call; fallbacks swap in the backup model.
     requested = np.where(
-        rng.random(n) < SESSION_MODEL_STICKINESS, sess_model[sess], rng.choice(len(MODELS), n, p=_MODEL_SHARE)
+        rng.random(n) < SESSION_MODEL_STICKINESS,
+        sess_model[sess],
+        rng.choice(len(MODELS), n, p=_MODEL_SHARE),
     )
     fallback = rng.random(n) < FALLBACK_RATE
     model = np.where(fallback, _FALLBACK[requested], requested)
     provider = _MODEL_PROVIDER[model]
     legacy = sess_legacy[sess]
 
-    input_tokens = rng.lognormal(np.log(INPUT_MEDIAN_TOKENS), INPUT_SIGMA, n) * (1 + HISTORY_GROWTH * pos)
+    input_tokens = rng.lognormal(np.log(INPUT_MEDIAN_TOKENS), INPUT_SIGMA, n) * (
+        1 + HISTORY_GROWTH * pos
+    )
     input_tokens = np.clip(input_tokens, 8, 0.9 * _CONTEXT[model]).astype(np.int64)
-    output_tokens = rng.lognormal(np.log(OUTPUT_MEDIAN_TOKENS), OUTPUT_SIGMA, n) * _OUTPUT_SCALE[model]
+    output_tokens = (
+        rng.lognormal(np.log(OUTPUT_MEDIAN_TOKENS), OUTPUT_SIGMA, n) * _OUTPUT_SCALE[model]
+    )
     output_tokens = np.clip(output_tokens, 1, MAX_OUTPUT_TOKENS).astype(np.int64)
 
     guard = _guardrails(rng, sess_policy[sess])
     kind = np.where(guard.blocked, _GUARDRAIL_BLOCK, 0)
     provider_error = ~guard.blocked & (rng.random(n) < PROVIDER_ERROR_RATE)
-    kind[provider_error] = rng.choice(len(ERROR_KINDS), int(provider_error.sum()), p=_ERROR_SHARE) + 1
+    kind[provider_error] = (
+        rng.choice(len(ERROR_KINDS), int(provider_error.sum()), p=_ERROR_SHARE) + 1
+    )
     is_error = kind > 0
-    too_long = kind == _CONTEXT_LENGTH
-    input_tokens[too_long] = (_CONTEXT[model[too_long]] * rng.uniform(1.001, 1.25, int(too_long.sum()))).astype(np.int64)
+    too_long = kind == _KIND_CODE["context_length"]
+    input_tokens[too_long] = (
+        _CONTEXT[model[too_long]] * rng.uniform(1.001, 1.25, int(too_long.sum()))
+    ).astype(np.int64)
     output_tokens[is_error] = 0
 
     cache_draw = rng.random(n)
     cache = np.where(cache_draw < CACHE_SKIP_RATE, CACHE_SKIP, CACHE_MISS)
-    cache[(cache_draw >= CACHE_SKIP_RATE) & (cache_draw < CACHE_SKIP_RATE + CACHE_HIT_RATE) & ~is_error & ~fallback] = (
-        CACHE_HIT
-    )
+    cache[
+        (cache_draw >= CACHE_SKIP_RATE)
+        & (cache_draw < CACHE_SKIP_RATE + CACHE_HIT_RATE)
+        & ~is_error
+        & ~fallback
+    ] = CACHE_HIT
     cache[~sess_cache[sess] | legacy] = CACHE_NONE
     hit = cache == CACHE_HIT
 
@@ -477,13 +596,18 @@ def _slice_columns(
     latency = latency.astype(np.int64)
 
     cost = input_tokens * _PRICE_IN[model] + output_tokens * _PRICE_OUT[model]
-    cost[hit | (is_error & (kind != _TIMEOUT))] = 0.0  # a timed-out call was still billed for its prompt
+    # Nothing is billed for cache hits and rejected calls; a timed-out call was billed its prompt.
+    cost[hit | (is_error & (kind != _KIND_CODE["timeout"]))] = 0.0
     status = _STATUS[kind]
-    status[guard.blocked & (rng.random(n) >= GUARDRAIL_BLOCK_403_SHARE)] = GUARDRAIL_BLOCK_STATUSES[1]
-    status[(kind == _OVERLOADED) & (provider == PROVIDERS.index("anthropic"))] = ANTHROPIC_OVERLOADED_STATUS
+    block_400 = guard.blocked & (rng.random(n) >= GUARDRAIL_BLOCK_403_SHARE)
+    status[block_400] = GUARDRAIL_BLOCK_STATUSES[1]
+    anthropic_overloaded = (kind == _KIND_CODE["overloaded"]) & (provider == _ANTHROPIC)
+    status[anthropic_overloaded] = ANTHROPIC_OVERLOADED_STATUS
 
     # Event times: each request follows the previous one's response plus a think or step pause.
-    pause_s = np.where(new_trace, rng.exponential(THINK_TIME_S, n), rng.exponential(TRACE_STEP_GAP_S, n))
+    pause_s = np.where(
+        new_trace, rng.exponential(THINK_TIME_S, n), rng.exponential(TRACE_STEP_GAP_S, n)
+    )
     gap_us = np.zeros(n)
     gap_us[1:] = latency[:-1] * 1e3 + pause_s[1:] * 1e6
     gap_us[first] = 0.0
@@ -501,7 +625,9 @@ def _slice_columns(
             late, rng.uniform(*np.log(LATE_DELAY_S), n), rng.uniform(*np.log(INGEST_DELAY_S), n)
         )
     )
-    ingested = np.minimum(timestamp + latency * 1000 + (delay_s * 1e6).astype(np.int64), timestamp + MAX_INGEST_LAG_US)
+    ingested = np.minimum(
+        timestamp + latency * 1000 + (delay_s * 1e6).astype(np.int64), timestamp + MAX_INGEST_LAG_US
+    )
 
     return {
         "request": np.arange(n),
@@ -537,7 +663,8 @@ class _Guardrails(NamedTuple):
 
 
 def _guardrails(rng: np.random.Generator, policy: np.ndarray) -> _Guardrails:
-    """Score every configured guardrail; at most one per request fires, as a real policy short-circuits."""
+    """Score every configured guardrail; at most one fires per request, as a policy stops at the
+    first hit."""
     n = len(policy)
     rows = np.flatnonzero(_POLICY_SIZE[policy] > 0)
     m = len(rows)
@@ -545,37 +672,47 @@ def _guardrails(rng: np.random.Generator, policy: np.ndarray) -> _Guardrails:
     fires = rng.random(m) < GUARDRAIL_TRIGGER_RATE
     slot = (rng.random(m) * _POLICY_SIZE[policy[rows]]).astype(np.int64)
     fired = members[np.arange(m), slot]
-    action = np.where(fires, 1 + (rng.random(m)[:, None] > _TRIGGER_ACTION_CDF[fired, :2]).sum(axis=1), 0)
+    action = np.where(
+        fires, 1 + (rng.random(m)[:, None] > _TRIGGER_ACTION_CDF[fired, :2]).sum(axis=1), 0
+    )
     lowest = _MIN_SCORE[action]
     fired_score = (100 * (lowest + rng.random(m) * (1 - lowest))).astype(np.int64)
-    allow_score = (100 * (1 - rng.random((m, _POLICY_WIDTH)) ** (1 / ALLOW_SCORE_CONCENTRATION))).astype(np.int64)
+    allow_score = (
+        100 * (1 - rng.random((m, _POLICY_WIDTH)) ** (1 / ALLOW_SCORE_CONCENTRATION))
+    ).astype(np.int64)
 
     in_slot = fires[:, None] & (np.arange(_POLICY_WIDTH) == slot[:, None])
     codes = (members * len(GUARDRAIL_ACTIONS) + np.where(in_slot, action[:, None], 0)) * 101
     codes += np.where(in_slot, fired_score[:, None], allow_score)
     codes[members < 0] = -1  # the empty entry
     first, *others = codes.T
-    parts = [_ENTRY_JSON[first].tolist(), *(_NEXT_ENTRY_JSON[c].tolist() for c in others)]
+    parts = zip(
+        _ENTRY_JSON[first].tolist(), *(_NEXT_ENTRY_JSON[c].tolist() for c in others), strict=True
+    )
 
     ran, triggered, blocked = np.zeros((3, n), dtype=bool)
     ran[rows], triggered[rows], blocked[rows] = True, fires, action == 1
     name, score = np.full(n, -1), np.zeros(n, dtype=np.int64)
     name[rows], score[rows] = np.where(fires, fired, -1), np.where(fires, fired_score, 0)
     results = np.full(n, None, dtype=object)
-    results[rows] = ["[" + "".join(entries) + "]" for entries in zip(*parts)]
+    results[rows] = ["[" + "".join(entries) + "]" for entries in parts]
     return _Guardrails(ran, triggered, blocked, name, score, results)
 
 
 def _error_messages(
-    rng: np.random.Generator, kind: np.ndarray, model: np.ndarray, input_tokens: np.ndarray, guard: _Guardrails
+    rng: np.random.Generator,
+    kind: np.ndarray,
+    model: np.ndarray,
+    input_tokens: np.ndarray,
+    guard: _Guardrails,
 ) -> np.ndarray:
-    """Provider-specific error texts; errors are ~2% of rows, so per-row formatting is affordable."""
+    """Provider-specific error texts: errors are ~2% of rows, so per-row formatting is affordable."""
     messages = np.full(len(kind), None, dtype=object)
     rows = np.flatnonzero(kind)
     # Rate-limit arithmetic as providers report it: the request would push usage over the limit.
     headroom = rng.random(len(rows))
-    for i, k, m, tokens, room in zip(rows.tolist(), kind[rows].tolist(), model[rows].tolist(),
-                                     input_tokens[rows].tolist(), headroom.tolist()):
+    fields = (rows, kind[rows], model[rows], input_tokens[rows], headroom)
+    for i, k, m, tokens, room in zip(*(f.tolist() for f in fields), strict=True):
         spec = MODELS[m]
         if k == _GUARDRAIL_BLOCK:
             messages[i] = GUARDRAIL_BLOCK_MESSAGE.format(
@@ -602,7 +739,8 @@ def _error_messages(
 
 
 def _mix64(x: np.ndarray, key: np.uint64) -> np.ndarray:
-    """Keyed SplitMix64: a bijection on 64-bit ints, so distinct serials give distinct random-looking words."""
+    """Keyed SplitMix64, a bijection on 64-bit ints: distinct serials give distinct random-looking
+    words."""
     z = x.astype(np.uint64) * _GOLDEN_GAMMA + key
     z = (z ^ (z >> np.uint64(30))) * _MIX_1
     z = (z ^ (z >> np.uint64(27))) * _MIX_2
@@ -610,8 +748,9 @@ def _mix64(x: np.ndarray, key: np.uint64) -> np.ndarray:
 
 
 def _id_text(serials: np.ndarray, kind: str, id_keys: dict[str, np.ndarray]) -> list[str]:
-    """``prefix + hex`` ids derived from serial numbers: unique by construction (the first word is a bijection),
-    cheap to carry through sorting as ints, and written directly as UCS4 code points instead of formatted."""
+    """``prefix + hex`` ids derived from serial numbers: unique by construction (the first word is
+    a bijection of the serial), cheap to carry through sorting as ints, and written as UCS4 code
+    points rather than formatted one by one."""
     prefix, nbytes = ID_FORMATS[kind]
     words = [_mix64(serials, key) for key in id_keys[kind][: -(-nbytes // 8)]]
     raw = np.stack(words, axis=1).view(np.uint8)[:, :nbytes]
@@ -621,8 +760,10 @@ def _id_text(serials: np.ndarray, kind: str, id_keys: dict[str, np.ndarray]) -> 
     return codes.view(f"U{codes.shape[1]}").ravel().tolist()
 
 
-def _to_tuples(cols: Columns, start: datetime, id_keys: dict[str, np.ndarray], users: np.ndarray) -> list[tuple]:
-    """Turn columns into row tuples in COLUMNS order; datetimes are ``start + timedelta`` (C-level adds)."""
+def _to_tuples(
+    cols: Columns, start: datetime, id_keys: dict[str, np.ndarray], users: np.ndarray
+) -> list[tuple]:
+    """Row tuples in COLUMNS order; datetimes are built as ``start + timedelta`` (C-level adds)."""
     model, cache, status = cols["model"], cols["cache"], cols["status_code"]
     input_tokens, output_tokens = cols["input_tokens"], cols["output_tokens"]
     values = (
@@ -650,6 +791,6 @@ def _to_tuples(cols: Columns, start: datetime, id_keys: dict[str, np.ndarray], u
         _ROUTING_NAMES[cols["routing"]].tolist(),
         cols["fallback_used"].tolist(),
         cols["is_stream"].tolist(),
-        repeat("request"),
+        [EVENT_TYPE] * len(model),
     )
-    return list(zip(*values))
+    return list(zip(*values, strict=True))
