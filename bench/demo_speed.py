@@ -1,8 +1,8 @@
 """Time ``generate_rows`` on a million rows and print sanity stats, so that a change which slows the
 generator down or skews the synthetic traffic shows up at a glance.
 
-Run: ``.venv/bin/python bench/demo_speed.py [rows]``. Timing covers generation only; the stats come
-from a second, untimed pass, which also checks that the same seed gives the same rows.
+Run: ``.venv/bin/python bench/demo_speed.py [rows]``. Timing covers generation only; the stats
+come from a further, untimed pass, which also checks that the same seed gives the same rows.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ ROWS = 1_000_000
 START = datetime(2025, 6, 2, tzinfo=UTC)  # a Monday: one full week shows the weekend dip
 END = START + timedelta(days=7)
 SEED = 7
-LATE_AFTER = timedelta(
-    seconds=60
-)  # ingest lag beyond the request's own latency that counts as late
+# Ingest lag beyond the request's own latency that counts a row as late.
+LATE_AFTER = timedelta(seconds=60)
+TIMED_RUNS = 3  # report the best: other jobs on a shared host only ever add time
 
 C = {name: i for i, name in enumerate(COLUMNS)}
 
 
 def timed_run(rows: int) -> tuple[int, float, float, list[str]]:
-    """Consume the generator as an inserter would; keep a few ids to compare with the second pass."""
+    """Consume the generator as an inserter would; keep a few ids to compare with pass two."""
     wall, cpu = time.perf_counter(), time.process_time()
     count, sample = 0, []
     for batch in generate_rows(rows, start=START, end=END, seed=SEED):
@@ -93,7 +93,9 @@ def stats_run(rows: int) -> dict:
         "guardrail triggers": f"{triggered / n:.2%}",
         "streaming": f"{streams / n:.2%}",
         "model_requested None": f"{unrequested / n:.2%}",
-        "distinct sessions / traces / users": f"{len(sessions):,} / {len(traces):,} / {len(users):,}",
+        "distinct sessions / traces / users": (
+            f"{len(sessions):,} / {len(traces):,} / {len(users):,}"
+        ),
         "rows per hour min / max": f"{min(hourly):,} / {max(hourly):,}",
         "mean rows per hour weekday / weekend": f"{sum(weekday_hours) / len(weekday_hours):,.0f} / "
         f"{sum(weekend_hours) / max(len(weekend_hours), 1):,.0f}",
@@ -111,11 +113,14 @@ def stats_run(rows: int) -> dict:
 
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else ROWS
-    count, wall, cpu, sample = timed_run(rows)
+    runs = [timed_run(rows) for _ in range(TIMED_RUNS)]
+    count, _, _, sample = runs[0]
+    wall, cpu = min(r[1] for r in runs), min(r[2] for r in runs)
     print(f"generate_rows({rows:,}) over {START:%Y-%m-%d} .. {END:%Y-%m-%d}, seed {SEED}")
     print(
-        f"  {count:,} rows in {wall:.2f} s wall = {count / wall:,.0f} rows/s ({cpu:.2f} s CPU = {count / cpu:,.0f} rows/s)"
+        f"  best of {TIMED_RUNS}: {count:,} rows in {wall:.2f} s wall = {count / wall:,.0f} rows/s"
     )
+    print(f"  CPU {cpu:.2f} s = {count / cpu:,.0f} rows/s (wall counts other jobs on the host too)")
     stats = stats_run(rows)
     stats["deterministic (same seed, same rows)"] = stats.pop("_sample") == sample
     for name, value in stats.items():

@@ -1,5 +1,5 @@
 """Synthetic LLM-gateway request logs: realistic enough to exercise the export pipeline, fast
-enough to load millions of rows in seconds, and deterministic so a seed always yields the same table.
+enough to load millions of rows in seconds, and deterministic: a seed always yields the same table.
 
 Rows are generated per slice of event time with vectorised numpy draws. Sessions started in a slice
 may run past its end and some rows arrive late, so every slice's rows go through a pending buffer
@@ -217,14 +217,15 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
         0.35,
         (40.0, 400.0),
         {
-            "openai": "Rate limit reached for {model} in organization {org} on tokens per min (TPM): "
-            "Limit {limit}, Used {used}, Requested {requested}. Please try again in {wait:.3f}s. "
+            "openai": "Rate limit reached for {model} in organization {org} on tokens per min "
+            "(TPM): Limit {limit}, Used {used}, Requested {requested}. "
+            "Please try again in {wait:.3f}s. "
             "Visit https://platform.openai.com/account/rate-limits to learn more.",
-            "anthropic": "This request would exceed the rate limit for your organization ({org}) of "
-            "{limit} input tokens per minute. For details, refer to: "
-            "https://docs.anthropic.com/en/api/rate-limits. You can see the response headers for "
-            "current usage. Please reduce the prompt length or the maximum tokens requested, or try "
-            "again later.",
+            "anthropic": "This request would exceed the rate limit for your organization ({org}) "
+            "of {limit} input tokens per minute. For details, refer to: "
+            "https://docs.anthropic.com/en/api/rate-limits. You can see the response headers "
+            "for current usage. Please reduce the prompt length or the maximum tokens requested, "
+            "or try again later.",
             "google": "Resource has been exhausted (e.g. check quota).",
             "groq": "Rate limit reached for model `{model}` in organization `{org}` service tier "
             "`on_demand` on tokens per minute (TPM): Limit {limit}, Used {used}, Requested "
@@ -286,10 +287,10 @@ ERROR_KINDS: tuple[ErrorKind, ...] = (
         (30.0, 300.0),
         {
             "anthropic": "prompt is too long: {tokens} tokens > {context} maximum",
-            "google": "The input token count ({tokens}) exceeds the maximum number of tokens allowed "
-            "({context}).",
-            "mistral": "Prompt contains {tokens} tokens and 0 draft tokens, too large for model with "
-            "{context} maximum context length",
+            "google": "The input token count ({tokens}) exceeds the maximum number of tokens "
+            "allowed ({context}).",
+            "mistral": "Prompt contains {tokens} tokens and 0 draft tokens, too large for model "
+            "with {context} maximum context length",
             "bedrock": "ValidationException: Input is too long for requested model.",
             "*": "This model's maximum context length is {context} tokens. However, your messages "
             "resulted in {tokens} tokens. Please reduce the length of the messages.",
@@ -489,7 +490,7 @@ def _ingest_ordered_chunks(
 
 
 def _traffic_weights(start: datetime, bin_starts: np.ndarray, bin_ends: np.ndarray) -> np.ndarray:
-    """Expected traffic per bin: daily curve at the bin middle, weekend dip, times the bin's length."""
+    """Expected traffic per bin: daily curve at the bin middle, weekend dip, times bin length."""
     mid_s = start.timestamp() + (bin_starts + bin_ends) / 2e6
     hour = (mid_s % 86_400) / 3600
     level = np.interp(hour, np.arange(24), HOURLY_TRAFFIC, period=24)
@@ -505,7 +506,7 @@ def _slice_columns(
     weights: np.ndarray,
     span_us: int,
 ) -> Columns:
-    """Draw ``n`` rows of sessions starting in these bins; times are microseconds since ``start``."""
+    """Draw ``n`` rows of sessions starting in these bins; times are in µs since ``start``."""
     # Sessions: lengths until n rows are covered, the last one cut short.
     sizes = np.minimum(rng.geometric(SESSION_CONTINUE_P, n), MAX_SESSION_REQUESTS)
     ends = np.cumsum(sizes)
@@ -706,7 +707,7 @@ def _error_messages(
     input_tokens: np.ndarray,
     guard: _Guardrails,
 ) -> np.ndarray:
-    """Provider-specific error texts: errors are ~2% of rows, so per-row formatting is affordable."""
+    """Provider-specific error texts: errors are ~2% of rows, so formatting each is affordable."""
     messages = np.full(len(kind), None, dtype=object)
     rows = np.flatnonzero(kind)
     # Rate-limit arithmetic as providers report it: the request would push usage over the limit.

@@ -1,13 +1,18 @@
 """The exported record: the spec's fifteen fields first, then the extended ones, and its encoding.
 
-This is the hot path of every export: one dict per row, built once, then serialised by orjson
-as a whole chunk. Rows arrive as tuples in ``source.COLUMNS`` order.
+This is the hot path of every export. The reader (``source.GatewaySource.stream_rows``) hands
+over rows already in the record's shape: the exported fields in order, ``timestamp`` already
+formatted, ``cost`` already a float, then the source id. So a record is one ``dict(zip())``, a
+C-level call, and only the few rows that need it (guardrail results to parse, a required value
+missing) cost any per-row Python.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import compress, repeat
+from operator import is_not, itemgetter
 
 import orjson
 
@@ -41,6 +46,12 @@ EXTENDED_FIELDS = (
 )
 EXPORTED_FIELDS = SPEC_FIELDS + EXTENDED_FIELDS
 
+# Positions in a reader row: the exported fields in order, then the source id.
+ROW_ID = len(EXPORTED_FIELDS)
+ROW_TIMESTAMP = EXPORTED_FIELDS.index("timestamp")
+_ROW_GUARDRAILS = EXPORTED_FIELDS.index("guardrail_results")
+_ROW_REQUIRED = tuple((EXPORTED_FIELDS.index(f), f) for f in ("request_id", "model", "provider"))
+
 
 @dataclass(frozen=True, slots=True)
 class Reject:
@@ -63,61 +74,34 @@ def format_timestamp(value: datetime) -> str:
 
 
 def build_records(
-    rows, fields: tuple[str, ...] | None = None
+    rows: list[tuple], fields: tuple[str, ...] | None = None
 ) -> tuple[list[dict], list[int], list[Reject]]:
-    """Exported records for a chunk of rows, with their source ids, and the rows that cannot be
-    exported (a required value missing, unreadable guardrail results) as rejects."""
-    records: list[dict] = []
-    ids: list[int] = []
-    rejects: list[Reject] = []
+    """Exported records for a chunk of reader rows, with their source ids, and the rows that
+    cannot be exported (a required value missing, unreadable guardrail results) as rejects."""
+    # zip stops at the shorter: the row's trailing source id is left out of the record.
+    records = [dict(zip(EXPORTED_FIELDS, row, strict=False)) for row in rows]
+    ids = [row[ROW_ID] for row in rows]
+    bad: dict[int, str] = {}
+    if any(None in map(itemgetter(position), rows) for position, _ in _ROW_REQUIRED):
+        for i, row in enumerate(rows):
+            missing = [name for position, name in _ROW_REQUIRED if row[position] is None]
+            if missing:
+                bad[i] = f"malformed row: {', '.join(missing)} is null"
+    guardrails = [row[_ROW_GUARDRAILS] for row in rows]
     loads = orjson.loads
-    for r in rows:
-        if r[1] is None or r[7] is None or r[9] is None:
-            missing = [
-                n for n, i in (("request_id", 1), ("model", 7), ("provider", 9)) if r[i] is None
-            ]
-            rejects.append(Reject(r[0], r[1], f"malformed row: {', '.join(missing)} is null"))
+    for i in compress(range(len(rows)), map(is_not, guardrails, repeat(None))):
+        if i in bad:
             continue
-        guardrails = r[21]
-        if guardrails is not None:
-            try:
-                guardrails = loads(guardrails)
-            except orjson.JSONDecodeError as exc:
-                rejects.append(
-                    Reject(r[0], r[1], f"malformed row: guardrail_results is not JSON ({exc})")
-                )
-                continue
-        cost = r[14]
-        record = {
-            "request_id": r[1],
-            "model": r[7],
-            "provider": r[9],
-            "latency_ms": r[10],
-            "input_tokens": r[11],
-            "output_tokens": r[12],
-            "total_tokens": r[13],
-            "cost": cost if cost is None or type(cost) is float else float(cost),
-            "status_code": r[15],
-            "is_error": r[16],
-            "cache_hit": r[18],
-            "guardrail_triggered": r[20],
-            "routing_strategy": r[22],
-            "timestamp": format_timestamp(r[2]),
-            "event_type": r[25],
-            "trace_id": r[4],
-            "session_id": r[5],
-            "user_id": r[6],
-            "model_requested": r[8],
-            "cache_status": r[19],
-            "fallback_used": r[23],
-            "is_stream": r[24],
-            "error_message": r[17],
-            "guardrail_results": guardrails,
-        }
-        if fields is not None:
-            record = {f: record[f] for f in fields}
-        records.append(record)
-        ids.append(r[0])
+        try:
+            records[i]["guardrail_results"] = loads(guardrails[i])
+        except orjson.JSONDecodeError as exc:
+            bad[i] = f"malformed row: guardrail_results is not JSON ({exc})"
+    rejects = [Reject(rows[i][ROW_ID], rows[i][0], reason) for i, reason in sorted(bad.items())]
+    if bad:
+        records = [r for i, r in enumerate(records) if i not in bad]
+        ids = [n for i, n in enumerate(ids) if i not in bad]
+    if fields is not None:
+        records = [{f: record[f] for f in fields} for record in records]
     return records, ids, rejects
 
 

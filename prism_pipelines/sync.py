@@ -18,13 +18,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import Row
+from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
 from prism_pipelines.ledger import Ledger, RecordedBatch
-from prism_pipelines.records import build_records, format_timestamp
+from prism_pipelines.records import ROW_ID, ROW_TIMESTAMP, build_records, format_timestamp
 from prism_pipelines.sinks.base import Sink
 from prism_pipelines.source import GatewaySource
 
@@ -179,13 +178,13 @@ def _batches_to_redo(
     return sorted(redo, key=lambda b: b.after_id)
 
 
-def _batches_of(stream: Iterator[list[Row]], batch_rows: int) -> Iterator[Iterator[list[Row]]]:
+def _batches_of(stream: Iterator[list[tuple]], batch_rows: int) -> Iterator[Iterator[list[tuple]]]:
     """Cut one stream of row chunks into batches of about ``batch_rows`` rows, lazily: a batch's
     chunks are read from the database only as the sink asks for them."""
     chunks = iter(stream)
     pending = next(chunks, None)
 
-    def take() -> Iterator[list[Row]]:
+    def take() -> Iterator[list[tuple]]:
         nonlocal pending
         taken = 0
         while pending is not None and taken < batch_rows:
@@ -203,7 +202,7 @@ def _send(
     sink: Sink,
     ledger: Ledger,
     batch: Batch,
-    row_chunks: Iterator[list[Row]],
+    row_chunks: Iterator[list[tuple]],
     result: SyncResult,
     through_id: int | None = None,
 ) -> None:
@@ -228,16 +227,18 @@ def _send(
     result.add(batch, delivery)
 
 
-def _chunks(batch: Batch, row_chunks: Iterator[list[Row]], fields) -> Iterator[Chunk]:
+def _chunks(batch: Batch, row_chunks: Iterator[list[tuple]], fields) -> Iterator[Chunk]:
     """Rows → exported records, with the batch's range, counts and event times kept up to
     date as the sink reads."""
+    stamp = itemgetter(ROW_TIMESTAMP)
     for rows in row_chunks:
         records, ids, rejects = build_records(rows, fields)
-        batch.through_id = rows[-1][0]
+        batch.through_id = rows[-1][ROW_ID]
         batch.records += len(records)
         batch.rejects.extend(rejects)
-        stamps = [r[2] for r in rows]
-        first, last = min(stamps), max(stamps)
+        # The rows' timestamps are the record's text, which sorts as the times do.
+        first = datetime.fromisoformat(min(map(stamp, rows)))
+        last = datetime.fromisoformat(max(map(stamp, rows)))
         batch.first_event = first if batch.first_event is None else min(batch.first_event, first)
         batch.last_event = last if batch.last_event is None else max(batch.last_event, last)
         yield Chunk(records, ids)

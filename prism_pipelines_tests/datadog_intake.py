@@ -28,7 +28,7 @@ import zlib
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -133,7 +133,7 @@ class DatadogIntake:
             self._server.server_close()
 
     def reset(self) -> None:
-        with getattr(self, "_lock", threading.Lock()):
+        with self._lock:
             self.requests: list[Recorded] = []
             self.dashboards: dict[str, dict] = {}
             self._faults: dict[str, deque[Fault]] = defaultdict(deque)
@@ -235,14 +235,17 @@ class DatadogIntake:
         return 202, {}, {}
 
     def _metrics(self, request: Recorded):
-        if len(request.raw) > METRICS_MAX_COMPRESSED or request.decoded_size >= METRICS_MAX_DECOMPRESSED:
+        if (
+            len(request.raw) > METRICS_MAX_COMPRESSED
+            or request.decoded_size >= METRICS_MAX_DECOMPRESSED
+        ):
             return 413, {}, _error_body(413, "metrics", "Payload too large")
         if not isinstance(request.body, dict) or not isinstance(request.body.get("series"), list):
             return 400, {}, _error_body(400, "metrics", "series is required")
         return 202, {}, {"errors": []}
 
     def _dashboards(self, request: Recorded):
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         parts = request.path.rstrip("/").split("/")
         dashboard_id = parts[4] if len(parts) > 4 else None
         with self._lock:
@@ -325,9 +328,16 @@ class _Handler(BaseHTTPRequestHandler):
             decoded = _decode(raw, headers.get("content-encoding"))
             body = json.loads(decoded) if decoded else None
         except (OSError, zlib.error, ValueError) as exc:
-            request = Recorded(self.command, url.path, {}, headers, raw, None, len(raw), 400, arrived)
-            self.intake.requests.append(request)
-            self._reply(400, {}, _error_body(400, _kind(self.command, url.path), f"Malformed payload: {exc}"))
+            request = Recorded(
+                self.command, url.path, {}, headers, raw, None, len(raw), 400, arrived
+            )
+            with self.intake._lock:
+                self.intake.requests.append(request)
+            self._reply(
+                400,
+                {},
+                _error_body(400, _kind(self.command, url.path), f"Malformed payload: {exc}"),
+            )
             return
         request = Recorded(
             self.command,

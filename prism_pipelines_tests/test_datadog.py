@@ -5,7 +5,7 @@ dashboard template."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -30,7 +30,7 @@ def intake(datadog_intake, monkeypatch):  # noqa: F811
 
 
 def datadog(intake, **settings) -> dict:
-    since = (datetime.now(timezone.utc) - timedelta(days=2)).strftime("%Y-%m-%dT%H:00:00Z")
+    since = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:00:00Z")
     return {
         "name": "dd",
         "type": "datadog",
@@ -49,9 +49,12 @@ def key(hour: datetime) -> str:
 def recent_rows(count: int, **overrides) -> tuple[datetime, list[tuple]]:
     """``count`` rows of one hour, all in the last 45 minutes (so Datadog takes their metric
     points) and settled (ingested a second after their event, at least a minute ago)."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     hour = (now - timedelta(minutes=16)).replace(minute=0, second=0)
-    start, end = max(hour, now - timedelta(minutes=45)), min(hour + timedelta(hours=1), now - timedelta(minutes=1))
+    start, end = (
+        max(hour, now - timedelta(minutes=45)),
+        min(hour + timedelta(hours=1), now - timedelta(minutes=1)),
+    )
     rows = gateway_rows(hour, count, **overrides)
     step = (end - start) / count
     return hour, [at(row, start + i * step) for i, row in enumerate(rows)]
@@ -177,7 +180,9 @@ def test_a_record_over_1mb_is_trimmed_and_says_so(prism, gateway, intake):
     entry = next(e for e in intake.logs if e["request_id"] == rows[1][COLUMN["request_id"]])
     assert entry["truncated_fields"] == ["error_message"]
     assert entry["original_size_bytes"] > 2_000_000
-    assert entry["error_message"].startswith("éééé") and entry["error_message"].endswith("[trimmed]")
+    assert entry["error_message"].startswith("éééé") and entry["error_message"].endswith(
+        "[trimmed]"
+    )
     assert intake.recorded("logs")[0].decoded_size < 1_000_000 + 2 * 2_000
     assert run.metadata["records"] == 3 and run.metadata["logs_trimmed_over_1mb"] == 1
 
@@ -200,13 +205,13 @@ def test_a_429_waits_for_the_rate_limit_reset_then_delivers(prism, gateway, inta
     hour, rows = recent_rows(20)
     gateway.insert_rows([rows])
     prism.configure(datadog(intake))
-    intake.throttle_next("logs", reset_seconds=2)
+    intake.throttle_next("logs", reset_seconds=1)
 
     run = prism.sync("dd", key(hour))
 
     throttled, accepted = intake.recorded("logs")
     assert (throttled.status, accepted.status) == (429, 202)
-    assert 2.0 <= accepted.at - throttled.at < 4.0  # waited for X-RateLimit-Reset, no longer
+    assert 1.0 <= accepted.at - throttled.at < 3.0  # waited for X-RateLimit-Reset, no longer
     assert run.metadata["retries"] == 1 and run.metadata["throttled_429"] == 1
     assert len(intake.logs) == 20
 
@@ -270,34 +275,34 @@ def test_a_revoked_key_fails_the_run_and_leaves_the_cursor(prism, gateway, intak
     assert Counter(e["request_id"] for e in intake.logs) == Counter(r[0] for r in rows)
 
 
-def test_logs_older_than_18_hours_are_rejected_with_the_reason(prism, gateway, intake):
-    hour = (datetime.now(timezone.utc) - timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
-    gateway.insert_rows([gateway_rows(hour, 12)])
-    prism.configure(datadog(intake))
+def test_logs_older_than_18_hours_are_rejected_or_sent_with_the_current_time(
+    prism, gateway, intake
+):
+    hour = (datetime.now(UTC) - timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
+    rows = gateway_rows(hour, 12)
+    gateway.insert_rows([rows])
+    prism.configure(datadog(intake), datadog(intake, name="dd_now", old_logs="send_now"))
 
     run = prism.sync("dd", key(hour))
 
     assert run.metadata["records"] == 0 and run.metadata["rejects"] == 12
     assert run.metadata["reject_reasons"] == {"log older than 18 h": 12}
     assert run.metadata["logs_rejected_too_old"] == 12
-    assert run.metadata["metric_points_skipped_older_than_1h"] > 0
-    assert intake.logs == [] and intake.series == []
+    assert run.metadata["metric_points_skipped_older_than_1h"] == 12 * 7  # a row per window
+    assert intake.requests == []
+    [reject, *_] = prism.ledger.rejects("dd", hour)
+    assert reject["reason"].startswith("log older than 18 h: its event time ")
     assert prism.ledger.cursor("dd", hour) > 0  # refused for good: recorded, not retried
 
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    run = prism.sync("dd_now", key(hour))
 
-def test_send_now_sends_old_logs_with_the_current_time(prism, gateway, intake):
-    hour = (datetime.now(timezone.utc) - timedelta(hours=20)).replace(minute=0, second=0, microsecond=0)
-    rows = gateway_rows(hour, 5)
-    gateway.insert_rows([rows])
-    prism.configure(datadog(intake, old_logs="send_now"))
-    before = datetime.now(timezone.utc) - timedelta(seconds=1)
-
-    run = prism.sync("dd", key(hour))
-
-    assert run.metadata["records"] == 5 and run.metadata["logs_sent_with_current_time"] == 5
-    for entry, row in zip(sorted(intake.logs, key=lambda e: e["request_id"]), rows):
+    assert run.metadata["records"] == 12 and run.metadata["logs_sent_with_current_time"] == 12
+    for entry, row in zip(sorted(intake.logs, key=lambda e: e["request_id"]), rows, strict=True):
         assert datetime.fromisoformat(entry["timestamp"]) >= before
-        assert entry["original_timestamp"] == row[COLUMN["timestamp"]].strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        assert entry["original_timestamp"] == row[COLUMN["timestamp"]].strftime(
+            "%Y-%m-%dT%H:%M:%S.000Z"
+        )
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -345,7 +350,9 @@ def test_a_late_row_adds_to_its_window_instead_of_replacing_it(prism, gateway, i
     prism.configure(datadog(intake))
     prism.sync("dd", key(hour))
     # The last row arrives late, for a window that was already sent.
-    late = with_values(rows[-1], **{n: rows[0][COLUMN[n]] for n in ("timestamp", "model", "provider")})
+    late = with_values(
+        rows[-1], **{n: rows[0][COLUMN[n]] for n in ("timestamp", "model", "provider")}
+    )
     gateway.insert_rows([[late]])
 
     prism.sync("dd", key(hour))
@@ -392,16 +399,20 @@ def test_metric_payloads_stay_under_the_size_limits(prism, gateway, intake, monk
     rows = [with_values(r, model=f"model-{i:04d}") for i, r in enumerate(rows)]
     gateway.insert_rows([rows])
     prism.configure(datadog(intake))
-    # A smaller limit, so a test-sized batch needs several payloads.
-    monkeypatch.setattr(datadog_metrics, "MAX_PAYLOAD_COMPRESSED", 20_000)
+    # Smaller limits, so a test-sized batch needs several payloads.
+    monkeypatch.setattr(datadog_metrics, "MAX_PAYLOAD_DECOMPRESSED", 60_000)
+    monkeypatch.setattr(datadog_metrics, "MAX_PAYLOAD_COMPRESSED", 3_000)
     intake.fail_next("metrics", 413)  # and Datadog refuses the first one anyway
 
     run = prism.sync("dd", key(hour))
 
     accepted = intake.recorded("metrics", 202)
-    assert len(accepted) > 2 and all(len(r.raw) <= 20_000 for r in accepted)
+    assert intake.recorded("metrics")[0].status == 413
+    assert len(accepted) > 4
+    assert all(len(r.raw) <= 3_000 and r.decoded_size <= 60_000 for r in accepted)
     assert {r.headers["content-encoding"] for r in accepted} == {"gzip"}
-    assert sum(p["value"] for s in intake.series if s["metric"] == "prism.gateway.requests" for p in s["points"]) == 300
+    requests = points_by_window(s for s in intake.series if s["metric"].endswith(".requests"))
+    assert sum(p["value"] for points in requests.values() for p in points) == 300
     assert run.metadata["metric_points"] == 300 * 7
 
 
@@ -425,6 +436,10 @@ def test_validate_checks_both_keys_and_names_the_site_when_refused(prism, intake
     ok, message = prism.validate("dd")
     assert not ok and "Datadog refused the application key (403" in message
 
+    prism.configure(datadog(intake, endpoint_url="http://127.0.0.1:9"))  # nothing listens
+    ok, message = prism.validate("dd")
+    assert not ok and "failed 3 times, last with cannot connect" in message
+
 
 def test_create_dashboard_twice_keeps_one_dashboard(prism, intake):
     prism.configure(datadog(intake, app_key={"env": "DD_TEST_APP_KEY"}))
@@ -435,9 +450,12 @@ def test_create_dashboard_twice_keeps_one_dashboard(prism, intake):
 
     [dashboard] = intake.dashboards.values()
     assert dashboard["title"] == "Prism Gateway (dd)"
-    assert "created dashboard 'Prism Gateway (dd)'" in first.output_for_node("dd_create_dashboard_op")
-    assert f"updated dashboard 'Prism Gateway (dd)' (id {dashboard['id']})" in second.output_for_node(
+    assert "created dashboard 'Prism Gateway (dd)'" in first.output_for_node(
         "dd_create_dashboard_op"
+    )
+    assert (
+        f"updated dashboard 'Prism Gateway (dd)' (id {dashboard['id']})"
+        in second.output_for_node("dd_create_dashboard_op")
     )
     queries = [
         r.get("q") or r["query"]["query_string"]
@@ -460,4 +478,6 @@ def test_create_dashboard_without_an_app_key_says_one_is_needed(prism, intake):
 
     assert not result.success and intake.requests == []
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "needs a Datadog application key" in failure.step_failure_data.user_failure_data.description
+    assert (
+        "needs a Datadog application key" in failure.step_failure_data.user_failure_data.description
+    )

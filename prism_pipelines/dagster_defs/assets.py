@@ -21,6 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from prism_pipelines.dagster_defs import checks
 from prism_pipelines.dagster_defs.partitions import hours_in
 from prism_pipelines.dagster_defs.resources import PrismResource
 from prism_pipelines.sinks import build_sink
@@ -76,6 +77,7 @@ def integration_asset(integration, partitions_def):
         group_name="prism",
         backfill_policy=BackfillPolicy.multi_run(HOURS_PER_BACKFILL_RUN),
         output_required=False,
+        check_specs=checks.check_specs(integration, partitions_def),
         description=f"Prism Gateway request logs delivered to {integration.type} "
         f"integration '{name}', one partition per hour of event time.",
     )
@@ -112,8 +114,10 @@ def integration_asset(integration, partitions_def):
                     partition=partition_key(hour),
                     metadata=_typed(result.metadata()),
                 )
+                yield from checks.partition_checks(context, integration, source, ledger, hour, result)
         finally:
             sink.close()
+        yield from checks.run_checks(context, integration, ledger, failures)
         if failures:
             raise Failure(
                 description=f"integration '{name}': {len(failures)} partition(s) failed; the "

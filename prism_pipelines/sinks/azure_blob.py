@@ -35,7 +35,7 @@ from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, Object
 #: block size, and the largest file sent in one Put Blob (Azure allows 50,000 blocks per blob)
 BLOCK_BYTES = 8 * 1024 * 1024
 #: blocks in flight at once
-UPLOAD_THREADS = 4
+UPLOAD_THREADS = 2
 #: azure-storage's exponential retry: 1 s, then 1 + 2^n s, each ± 1 s of jitter
 RETRY_INITIAL_SECONDS = 1
 RETRY_INCREMENT_BASE = 2

@@ -32,7 +32,7 @@ from __future__ import annotations
 import email.utils
 import re
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import urllib3
 from datadog_api_client import ApiClient, Configuration
@@ -66,6 +66,8 @@ from prism_pipelines.sinks.retry import Backoff
 #: connect and read timeouts of one request, in seconds
 REQUEST_TIMEOUT = (10, 60)
 RETRYABLE = {408, 429} | set(range(500, 600))
+#: Validate & Continue answers within seconds, even when the endpoint is unreachable
+VALIDATE_BACKOFF = Backoff(attempts=3)
 #: the web app of each site, for the dashboard's address
 APP_HOSTS = {
     "datadoghq.com": "app.datadoghq.com",
@@ -140,15 +142,20 @@ class DatadogSink(Sink):
     def validate(self) -> str:
         self._check_namespace()
         name = self.integration.name
-        answer = self._call("checking the API key", lambda: AuthenticationApi(self.client).validate())
+        answer = self._call(
+            "checking the API key",
+            lambda: AuthenticationApi(self.client).validate(),
+            backoff=VALIDATE_BACKOFF,
+        )
         if not getattr(answer, "valid", False):
             raise CredentialsError(self._refused_text(403, "Forbidden", "checking the API key", ""))
-        checked = [f"the API key is valid on {self.site} ({self._url('api')})"]
+        checked = [f"the API key is valid on {self.site}, at {self._url('api')}"]
         if self.integration.app_key is not None:
             self._call(
                 "checking the application key",
                 lambda: DashboardsApi(self.client).list_dashboards(count=1),
                 app_key=True,
+                backoff=VALIDATE_BACKOFF,
             )
             checked.append("the application key is valid and can read dashboards")
         else:
@@ -162,7 +169,7 @@ class DatadogSink(Sink):
     def deliver(self, batch: Batch) -> Delivery:
         self._check_namespace()
         integration = self.integration
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         delivery = Delivery(
             counters=Counter(
                 log_requests=0,
@@ -175,11 +182,11 @@ class DatadogSink(Sink):
         windows = MetricWindows(integration.sync_interval_minutes * 60)
         requests = LogRequests(integration.logs_per_request)
         for chunk in batch.chunks():
-            for record, source_id in zip(chunk.records, chunk.ids):
+            for record, source_id in zip(chunk.records, chunk.ids, strict=True):
                 stamp = record.get("timestamp")
                 event_time = datetime.fromisoformat(stamp) if stamp else batch.partition
                 windows.add(record, event_time)
-                entry = encoder.encode(record, source_id)
+                entry = encoder.encode(record, source_id, event_time if stamp else None)
                 if isinstance(entry, Entry):
                     full = requests.add(entry)
                     if full:
@@ -206,7 +213,9 @@ class DatadogSink(Sink):
             try:
                 self._call(
                     "sending logs",
-                    lambda: logs.submit_log(body=body, content_encoding=ContentEncoding.GZIP),
+                    lambda body=body: logs.submit_log(
+                        body=body, content_encoding=ContentEncoding.GZIP
+                    ),
                     delivery,
                 )
             except ApiException as exc:
@@ -249,7 +258,7 @@ class DatadogSink(Sink):
             try:
                 self._call(
                     "sending metrics",
-                    lambda: metrics.submit_metrics(
+                    lambda series=series: metrics.submit_metrics(
                         body={"series": series}, content_encoding=MetricContentEncoding.GZIP
                     ),
                     delivery,
@@ -283,8 +292,11 @@ class DatadogSink(Sink):
             app_key=True,
         )
         body = dashboard_template(integration)
+        title_note = ""
         if existing:
             dashboard_id = existing[0].id
+            if len(existing) > 1:
+                title_note = f" ({len(existing)} dashboards have this title: updated the first)"
             saved = self._call(
                 "updating the dashboard",
                 lambda: dashboards.update_dashboard(dashboard_id, body),
@@ -297,7 +309,10 @@ class DatadogSink(Sink):
             )
             verb = "created"
         app = self._app_url()
-        return f"integration '{integration.name}': {verb} dashboard '{title}' (id {saved.id}): {app}{saved.url}"
+        return (
+            f"integration '{integration.name}': {verb} dashboard '{title}' (id {saved.id}): "
+            f"{app}{saved.url}{title_note}"
+        )
 
     def _app_url(self) -> str:
         if self.integration.endpoint_url:
@@ -307,9 +322,17 @@ class DatadogSink(Sink):
 
     # -- the service: one call, Datadog's answers mapped -----------------------------------------
 
-    def _call(self, what: str, call, delivery: Delivery | None = None, app_key: bool = False):
+    def _call(
+        self,
+        what: str,
+        call,
+        delivery: Delivery | None = None,
+        app_key: bool = False,
+        backoff: Backoff | None = None,
+    ):
         """``call()`` with Datadog's transient answers retried; 401/403 raise
         ``CredentialsError``; other refusals are re-raised for the caller to map."""
+        backoff = backoff or self.backoff
         attempt = 0
         while True:
             attempt += 1
@@ -331,7 +354,7 @@ class DatadogSink(Sink):
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 problem = f"cannot connect: {type(exc).__name__}: {exc}"
                 wait = None
-            if attempt >= self.backoff.attempts:
+            if attempt >= backoff.attempts:
                 raise DestinationError(
                     f"integration '{self.integration.name}': {what} to Datadog at "
                     f"{self._url('api')} failed {attempt} times, last with {problem}; check "
@@ -340,7 +363,7 @@ class DatadogSink(Sink):
                 )
             if delivery is not None:
                 delivery.retries += 1
-            self.backoff.wait(attempt, wait)
+            backoff.wait(attempt, wait)
 
     def _refused_text(
         self, status: int, reason: str, what: str, detail: str, app_key: bool = False
@@ -375,14 +398,19 @@ class DatadogSink(Sink):
         )
 
 
-_ALWAYS_SHOWN = {"log_requests", "metric_requests", "metric_points", "metric_points_skipped_older_than_1h"}
+_ALWAYS_SHOWN = {
+    "log_requests",
+    "metric_requests",
+    "metric_points",
+    "metric_points_skipped_older_than_1h",
+}
 
 
 def _slot(batch: Batch) -> int:
     """The batch's own second within each metric window: its ordinal in the partition when the
     sync gives one, else its ``after_id`` (stable across redos either way)."""
     ordinal = getattr(batch, "ordinal", None)
-    return ordinal if ordinal is not None else batch.after_id
+    return int(ordinal if ordinal is not None else batch.after_id)
 
 
 def _header(headers: dict | None, name: str) -> str | None:
@@ -411,7 +439,7 @@ def _retry_after(headers: dict | None) -> float | None:
             when = email.utils.parsedate_to_datetime(after)
         except (TypeError, ValueError):
             return None
-        return (when - datetime.now(timezone.utc)).total_seconds()
+        return (when - datetime.now(UTC)).total_seconds()
 
 
 def _error_text(exc: ApiException) -> str:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from prism_pipelines.records import Reject, format_timestamp
 
@@ -39,6 +40,7 @@ _TAG_DISALLOWED = re.compile(r"[^a-z0-9_\-:./]")
 _UNDERSCORES = re.compile(r"_{2,}")
 
 
+@lru_cache(maxsize=8192)  # the same few models, providers and codes, row after row
 def tag(key: str, value) -> str:
     """``key:value`` normalised the way Datadog normalises tags (lower case; characters other
     than letters, digits, ``_ - : . /`` become ``_``; at most 200 characters), so what we send
@@ -135,7 +137,8 @@ class LogEncoder:
         self.sent_late = 0
         self.trimmed = 0
 
-    def encode(self, record: dict, source_id: int) -> Entry | Reject:
+    def encode(self, record: dict, source_id: int, event_time: datetime | None) -> Entry | Reject:
+        """The log entry for ``record`` (whose parsed ``timestamp`` is ``event_time``)."""
         body = {
             "ddsource": self.integration.ddsource,
             "service": self.integration.service,
@@ -145,7 +148,6 @@ class LogEncoder:
             **record,
         }
         stamp = record.get("timestamp")
-        event_time = datetime.fromisoformat(stamp) if stamp else None
         if event_time is not None and event_time < self.oldest:
             if self.integration.old_logs == "reject":
                 self.too_old += 1
@@ -170,27 +172,42 @@ class LogEncoder:
         """Cut the longest text fields until the entry is under 1 MB, and say so in
         ``@truncated_fields`` and ``@original_size_bytes``."""
         self.trimmed += 1
-        original = size
         body["truncated_fields"] = []
-        body["original_size_bytes"] = original
-        size = encoded_size(body)
+        body["original_size_bytes"] = size
         candidates = sorted(
-            (k for k, v in body.items() if isinstance(v, (str, list, dict)) and k not in _KEEP),
+            (
+                k
+                for k, v in body.items()
+                if k not in _KEEP and isinstance(v, (str, list, dict)) and encoded_size(v) > 1024
+            ),
             key=lambda k: encoded_size(body[k]),
             reverse=True,
         )
         for key in candidates:
-            if size <= MAX_ENTRY_BYTES:
-                break
-            value = body[key]
-            text = value if isinstance(value, str) else json.dumps(value)
-            # Each character costs at least one encoded byte: cutting the excess in characters
-            # is always enough for this field, if it is long enough.
-            excess = size - MAX_ENTRY_BYTES + len(TRIM_MARK) + 16
-            body[key] = text[: max(0, len(text) - excess)] + TRIM_MARK
             body["truncated_fields"].append(key)
             size = encoded_size(body)
+            value = body[key]
+            text = value if isinstance(value, str) else json.dumps(value)
+            # The new value's encoding (quotes included) must shrink by the excess.
+            budget = encoded_size(value) - (size - MAX_ENTRY_BYTES) - encoded_size(TRIM_MARK) + 2
+            body[key] = _prefix_within(text, budget) + TRIM_MARK
+            size = encoded_size(body)
+            if size <= MAX_ENTRY_BYTES:
+                break
         return size
+
+
+def _prefix_within(text: str, budget: int) -> str:
+    """The longest prefix of ``text`` whose JSON encoding (quotes included) fits ``budget``
+    bytes: a non-ASCII character costs up to 12 bytes escaped, so search, do not divide."""
+    low, high = 0, min(len(text), max(budget, 0))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if encoded_size(text[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
 
 
 #: never trimmed: Datadog's own attributes and the short identifying fields

@@ -146,7 +146,12 @@ def build_series(
             by_series[(name, kind, tags)].append({"timestamp": timestamp, "value": value})
             result.points += 1
     for (name, kind, tags), points in by_series.items():
-        series = {"metric": f"{namespace}.{name}", "type": kind, "points": points, "tags": list(tags)}
+        series = {
+            "metric": f"{namespace}.{name}",
+            "type": kind,
+            "points": points,
+            "tags": list(tags),
+        }
         if kind == COUNT:
             series["interval"] = interval
         result.series.append(series)

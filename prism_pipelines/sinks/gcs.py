@@ -4,7 +4,7 @@ Without ``service_account_json`` and ``endpoint_url`` the client comes from dags
 ``GCSResource``: Application Default Credentials (workload identity on GKE), or no credentials
 when ``STORAGE_EMULATOR_HOST`` names an emulator. ``GCSResource`` takes only a project, so with a
 service account key or a custom endpoint we build ``google.cloud.storage.Client`` the same way
-with those added.
+with those added; a custom endpoint without a key is taken for an emulator (no credentials).
 
 Retries are google-cloud-storage's own (429, 5xx, timeouts, dropped connections; exponential
 backoff with jitter), tuned below; its ``on_error`` hook, called before every retry, counts them
@@ -19,12 +19,10 @@ import json
 import threading
 from typing import BinaryIO
 
-import google.auth
 import requests
 from dagster_gcp.gcs import GCSResource
 from google.api_core import exceptions as api
 from google.api_core.retry import Retry
-from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
@@ -66,37 +64,31 @@ class GcsArchive(ObjectStoreSink):
     def _connect(self) -> storage.Client:
         integration = self.integration
         key = integration.secret("service_account_json")
-        try:
-            if key is None and integration.endpoint_url is None:
-                return GCSResource(project=integration.project_id).get_client()
-            credentials = self._credentials(key)
-            return storage.Client(
-                project=integration.project_id or getattr(credentials, "project_id", None),
-                credentials=credentials,
-                client_options={"api_endpoint": integration.endpoint_url}
-                if integration.endpoint_url
-                else None,
-            )
-        except DefaultCredentialsError:
-            raise CredentialsError(
-                f"integration '{integration.name}': no service_account_json is set and no "
-                f"Application Default Credentials were found; set service_account_json "
-                f"(as {{env: VAR}}), or give the process a Google identity (workload identity, "
-                f"GOOGLE_APPLICATION_CREDENTIALS)"
-            ) from None
-
-    def _credentials(self, key: str | None):
-        integration = self.integration
-        if key is None:
-            # A custom endpoint without a key: Application Default Credentials when there are
-            # some (a proxy in front of GCS), none for an emulator.
+        if key is None and integration.endpoint_url is None:
             try:
-                return google.auth.default(scopes=[SCOPE])[0]
+                return GCSResource(project=integration.project_id).get_client()
             except DefaultCredentialsError:
-                return AnonymousCredentials()
+                raise CredentialsError(
+                    f"integration '{integration.name}': no service_account_json is set and no "
+                    f"Application Default Credentials were found; set service_account_json "
+                    f"(as {{env: VAR}}), or give the process a Google identity (workload "
+                    f"identity, GOOGLE_APPLICATION_CREDENTIALS)"
+                ) from None
+        credentials = None if key is None else self._credentials(key)
+        return storage.Client(
+            project=integration.project_id or getattr(credentials, "project_id", None),
+            credentials=credentials,
+            client_options={"api_endpoint": integration.endpoint_url}
+            if integration.endpoint_url
+            else None,
+            # A custom endpoint without a key is an emulator: no credentials are looked up.
+            use_auth_w_custom_endpoint=key is not None,
+        )
+
+    def _credentials(self, key: str) -> service_account.Credentials:
         where = (
-            f"integration '{integration.name}': service_account_json (from "
-            f"${integration.service_account_json.env})"
+            f"integration '{self.integration.name}': service_account_json (from "
+            f"${self.integration.service_account_json.env})"
         )
         try:
             info = json.loads(key)
@@ -109,8 +101,8 @@ class GcsArchive(ObjectStoreSink):
             return service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CredentialsError(
-                f"{where} is not a service account key ({exc}); download a JSON key from IAM > "
-                f"Service accounts > Keys"
+                f"{where} is not a service account key ({_first_line(exc)}); download a JSON key "
+                f"from IAM > Service accounts > Keys"
             ) from None
 
     def _retry(self) -> Retry:

@@ -39,7 +39,7 @@ PART_BYTES = 8 * 1024 * 1024
 MAX_PARTS = 10_000
 #: parts in flight at once; also the parts held in memory, so memory stays at about
 #: ``UPLOAD_THREADS * PART_BYTES`` whatever the file's size
-UPLOAD_THREADS = 4
+UPLOAD_THREADS = 2
 #: botocore standard mode: attempts per request, the first included (backoff capped at 20 s)
 EXPORT_ATTEMPTS = 8
 #: Validate & Continue answers within seconds when the endpoint is wrong
