@@ -1,11 +1,14 @@
 """The gateway alerts of the observability spec, computed in SQL over one hour of traffic.
 
-| Event | When it fires | Here |
-|---|---|---|
-| Budget threshold crossed | spend exceeds the configured percentage | ``budget``: the hour's spend against ``hourly_budget_usd`` (warning at ``budget_warn_percent``, error at 100 %) |
-| Error rate spike | error rate exceeds the threshold over a window | ``error_rate``: any ``error_rate_window_minutes`` window of the hour with at least ``error_rate_min_requests`` requests and an error share above ``error_rate`` |
-| Latency spike | P95 latency exceeds the threshold | ``p95_latency``: the hour's p95 above ``p95_latency_ms`` |
-| Guardrail triggered | a guardrail blocks or flags a request | ``guardrails``: more than ``max_guardrail_triggers`` requests with a guardrail triggered |
+- *Budget threshold crossed* (spend exceeds the configured percentage) → ``budget``: the hour's
+  spend against ``hourly_budget_usd``; a warning at ``budget_warn_percent``, an error at 100 %.
+- *Error rate spike* (error rate exceeds the threshold over a time window) → ``error_rate``: any
+  ``error_rate_window_minutes`` window of the hour with at least ``error_rate_min_requests``
+  requests and an error share above ``error_rate``.
+- *Latency spike* (P95 latency exceeds the threshold) → ``p95_latency``: the hour's p95 above
+  ``p95_latency_ms``.
+- *Guardrail triggered* (a guardrail blocks or flags a request) → ``guardrails``: more than
+  ``max_guardrail_triggers`` requests of the hour with a guardrail triggered (0: any).
 
 Each is one or two indexed queries over the hour (by ``timestamp``), the same on SQLite and
 PostgreSQL. Windows are the hour cut into ``error_rate_window_minutes`` pieces from its start.

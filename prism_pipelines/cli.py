@@ -155,6 +155,213 @@ def rejects(name: str, partition: str | None, limit: int) -> None:
         click.echo(f"{name}: no rejects")
 
 
+# -- operating the integrations (docs/operations.md) --------------------------------------------
+
+
+def _short_time(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    moment = moment.astimezone(UTC)
+    return f"{moment:%H:%M}" if moment.date() == now.date() else f"{moment:%m-%d %H:%M}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(int(seconds), 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172_800:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86_400}d"
+
+
+def _table(rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _operations():
+    """The integrations file, the Definitions and the Dagster instance, for the commands below."""
+    _dagster_home()
+    from dagster import DagsterInstance
+
+    from prism_pipelines.dagster_defs.definitions import build_definitions
+    from prism_pipelines.integrations import load_integrations
+
+    config = load_integrations()
+    return config, build_definitions(config), DagsterInstance.get()
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per integration.")
+def status(names: tuple[str, ...], as_json: bool) -> None:
+    """Status of every integration (or NAMES): Active, Syncing, Paused or Error, and why."""
+    import json
+
+    from prism_pipelines.ledger import Ledger
+    from prism_pipelines.source import GatewaySource
+    from prism_pipelines.status import ERROR, integration_status
+
+    config, defs, instance = _operations()
+    chosen = [config.get(n) for n in names] if names else config.integrations
+    ledger = Ledger()
+    source = GatewaySource(table=config.source.table, columns=config.source.columns)
+    now = datetime.now(UTC)
+    with instance:
+        found = [
+            integration_status(
+                integration,
+                instance=instance,
+                repository_def=defs.get_repository_def(),
+                ledger=ledger,
+                source=source,
+                now=now,
+            )
+            for integration in chosen
+        ]
+    if as_json:
+        for item in found:
+            click.echo(json.dumps(item.as_dict()))
+        return
+    rows = [
+        [
+            "NAME",
+            "TYPE",
+            "STATUS",
+            "SINCE",
+            "LAST SUCCESS",
+            "LAG",
+            "PENDING",
+            "TODAY",
+            "REJECTS",
+            "ERROR",
+        ]
+    ]
+    for item in found:
+        error = (item.error or "").splitlines()[0] if item.error else ""
+        rows.append(
+            [
+                item.name,
+                item.type,
+                item.status,
+                _short_time(item.since, now),
+                _short_time(item.last_success_at, now),
+                _duration(item.lag_seconds),
+                f"{item.pending_rows:,}",
+                f"{item.delivered_today:,}",
+                f"{item.rejects_today:,}",
+                error if len(error) <= 60 else error[:57] + "...",
+            ]
+        )
+    click.echo(_table(rows, right={5, 6, 7, 8}))
+    for item in found:
+        if item.status == ERROR or (item.error and item.status != "Active"):
+            where = f" (partition {item.error_partition})" if item.error_partition else ""
+            click.echo(f"\n{item.name}: {item.status}{where}: {item.error}")
+    click.echo(
+        "\nTimes in UTC. LAG: age of the newest delivered record. PENDING: source rows not yet "
+        "delivered (last hours). TODAY: records delivered since 00:00 UTC."
+    )
+
+
+def _pause(name: str, paused: bool) -> None:
+    from prism_pipelines.status import set_paused
+
+    config, defs, instance = _operations()
+    config.get(name)  # a clear message for an unknown name
+    with instance:
+        set_paused(instance, defs.get_repository_def(), name, paused)
+    if paused:
+        click.echo(
+            f"{name}: Paused (schedule {name}_schedule and sensor {name}_late_data stopped). "
+            f"Nothing is lost: `prism-pipelines resume {name}` catches up every hour."
+        )
+    else:
+        click.echo(
+            f"{name}: resumed (schedule {name}_schedule and sensor {name}_late_data running); "
+            "the next syncs catch up the hours that accrued while paused."
+        )
+
+
+@main.command()
+@click.argument("name")
+def pause(name: str) -> None:
+    """Pause NAME: stop its schedule and late-data sensor (the UI's toggles do the same)."""
+    _pause(name, True)
+
+
+@main.command()
+@click.argument("name")
+def resume(name: str) -> None:
+    """Resume NAME: start its schedule and late-data sensor; missed hours are caught up."""
+    _pause(name, False)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def history(name: str, limit: int, as_json: bool) -> None:
+    """Sync history of NAME: the last runs, their partitions, records, rejects and errors."""
+    import json
+
+    from prism_pipelines.status import sync_history
+
+    config, _, instance = _operations()
+    config.get(name)
+    with instance:
+        runs = sync_history(instance, name, limit)
+    if as_json:
+        for run in runs:
+            click.echo(json.dumps(run.as_dict()))
+        return
+    if not runs:
+        click.echo(f"{name}: no sync has run yet")
+        return
+    now = datetime.now(UTC)
+    rows = [
+        [
+            "FINISHED (UTC)",
+            "RUN",
+            "STATUS",
+            "PARTITIONS",
+            "RECORDS",
+            "REJECTS",
+            "FILES/MSGS",
+            "BYTES",
+            "SECONDS",
+        ]
+    ]
+    for run in runs:
+        rows.append(
+            [
+                f"{run.finished_at:%Y-%m-%d %H:%M}" if run.finished_at else "-",
+                run.run_id[:8],
+                run.status,
+                run.partitions_label,
+                f"{run.records:,}",
+                f"{run.rejects:,}",
+                f"{run.units:,}",
+                f"{run.bytes:,}",
+                f"{run.seconds:.1f}" if run.seconds is not None else "-",
+            ]
+        )
+    click.echo(_table(rows, right={4, 5, 6, 7, 8}))
+    for run in runs:
+        if run.error:
+            click.echo(f"\n{run.run_id[:8]} ({_short_time(run.finished_at, now)}): {run.error}")
+
+
 def run() -> None:
     """Entry point: a PrismError is a message for the user, not a stack trace."""
     try:

@@ -283,6 +283,15 @@ def first_configured(ledger: Ledger, name: str) -> datetime | None:
         )
 
 
+def first_delivery(ledger: Ledger, name: str) -> datetime | None:
+    with ledger.engine.connect() as conn:
+        return _utc(
+            conn.execute(
+                select(func.min(batches.c.started_at)).where(batches.c.integration == name)
+            ).scalar()
+        )
+
+
 def newest_delivered_event(source: GatewaySource, ledger: Ledger, name: str) -> datetime | None:
     """Event time of the newest record delivered: how far behind real time the destination is."""
     b = batches.c
@@ -397,7 +406,9 @@ def integration_status(
         error is None
         and last_run is not None
         and last_run.dagster_run.status == DagsterRunStatus.FAILURE
-        and (errors.last_success_at is None or last_run.end_time > errors.last_success_at.timestamp())
+        and (
+            errors.last_success_at is None or last_run.end_time > errors.last_success_at.timestamp()
+        )
     ):
         # The run failed before the ledger saw any partition (e.g. the process died).
         error = run_failure_message(instance, last_run.dagster_run.run_id) or "the last run failed"
@@ -463,4 +474,89 @@ def _active_since(instance, job: str, state, ledger: Ledger, name: str) -> datet
     started = getattr(state.instigator_data, "start_timestamp", None)
     if state.status == InstigatorStatus.RUNNING and started:
         return _from_timestamp(started)
-    return first_configured(ledger, name)
+    return first_delivery(ledger, name) or first_configured(ledger, name)
+
+
+# -- sync history --------------------------------------------------------------------------------
+
+#: what a sink counts as its unit of delivery, in the run metadata
+UNIT_KEYS = ("files", "messages", "log_requests")
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    """One run of ``<name>_sync``, summed over the partitions it materialized."""
+
+    run_id: str
+    status: str
+    finished_at: datetime | None
+    partitions: list[str]
+    partitions_label: str
+    records: int
+    rejects: int
+    units: int
+    bytes: int
+    seconds: float | None
+    trigger: str
+    error: str | None
+
+    def as_dict(self) -> dict:
+        values = asdict(self)
+        values["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        return values
+
+
+def _partitions_label(tags, keys: list[str]) -> str:
+    if tags.get("dagster/partition"):
+        return tags["dagster/partition"]
+    start = tags.get("dagster/asset_partition_range_start")
+    end = tags.get("dagster/asset_partition_range_end")
+    if start and end:
+        return start if start == end else f"{start} … {end}"
+    return ", ".join(keys) or "-"
+
+
+def sync_history(instance: DagsterInstance, name: str, limit: int = 20) -> list[SyncRun]:
+    """The last ``limit`` finished runs of ``<name>_sync``, newest first, from the instance:
+    each run's materialization events (one per partition, with the sync's metadata) summed,
+    and, for a failed run, its error."""
+    from dagster import DagsterEventType
+
+    history = []
+    for record in instance.get_run_records(
+        RunsFilter(job_name=f"{name}_sync", statuses=FINISHED), limit=limit
+    ):
+        run = record.dagster_run
+        totals = {"records": 0, "rejects": 0, "units": 0, "bytes": 0}
+        keys = []
+        for event_record in instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        ).records:
+            materialization = event_record.asset_materialization
+            if materialization is None:
+                continue
+            meta = {k: v.value for k, v in materialization.metadata.items()}
+            keys.append(materialization.partition)
+            totals["records"] += int(meta.get("records") or 0)
+            totals["rejects"] += int(meta.get("rejects") or 0)
+            totals["bytes"] += int(meta.get("bytes") or 0)
+            totals["units"] += sum(int(meta.get(k) or 0) for k in UNIT_KEYS)
+        seconds = (
+            record.end_time - record.start_time if record.end_time and record.start_time else None
+        )
+        failed = run.status == DagsterRunStatus.FAILURE
+        history.append(
+            SyncRun(
+                run_id=run.run_id,
+                status=run.status.value,
+                finished_at=_from_timestamp(record.end_time),
+                partitions=keys,
+                partitions_label=_partitions_label(run.tags, keys),
+                seconds=round(seconds, 3) if seconds is not None else None,
+                trigger=run.tags.get("prism/trigger")
+                or ("schedule" if run.tags.get("dagster/schedule_name") else "manual"),
+                error=run_failure_message(instance, run.run_id) if failed else None,
+                **totals,
+            )
+        )
+    return history

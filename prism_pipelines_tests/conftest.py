@@ -17,7 +17,7 @@ from prism_pipelines.integrations import load_integrations
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
 
-pytest_plugins = ["prism_pipelines_tests.services"]
+pytest_plugins = ["prism_pipelines_tests.services", "prism_pipelines_tests.datadog_intake"]
 
 PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 

@@ -13,7 +13,7 @@ import pytest
 from prism_pipelines.records import EXPORTED_FIELDS
 from prism_pipelines.sinks import datadog_metrics
 from prism_pipelines.source import INSERT_COLUMNS
-from prism_pipelines_tests.datadog_intake import API_KEY, APP_KEY, datadog_intake  # noqa: F401
+from prism_pipelines_tests.datadog_intake import API_KEY, APP_KEY
 from prism_pipelines_tests.factories import gateway_rows
 
 RESERVED = {"ddsource", "service", "status", "ddtags", "message"}
@@ -22,7 +22,7 @@ WINDOW = 300  # the default sync interval, 5 minutes
 
 
 @pytest.fixture
-def intake(datadog_intake, monkeypatch):  # noqa: F811
+def intake(datadog_intake, monkeypatch):
     datadog_intake.reset()
     monkeypatch.setenv("DD_TEST_API_KEY", API_KEY)
     monkeypatch.setenv("DD_TEST_APP_KEY", APP_KEY)

@@ -65,7 +65,7 @@ class AzureStore(Store):
         return sorted(self.container.list_blob_names())
 
     def read(self, key: str) -> bytes:
-        return self.container.download_blob(key).readall()
+        return self.container.download_blob(key, decompress=False).readall()  # the stored gzip
 
     def content_headers(self, key: str) -> tuple[str, str]:
         settings = self.container.get_blob_client(key).get_blob_properties().content_settings

@@ -90,6 +90,7 @@ class GcsStore(Store):
                     injected.append(url)
                     response = requests.Response()
                     response.status_code, response.url = status, url
+                    response.request = requests.Request(method, url).prepare()
                     response.headers["Content-Type"] = "application/json"
                     response._content = json.dumps({"error": error}).encode()
                     return response

@@ -114,7 +114,9 @@ def integration_asset(integration, partitions_def):
                     partition=partition_key(hour),
                     metadata=_typed(result.metadata()),
                 )
-                yield from checks.partition_checks(context, integration, source, ledger, hour, result)
+                yield from checks.partition_checks(
+                    context, integration, source, ledger, hour, result
+                )
         finally:
             sink.close()
         yield from checks.run_checks(context, integration, ledger, failures)

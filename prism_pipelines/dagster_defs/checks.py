@@ -18,6 +18,7 @@ integration-wide checks (``run_checks``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,8 +32,12 @@ from dagster import (
     MetadataValue,
     Output,
     PartitionsDefinition,
+    PreviewWarning,
 )
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+from dagster._core.storage.asset_check_execution_record import (
+    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+)
 
 from prism_pipelines.alerts import AlertResult, alert_names, evaluate_alerts
 from prism_pipelines.dagster_defs import assets
@@ -56,21 +61,28 @@ SEVERITY = {"WARN": AssetCheckSeverity.WARN, "ERROR": AssetCheckSeverity.ERROR}
 
 def check_specs(integration, partitions_def: PartitionsDefinition) -> list[AssetCheckSpec]:
     key = assets.asset_key(integration.name)
-    per_partition = [
-        AssetCheckSpec(
-            RECONCILIATION,
-            asset=key,
-            partitions_def=partitions_def,
-            description="Every source row of the hour up to the cursor is delivered or rejected "
-            "(delivered + rejected = source rows): no gap.",
-        ),
-        *(
+    with warnings.catch_warnings():
+        # Partitioned checks are a preview in 1.13 (see the module docstring); the docs say so
+        # once, rather than a warning per integration at every load of the code location.
+        warnings.simplefilter("ignore", PreviewWarning)
+        per_partition = [
             AssetCheckSpec(
-                name, asset=key, partitions_def=partitions_def, description=ALERT_DESCRIPTIONS[name]
-            )
-            for name in alert_names(integration.alerts)
-        ),
-    ]
+                RECONCILIATION,
+                asset=key,
+                partitions_def=partitions_def,
+                description="Every source row of the hour up to the cursor is delivered or "
+                "rejected (delivered + rejected = source rows): no gap.",
+            ),
+            *(
+                AssetCheckSpec(
+                    name,
+                    asset=key,
+                    partitions_def=partitions_def,
+                    description=ALERT_DESCRIPTIONS[name],
+                )
+                for name in alert_names(integration.alerts)
+            ),
+        ]
     return [
         *per_partition,
         AssetCheckSpec(
@@ -197,7 +209,8 @@ def partition_checks(
                     yield _alert_evaluation(name, hour, alert)
     except Exception as exc:  # a check that cannot run must not undo a delivered sync
         context.log.warning(
-            f"partition {assets.partition_key(hour)}: checks not evaluated: {type(exc).__name__}: {exc}"
+            f"partition {assets.partition_key(hour)}: checks not evaluated: "
+            f"{type(exc).__name__}: {exc}"
         )
 
 
@@ -216,7 +229,7 @@ def status_result(integration, ledger: Ledger, failures: list[str]) -> AssetChec
         check_name=STATUS,
         passed=False,
         severity=AssetCheckSeverity.ERROR,
-        description=f"Error since {since:%Y-%m-%d %H:%M} UTC: {failures[0]}",
+        description=f"Error since {since:%Y-%m-%d %H:%M} UTC: {errors.error or failures[0]}",
         metadata={
             "status": "Error",
             "error": errors.error or failures[0],
@@ -279,11 +292,13 @@ def run_checks(
             yield Output(None, output_name=output_name)
 
 
-def latest_evaluation(instance, name: str, check: str):
-    """The latest stored evaluation of an unpartitioned check (None: never evaluated)."""
+def latest_evaluation(instance, name: str, check: str) -> tuple[AssetCheckEvaluation, str] | None:
+    """The latest stored evaluation of a check and the id of its run ("" for a runless one)."""
     key = AssetCheckKey(assets.asset_key(name), check)
-    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
-    if record is None or record.event is None or record.event.dagster_event is None:
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
+    )
+    if not records or records[0].event is None or records[0].event.dagster_event is None:
         return None
-    data = record.event.dagster_event.event_specific_data
-    return data if isinstance(data, AssetCheckEvaluation) else None
+    data = records[0].event.dagster_event.event_specific_data
+    return (data, records[0].run_id) if isinstance(data, AssetCheckEvaluation) else None

@@ -25,6 +25,7 @@ from google.api_core import exceptions as api
 from google.api_core.retry import Retry
 from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
 from google.cloud import storage
+from google.cloud.storage.exceptions import InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
@@ -130,7 +131,7 @@ class GcsArchive(ObjectStoreSink):
             blob.upload_from_file(
                 data, size=size, content_type=CONTENT_TYPE, timeout=TIMEOUT, retry=self._retry()
             )
-        except (api.GoogleAPIError, GoogleAuthError, *_UNREACHABLE) as exc:
+        except (api.GoogleAPIError, GoogleAuthError, InvalidResponse, *_UNREACHABLE) as exc:
             raise self._error(exc, f"write {self.describe(key)}") from None
         return self._retries - before
 
@@ -168,6 +169,8 @@ class GcsArchive(ObjectStoreSink):
         where = f"integration '{integration.name}': cannot {action}"
         if isinstance(exc, api.RetryError) and exc.cause is not None:
             exc = exc.cause
+        if isinstance(exc, InvalidResponse):  # the upload layer's own error for a bad status
+            exc = api.from_http_status(exc.response.status_code, _first_line(exc))
         identity = (
             f"the service account in service_account_json (from "
             f"${integration.service_account_json.env})"

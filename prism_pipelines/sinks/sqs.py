@@ -67,6 +67,7 @@ SEND_WORKERS = 8
 #: botocore's attempts per call (standard mode: exponential backoff with jitter for throttling,
 #: 5xx and connection errors).
 SDK_MAX_ATTEMPTS = 8
+VALIDATE_MAX_ATTEMPTS = 2
 #: Entries that failed inside a successful call (SenderFault false) are retried this way.
 ENTRY_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=20.0, attempts=8)
 
@@ -141,14 +142,14 @@ class SqsSink(Sink):
                 self._client = self._build_client()
             return self._client
 
-    def _build_client(self):
+    def _build_client(self, max_attempts: int = SDK_MAX_ATTEMPTS):
         # dagster-aws 0.29.27 has resources for S3, ECR, EMR, Redshift, Secrets Manager... but
         # none for SQS, so the client is built the way dagster_aws.s3.utils.construct_s3_client
         # builds its own: a boto3 Session with the integration's keys (or the default credential
         # chain) and dagster-aws's retry Config (botocore's standard mode), plus a connection
         # pool as large as our pool of sender threads.
         integration = self.integration
-        config = construct_boto_client_retry_config(SDK_MAX_ATTEMPTS).merge(
+        config = construct_boto_client_retry_config(max_attempts).merge(
             Config(max_pool_connections=SEND_WORKERS, connect_timeout=10, read_timeout=60)
         )
         session = boto3.session.Session()
@@ -163,17 +164,23 @@ class SqsSink(Sink):
 
     def validate(self) -> str:
         self._check_group_field()
-        size = self._read_max_message_bytes()
+        # Few attempts: Validate & Continue should answer in seconds, also when nothing answers.
+        client = self._build_client(VALIDATE_MAX_ATTEMPTS)
+        try:
+            size = self._read_max_message_bytes(client)
+        finally:
+            client.close()
         kind = "FIFO" if self.integration.is_fifo else "standard"
         return (
             f"queue {self.integration.queue_url} exists ({kind}, MaximumMessageSize {size} "
             f"bytes) and the credentials were accepted"
         )
 
-    def _read_max_message_bytes(self) -> int:
+    def _read_max_message_bytes(self, client) -> int:
         try:
-            response = self.client.get_queue_attributes(
-                QueueUrl=self.integration.queue_url, AttributeNames=["MaximumMessageSize"]
+            response = client.get_queue_attributes(
+                QueueUrl=self.integration.queue_url,
+                AttributeNames=["MaximumMessageSize"],
             )
         except Exception as exc:  # noqa: BLE001 - every failure is turned into our error
             raise self._error(exc, "reading the queue's attributes") from None
@@ -274,10 +281,10 @@ class SqsSink(Sink):
     # -- service ---------------------------------------------------------------------------------
 
     def deliver(self, batch: Batch) -> Delivery:
+        client = self.client  # built here, in one thread: creating a client is not thread-safe
         if self.max_message_bytes is None:  # the start of a run
             self._check_group_field()
-            self._read_max_message_bytes()
-        client = self.client  # built here, in one thread: creating a client is not thread-safe
+            self._read_max_message_bytes(client)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="prism-sqs")
         tally = _Tally()

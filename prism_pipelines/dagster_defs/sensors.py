@@ -1,0 +1,262 @@
+"""Sensors: ``<name>_late_data`` per integration, and ``prism_sync_failures`` for all of them.
+
+``<name>_late_data`` finds closed hours (older than the grace period, within the partitions)
+whose source rows are not all in the ledger — rows that arrived after the schedule stopped
+syncing their hour, hours that accrued while the integration was paused, hours whose run failed
+— and requests a sync of exactly those partitions. It compares, in one grouped query per side,
+each hour's (row count, highest id) in the source with the ledger's (delivered + rejected,
+cursor), over the last ``PRISM_LATE_DATA_LOOKBACK_HOURS`` hours (48 by default), extended back
+to its previous evaluation when it has not run for a while (a long pause). Its cursor remembers,
+per hour, the source's (highest id, rows) it requested a sync for: it asks again only when the
+source moved past that, or an hour later if the hour is still behind (the run failed). While the
+integration is paused (its schedule stopped) it skips, keeping its cursor, so resuming catches
+up every hour. Between runs it also re-evaluates the ``freshness`` check, so an integration that
+stopped syncing turns red without a run.
+
+``prism_sync_failures`` reports every failed sync — integration, partitions, error — in its log
+(the run's own failure event is in the UI already), marks the ``status`` check failed if the run
+could not, and posts to the webhook (notifications.py) once per Error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from dagster import (
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+from dagster._core.definitions.asset_checks.asset_check_spec import AssetCheckSeverity
+
+from prism_pipelines.dagster_defs import checks
+from prism_pipelines.dagster_defs.assets import asset_key, partition_key
+from prism_pipelines.dagster_defs.resources import PrismResource
+from prism_pipelines.integrations import IntegrationsFile
+from prism_pipelines.ledger import Ledger
+from prism_pipelines.notifications import Failure, NotificationError, notify_failure
+from prism_pipelines.status import (
+    backlog,
+    code_location_handle,
+    first_configured,
+    floor_hour,
+    is_paused,
+    lookback,
+    run_failure_message,
+)
+
+#: a requested hour that is still behind after this long is requested again (its run failed)
+RETRY_AFTER = timedelta(hours=1)
+MIN_INTERVAL_SECONDS = 300
+
+
+@dataclass
+class LateDataCursor:
+    """``{"checked_at": ISO time, "requested": {partition key: [max id, rows, ISO time]}}``"""
+
+    checked_at: datetime | None = None
+    requested: dict[str, tuple[int, int, datetime]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str | None) -> LateDataCursor:
+        if not text:
+            return cls()
+        raw = json.loads(text)
+        return cls(
+            checked_at=datetime.fromisoformat(raw["checked_at"]) if raw.get("checked_at") else None,
+            requested={
+                key: (int(max_id), int(rows), datetime.fromisoformat(at))
+                for key, (max_id, rows, at) in raw.get("requested", {}).items()
+            },
+        )
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "checked_at": self.checked_at.isoformat() if self.checked_at else None,
+                "requested": {
+                    key: [max_id, rows, at.isoformat()]
+                    for key, (max_id, rows, at) in sorted(self.requested.items())
+                },
+            }
+        )
+
+
+def late_data_sensor(integration, sync_job, partitions_def):
+    name = integration.name
+    grace = timedelta(minutes=integration.grace_minutes)
+
+    @sensor(
+        name=f"{name}_late_data",
+        job=sync_job,
+        minimum_interval_seconds=max(MIN_INTERVAL_SECONDS, 60 * integration.sync_interval_minutes),
+        default_status=DefaultSensorStatus.STOPPED
+        if integration.paused
+        else DefaultSensorStatus.RUNNING,
+        description=f"Sync closed hours of '{name}' whose rows are not all delivered (late "
+        "arrivals, paused periods, failed runs).",
+    )
+    def _late_data(context: SensorEvaluationContext, prism: PrismResource):
+        now = datetime.now(UTC)
+        handle = code_location_handle(context.code_location_origin, context.repository_name)
+        if context.repository_def is not None and is_paused(
+            context.instance, context.repository_def, name, handle
+        ):
+            return SkipReason(f"'{name}' is paused (its schedule is stopped); resume to catch up")
+        cursor = LateDataCursor.parse(context.cursor)
+        source, ledger = prism.source(), prism.ledger()
+        try:
+            end = floor_hour(now - grace)  # hours before this one are closed and past grace
+            if integration.history.until:
+                end = min(end, integration.history.until)
+            since = min(cursor.checked_at or now, now)
+            start = max(floor_hour(since - grace) - lookback(), partitions_def.start)
+            behind = backlog(source, ledger, name, start, end)
+            requests = []
+            for hour in behind:
+                key = partition_key(hour.hour)
+                asked = cursor.requested.get(key)
+                if (
+                    asked is not None
+                    and hour.max_id <= asked[0]
+                    and hour.rows <= asked[1]
+                    and now - asked[2] < RETRY_AFTER
+                ):
+                    continue  # already requested for this state of the source
+                cursor.requested[key] = (hour.max_id, hour.rows, now)
+                requests.append(
+                    RunRequest(
+                        run_key=f"late:{key}:{hour.max_id}:{hour.rows}:{now:%Y%m%dT%H%M%S}",
+                        partition_key=key,
+                        tags={"prism/trigger": "late_data"},
+                    )
+                )
+                context.log.info(
+                    f"{key}: {hour.rows} source rows (highest id {hour.max_id}), the ledger "
+                    f"accounts for {hour.accounted} (cursor {hour.cursor}): requesting a sync"
+                )
+            still_behind = {partition_key(h.hour) for h in behind}
+            cursor.requested = {k: v for k, v in cursor.requested.items() if k in still_behind}
+            _report_freshness(context, integration, ledger, now)
+        finally:
+            source.engine.dispose()
+            ledger.engine.dispose()
+        cursor.checked_at = now
+        return SensorResult(
+            run_requests=requests,
+            cursor=cursor.dump(),
+            skip_reason=None
+            if requests
+            else f"every closed hour since {start:%Y-%m-%d %H:%M} UTC is delivered or requested",
+        )
+
+    return _late_data
+
+
+def _report_freshness(context, integration, ledger: Ledger, now: datetime) -> None:
+    """Record the freshness check when its outcome changed since its last evaluation."""
+    evaluation = checks.freshness_evaluation(integration, ledger, now)
+    if not evaluation.passed and "never synced" in (evaluation.description or ""):
+        configured = first_configured(ledger, integration.name)
+        allowed = timedelta(minutes=2 * integration.sync_interval_minutes)
+        if configured is None or now - configured <= allowed:
+            return  # just configured: the schedule has not had its chance yet
+    latest = checks.latest_evaluation(context.instance, integration.name, checks.FRESHNESS)
+    if latest is None or latest[0].passed != evaluation.passed:
+        context.instance.report_runless_asset_event(evaluation)
+        context.log.info(f"freshness of '{integration.name}': {evaluation.description}")
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+def run_partitions(tags) -> list[str]:
+    if tags.get("dagster/partition"):
+        return [tags["dagster/partition"]]
+    start, end = (
+        tags.get("dagster/asset_partition_range_start"),
+        tags.get("dagster/asset_partition_range_end"),
+    )
+    if start and end:
+        return [start] if start == end else [f"{start} … {end}"]
+    return []
+
+
+def failure_sensor(config: IntegrationsFile):
+    integrations = {i.name: i for i in config.integrations}
+    webhook = config.notifications.webhook_url
+
+    @run_failure_sensor(
+        name="prism_sync_failures",
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Reports failed syncs (integration, partitions, error) in its log and to "
+        "notifications.webhook_url, once per Error.",
+    )
+    def _failures(context: RunFailureSensorContext):
+        run = context.dagster_run
+        name = run.tags.get("prism/integration")
+        integration = integrations.get(name)
+        if integration is None or run.job_name != f"{name}_sync":
+            return
+        error = run_failure_message(context.instance, run.run_id) or context.failure_event.message
+        error = integration.scrub(error or "the run failed")
+        partitions = run_partitions(run.tags)
+        context.log.error(
+            f"integration '{name}' ({integration.type}): sync of "
+            f"{', '.join(partitions) or 'its partitions'} failed (run {run.run_id}): {error}"
+        )
+        _report_status(context, integration, error, run.run_id)
+        url = os.environ.get("PRISM_DAGSTER_URL")
+        failure = Failure(
+            integration=name,
+            type=integration.type,
+            partitions=partitions,
+            error=error,
+            run_id=run.run_id,
+            run_url=f"{url.rstrip('/')}/runs/{run.run_id}" if url else None,
+        )
+        ledger = Ledger()
+        try:
+            url_value = webhook.value("notifications", "webhook_url") if webhook else None
+            posted = notify_failure(failure, url_value, ledger)
+        except NotificationError as exc:
+            context.log.warning(f"'{name}': notification not sent: {exc}")
+            return
+        except Exception as exc:  # a missing variable, the state database: never the URL
+            context.log.warning(f"'{name}': notification not sent: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            ledger.engine.dispose()
+        if posted:
+            context.log.info(f"'{name}': posted to the notification webhook")
+        elif webhook:
+            context.log.info(f"'{name}': already notified of this Error; not posted again")
+
+    return _failures
+
+
+def _report_status(context, integration, error: str, run_id: str) -> None:
+    """A run that died before its asset could say so (e.g. the process was killed) still turns
+    the ``status`` check red."""
+    latest = checks.latest_evaluation(context.instance, integration.name, checks.STATUS)
+    if latest is not None and latest[1] == run_id:
+        return  # the run recorded its own status
+    context.instance.report_runless_asset_event(
+        AssetCheckEvaluation(
+            asset_key=asset_key(integration.name),
+            check_name=checks.STATUS,
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"Error: {error[:1000]}",
+            metadata={"status": "Error", "error": error, "run_id": run_id},
+        )
+    )
