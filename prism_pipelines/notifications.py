@@ -77,9 +77,10 @@ class Failure:
 
 
 def fingerprint(error: str) -> str:
-    """The error without its numbers (hours, ids, counts): the same problem on another hour is
-    the same Error."""
-    return re.sub(r"\d+", "#", error.strip())[:2_000]
+    """The error without what changes from run to run (hours, counts, batch ids, temporary file
+    names): the same problem on another hour is the same Error."""
+    without_ids = re.sub(r"\w*\d\w*", "#", error.strip())
+    return without_ids[:2_000]
 
 
 def _utc(value: datetime | None) -> datetime | None:

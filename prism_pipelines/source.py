@@ -13,6 +13,9 @@ while the caller works on this one.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import io
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -169,6 +172,7 @@ class GatewaySource:
         if before_id is not None:
             where &= c.id < before_id
         statement = self._select.where(where).order_by(c.id)
+        _keep_freed_memory_for_reuse()
         if self.engine.dialect.name == "postgresql":
             return _read_ahead(self._fetch_postgresql(statement, chunk_rows))
         return self._fetch_formatting_timestamps(statement, chunk_rows)
@@ -273,6 +277,28 @@ class GatewaySource:
         finally:
             raw.close()
         return total
+
+
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def _keep_freed_memory_for_reuse() -> None:
+    """Let glibc keep up to 64 MiB of freed memory for reuse instead of handing it back to the OS.
+
+    Every chunk frees a few MiB (rows, records, JSON) that the next chunk allocates again. By
+    default glibc returns free memory at the top of the heap as soon as it exceeds 128 KiB, and
+    taking it back costs a page fault per 4 KiB: measured, a third of the export's CPU time.
+    The peak is unchanged; the process just does not shrink between chunks. A no-op where the
+    C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum: large buffers come from the heap too
 
 
 def _read_ahead(chunks: Iterator[list[tuple]]) -> Iterator[list[tuple]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 import yaml
@@ -109,15 +109,16 @@ def code_location_handle(
 
 
 def _workspace_entry() -> tuple[str, str]:
-    """(module, location name) of the first python_module entry of workspace.yaml."""
+    """(module, location name) of the first entry of workspace.yaml (python_module, python_file
+    or grpc_server), as Dagster names the location."""
     module, location = "prism_pipelines.definitions", "prism_pipelines"
     try:
         workspace = yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text()) or {}
     except FileNotFoundError:
         return module, location
     for entry in workspace.get("load_from") or []:
-        target = entry.get("python_module") if isinstance(entry, dict) else None
-        if isinstance(target, str):
+        target = next(iter(entry.values()), None) if isinstance(entry, dict) else None
+        if isinstance(target, str):  # python_module: prism_pipelines.definitions
             return target, target
         if isinstance(target, dict):
             module = target.get("module_name", module)
@@ -208,7 +209,13 @@ def run_failure_message(instance: DagsterInstance, run_id: str) -> str | None:
             if data.user_failure_data and data.user_failure_data.description:
                 messages.append(data.user_failure_data.description)
             elif data.error:
-                messages.append(f"{data.error.cls_name}: {data.error.message.strip()}")
+                error = data.error
+                while error.cause is not None:  # Dagster's wrapper → the user code's exception
+                    error = error.cause
+                message = error.message.strip()
+                if error.cls_name and not message.startswith(error.cls_name):
+                    message = f"{error.cls_name}: {message}"
+                messages.append(message)
         elif not messages and event.message:
             messages.append(event.message)
     return "\n".join(messages) or None
@@ -371,7 +378,6 @@ class IntegrationStatus:
     error_partition: str | None = None
     failing_partitions: int = 0
     run_id: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         values = asdict(self)

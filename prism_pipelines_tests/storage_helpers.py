@@ -42,6 +42,8 @@ MB = 1_000_000
 #: so that the hour's JSONL passes 100 MB with as few rows as the memory bound allows
 LARGE_ROWS = 100_000
 LARGE_PADDING = 480
+#: the most Python heap a sync may take, whatever the size of the file it writes
+HEAP_BUDGET = 64 * 2**20
 
 
 def partition_key(hour: datetime) -> str:
@@ -336,8 +338,9 @@ def measure_memory(call: Callable[[], object]) -> tuple[object, MemoryUse]:
 
 
 def check_large_partition_streams_in_pieces(prism, gateway, store: Store, monkeypatch) -> dict:
-    """One 100 MB+ batch goes up in parts / blocks / chunks, and the Python heap stays far
-    below the file's size: nothing holds the whole file in memory."""
+    """One 100 MB+ batch goes up in parts / blocks / chunks, and the Python heap stays within a
+    budget that does not depend on the file's size (a few chunks of rows, the spool's in-memory
+    head, the upload's pieces in flight): nothing holds the whole file in memory."""
     insert_large_partition(gateway)
     prism.configure(store.integration(batch_rows=LARGE_ROWS))
     store.watch_uploads(monkeypatch)
@@ -357,8 +360,8 @@ def check_large_partition_streams_in_pieces(prism, gateway, store: Store, monkey
     print(f"\nlarge partition on {type(store).__name__}: {numbers}")
     assert run.metadata["records"] == LARGE_ROWS and run.metadata["files"] == 1
     assert jsonl_bytes >= 100 * MB
-    assert numbers["pieces"] >= 4, numbers
-    assert memory.heap_peak < jsonl_bytes / 2, numbers
+    assert numbers["pieces"] >= object_bytes // (8 * 2**20), numbers  # 8 MiB pieces at most
+    assert memory.heap_peak < HEAP_BUDGET < jsonl_bytes * 2 / 3, numbers
     files = read_archive(store)
     assert len(files[key]) == LARGE_ROWS and len(ids_in(files)) == LARGE_ROWS
     return numbers

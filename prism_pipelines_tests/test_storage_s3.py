@@ -145,27 +145,20 @@ def test_validate_writes_and_deletes_a_marker(prism, store):
     assert f"s3://{store.bucket}/prism/production/_prism_validate_" in message
 
 
-def test_validate_says_which_bucket_is_missing(prism, store):
+def test_validate_says_what_to_fix_for_a_missing_bucket_wrong_region_or_unreachable_endpoint(
+    prism, store
+):
+    checks.check_validation_fails(
+        prism, store, "bucket 'no-such-bucket' does not exist; create it", bucket="no-such-bucket"
+    )
+    elsewhere = unique_name()
+    store.create(elsewhere, region="eu-west-1")
     checks.check_validation_fails(
         prism,
         store,
-        "bucket 'no-such-bucket-here' does not exist; create it",
-        bucket="no-such-bucket-here",
+        f"bucket '{elsewhere}' is in region eu-west-1, not us-east-1; set region: eu-west-1",
+        bucket=elsewhere,
     )
-
-
-def test_validate_names_the_region_the_bucket_is_in(prism, store):
-    bucket = unique_name()
-    store.create(bucket, region="eu-west-1")
-    checks.check_validation_fails(
-        prism,
-        store,
-        f"bucket '{bucket}' is in region eu-west-1, not us-east-1; set region: eu-west-1",
-        bucket=bucket,
-    )
-
-
-def test_validate_says_the_endpoint_cannot_be_reached(prism, store):
     endpoint = f"http://127.0.0.1:{free_port()}"
     checks.check_validation_fails(
         prism, store, f"{endpoint} cannot be reached", endpoint_url=endpoint

@@ -18,6 +18,7 @@ from prism_pipelines.ledger import Ledger
 
 def build_definitions(config: IntegrationsFile, ledger: Ledger | None = None) -> Definitions:
     ledger = ledger or Ledger()
+    prism = PrismResource.from_settings(config.source)
     assets, jobs, schedules, sensors = [gateway_table], [], [], []
     for integration in config.integrations:
         partitions_def = partitions_for(integration, ledger)
@@ -27,12 +28,12 @@ def build_definitions(config: IntegrationsFile, ledger: Ledger | None = None) ->
         if integration.type == "datadog":
             jobs.append(dashboard_job(integration))
         schedules.append(sync_schedule(integration, job, partitions_def))
-        sensors.append(late_data_sensor(integration, job, partitions_def))
+        sensors.append(late_data_sensor(integration, job, partitions_def, prism))
     sensors.append(failure_sensor(config))
     return Definitions(
         assets=assets,
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,
-        resources={"prism": PrismResource.from_settings(config.source)},
+        resources={"prism": prism},
     )

@@ -91,7 +91,9 @@ class LateDataCursor:
         )
 
 
-def late_data_sensor(integration, sync_job, partitions_def):
+def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource):
+    """``prism`` is the code location's resource, passed in (not requested as a sensor
+    resource) so the sensor evaluates the same in the daemon and in ``build_sensor_context``."""
     name = integration.name
     grace = timedelta(minutes=integration.grace_minutes)
 
@@ -105,7 +107,7 @@ def late_data_sensor(integration, sync_job, partitions_def):
         description=f"Sync closed hours of '{name}' whose rows are not all delivered (late "
         "arrivals, paused periods, failed runs).",
     )
-    def _late_data(context: SensorEvaluationContext, prism: PrismResource):
+    def _late_data(context: SensorEvaluationContext):
         now = datetime.now(UTC)
         handle = code_location_handle(context.code_location_origin, context.repository_name)
         if context.repository_def is not None and is_paused(

@@ -77,7 +77,7 @@ PUBLISH_TIMEOUT_SECONDS = 60.0
 #: forever, so the wait itself has to end.
 ACK_TIMEOUT_SECONDS = PUBLISH_DEADLINE_SECONDS + PUBLISH_TIMEOUT_SECONDS
 #: Validate & Continue answers within seconds, whether or not the endpoint answers.
-VALIDATE_TIMEOUT_SECONDS = 10.0
+VALIDATE_TIMEOUT_SECONDS = 5.0
 VALIDATE_RETRY = Retry(
     initial=0.2,
     maximum=2.0,

@@ -1,0 +1,782 @@
+"""The export benchmark: our archive export beside the floor, dlt and the naive way, on one table.
+
+Run by hand, never as a test: ``.venv/bin/python bench/export_bench.py`` (about 25 minutes on
+2 cores; ``--only export --rows 100000 --rounds 1`` for a quick look). It prints one table and
+the targets met or missed; ``bench/README.md`` holds the latest run.
+
+One PostgreSQL table of N gateway rows (``prism_pipelines.demo`` traffic, ~3 hours of a busy
+gateway; database ``prism_bench`` on 127.0.0.1:5432, reused when it already holds N rows). Each
+candidate exports one hour, and all rows, to gzip JSONL in a fresh local folder, in its own
+subprocess, so its peak RSS (``wait4``) and CPU time are its own. Candidates alternate, A B C A
+B C …, and the table shows medians; every output is read back (line count, each line valid
+JSON) before its time counts.
+
+- ``ours``: ``sync.deliver_partition`` with the local archive (what a Dagster run does per hour)
+- ``ours+dagster``: the same through Dagster: ``<name>_sync`` executed in process, one run for
+  the hour (a ranged run for all rows), on a temporary SQLite-backed instance
+- ``floor``: ``psql -c "COPY (SELECT row_to_json(t) …) TO STDOUT" | gzip -N``, no Python at
+  all, the records shaped as ours, at the gzip level whose output size matches ours
+- ``dlt-sqlalchemy`` / ``dlt-pyarrow``: dlt's ``sql_table`` → ``filesystem``, JSONL (dlt
+  gzips it by default), each backend, in ``bench/.venv-dlt`` (created here; dlt is not ours)
+- ``pandas``: ``read_sql(chunksize=…)`` + ``to_json(lines=True, compression="gzip")``
+
+Other parts: ``memory`` (peak RSS of ours on N rows and on N/10 rows), ``storage`` (the S3
+stand-in, moto, beside the local folder), ``senders`` (SQS, Pub/Sub, Datadog against their
+stand-ins beside one request per message), ``backfill`` (720 hourly partitions of small
+traffic through Dagster ranged runs, beside the same partitions through the sync path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+SOURCE_DB = "prism_bench"
+STATE_DB = "prism_bench_state"
+SOURCE_URL = f"{PG_SERVER}/{SOURCE_DB}"
+STATE_URL = f"{PG_SERVER}/{STATE_DB}"
+BACKFILL_TABLE = "prism_request_logs_backfill"
+#: a Tuesday, 14:00-17:00 UTC: the busiest hours of demo traffic's day
+START = datetime(2026, 3, 31, 14, tzinfo=UTC)
+HOURS = 3
+ONE_HOUR = START + timedelta(hours=1)
+BACKFILL_START = datetime(2026, 1, 1, tzinfo=UTC)
+BACKFILL_HOURS = 720
+BACKFILL_ROWS_PER_HOUR = 20
+SEED = 7
+INTEGRATION = "bench"
+
+DLT_VENV = BENCH / ".venv-dlt"
+DLT_REQUIREMENTS = ["dlt==1.31.0", "sqlalchemy>=2.0.36,<2.2", "psycopg2-binary", "pyarrow"]
+EXPORT_CANDIDATES = ["ours", "ours+dagster", "floor", "dlt-sqlalchemy", "dlt-pyarrow", "pandas"]
+
+# The floor's records: ours, field for field, shaped by PostgreSQL.
+FLOOR_SELECT = """SELECT row_to_json(t) FROM (SELECT request_id, model, provider, latency_ms,
+ input_tokens, output_tokens, total_tokens, cost, status_code, is_error, cache_hit,
+ guardrail_triggered, routing_strategy,
+ to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "timestamp",
+ event_type, trace_id, session_id, user_id, model_requested, cache_status, fallback_used,
+ is_stream, error_message, guardrail_results::json AS guardrail_results
+ FROM {table} {where} ORDER BY id) t"""
+
+
+# -- the parent: tables, rounds, measurements, the table of results ----------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the table")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every candidate")
+    parser.add_argument(
+        "--only",
+        default="export,memory,storage,senders,backfill",
+        help="comma-separated parts: export, memory, storage, senders, backfill",
+    )
+    parser.add_argument(
+        "--candidates",
+        default=",".join(EXPORT_CANDIDATES),
+        help="comma-separated export candidates (default: all)",
+    )
+    parser.add_argument("--scopes", default="hour,all", help="hour, all or both")
+    parser.add_argument("--workdir", type=Path, help="where outputs go (default: a temp dir)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(args.child, json.loads(args.child_args))
+        return
+
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="prism-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(workdir, args.rows, args.rounds)
+    print(machine_line())
+    print(f"table {bench.table}: {args.rows:,} rows, {HOURS} hours from {START:%Y-%m-%d %H:%M} UTC")
+    bench.prepare_databases()
+    try:
+        if "export" in parts:
+            bench.export(
+                [c for c in args.candidates.split(",") if c],
+                [s for s in args.scopes.split(",") if s],
+            )
+        if "memory" in parts:
+            bench.memory()
+        if "storage" in parts:
+            bench.storage()
+        if "senders" in parts:
+            bench.senders()
+        if "backfill" in parts:
+            bench.backfill()
+    finally:
+        bench.report()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def machine_line() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"machine: {os.cpu_count()} cores, {memory:.1f} GiB, {model}; "
+        f"Python {platform.python_version()}; load average at start {load}"
+    )
+
+
+class Run(dict):
+    """One measured run: candidate, scope, rows, seconds, bytes, rss_mb, cpu_s, ..."""
+
+
+class Bench:
+    def __init__(self, workdir: Path, rows: int, rounds: int):
+        self.workdir = workdir
+        self.rows = rows
+        self.table = table_for(rows)
+        self.small_table = table_for(max(rows // 10, 1))
+        self.rounds = rounds
+        self.runs: list[Run] = []
+        self.lines: list[str] = []  # extra result lines (senders, backfill)
+        self.gzip_level: int | None = None
+        self.expected: dict[tuple[str, str], int] = {}
+
+    # -- databases ---------------------------------------------------------------------------
+
+    def prepare_databases(self) -> None:
+        for name in (SOURCE_DB, STATE_DB):
+            create_database(name)
+        ensure_table(self.table, self.rows, START, HOURS)
+
+    def expected_rows(self, table: str, scope: str) -> int:
+        key = (table, scope)
+        if key not in self.expected:
+            from sqlalchemy import text
+
+            where, params = scope_where(scope)
+            with engine(SOURCE_URL).connect() as conn:
+                self.expected[key] = conn.execute(
+                    text(f"SELECT count(*) FROM {table} {where}"), params
+                ).scalar_one()
+        return self.expected[key]
+
+    # -- the export --------------------------------------------------------------------------
+
+    def export(self, candidates: list[str], scopes: list[str]) -> None:
+        if any(c.startswith("dlt") for c in candidates):
+            ensure_dlt_venv()
+        if "floor" in candidates:
+            self.gzip_level = self.matching_gzip_level()
+            print(f"floor: gzip -{self.gzip_level} makes files the size of ours (isal level 1)")
+        for scope in scopes:
+            for round_ in range(1, self.rounds + 1):
+                for candidate in candidates:
+                    self.measure(candidate, scope, self.table, round_)
+
+    def matching_gzip_level(self) -> int:
+        """The ``gzip -N`` whose output is closest in size to ours on the same records."""
+        import zlib
+
+        out = self.fresh_dir("gzip-level")
+        child = self.spawn("ours", {"scope": "hour", "table": self.table, "out": str(out)})
+        child.wait_result()
+        data = b"".join(gzip.decompress(p.read_bytes()) for p in sorted(out.rglob("*.jsonl.gz")))
+        ours = sum(p.stat().st_size for p in out.rglob("*.jsonl.gz"))
+        sizes = {}
+        for level in range(1, 10):
+            compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+            sizes[level] = len(compressor.compress(data)) + len(compressor.flush())
+        shutil.rmtree(out)
+        return min(sizes, key=lambda level: abs(sizes[level] - ours))
+
+    def measure(self, candidate: str, scope: str, table: str, round_: int, **extra) -> Run:
+        out = self.fresh_dir(f"{candidate}-{scope}-{round_}")
+        if candidate == "floor":
+            run = self.run_floor(scope, table, out)
+        else:
+            child = self.spawn(
+                candidate, {"scope": scope, "table": table, "out": str(out), **extra}
+            )
+            run = child.wait_result()
+        run.update(candidate=candidate, scope=scope, table=table, round=round_)
+        expected = self.expected_rows(table, scope)
+        lines, size = check_output(out, candidate)
+        if lines != expected:
+            raise SystemExit(
+                f"{candidate} {scope}: wrote {lines:,} lines, expected {expected:,}; "
+                f"its time does not count (output kept in {out})"
+            )
+        run.update(rows=expected, bytes=size)
+        self.runs.append(run)
+        print(
+            f"  round {round_} {candidate:15s} {scope:4s} {table}: {run['seconds']:7.2f} s "
+            f"{expected / run['seconds']:>10,.0f} rows/s {size / 2**20:7.1f} MB "
+            f"rss {run['rss_mb']:6.0f} MB cpu {run['cpu_s']:6.2f} s",
+            flush=True,
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        return run
+
+    def run_floor(self, scope: str, table: str, out: Path) -> Run:
+        where, params = scope_where(scope, literal=True)
+        sql = FLOOR_SELECT.format(table=table, where=where.format(**params))
+        # CSV with a quote and delimiter that never occur: the JSON passes through untouched
+        # (COPY's text format would escape its backslashes).
+        copy = f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+        started = time.perf_counter()
+        with open(out / "floor.jsonl.gz", "wb") as target:
+            psql = subprocess.Popen(
+                ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", SOURCE_DB],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            gz = subprocess.Popen(
+                ["gzip", f"-{self.gzip_level or 1}"], stdin=psql.stdout, stdout=target
+            )
+            psql.stdout.close()
+            psql.stdin.write(f"\\set ON_ERROR_STOP 1\n{copy};\n".encode())
+            psql.stdin.close()
+            usage = [wait(psql), wait(gz)]
+        seconds = time.perf_counter() - started
+        if any(code for code, _ in usage):
+            raise SystemExit(f"floor: psql | gzip failed ({[code for code, _ in usage]})")
+        return Run(
+            seconds=seconds,
+            wall_s=seconds,
+            rss_mb=sum(u.ru_maxrss for _, u in usage) / 1024,
+            cpu_s=sum(u.ru_utime + u.ru_stime for _, u in usage),
+        )
+
+    # -- memory: the same export on a tenth of the rows -----------------------------------------
+
+    def memory(self) -> None:
+        ensure_table(self.small_table, max(self.rows // 10, 1), START, HOURS)
+        for round_ in range(1, self.rounds + 1):
+            for table in (self.table, self.small_table):
+                if table == self.table and self.find("ours", "all", table, round_):
+                    continue  # measured by the export part already
+                self.measure("ours", "all", table, round_)
+
+    # -- storage: the S3 stand-in beside the local folder ----------------------------------------
+
+    def storage(self) -> None:
+        sys.path.insert(0, str(REPO))
+        from prism_pipelines_tests.services import run_moto
+
+        with run_moto(self.fresh_dir("moto-logs")) as moto:
+            bucket = "prism-bench"
+            moto.client("s3").create_bucket(Bucket=bucket)
+            for round_ in range(1, self.rounds + 1):
+                if not self.find("ours", "hour", self.table, round_):
+                    self.measure("ours", "hour", self.table, round_)
+                self.measure(
+                    "ours-s3",
+                    "hour",
+                    self.table,
+                    round_,
+                    endpoint_url=moto.endpoint_url,
+                    bucket=bucket,
+                )
+
+    # -- senders: queues and Datadog ------------------------------------------------------------
+
+    def senders(self) -> None:
+        self.lines.append("senders: not measured yet (the queue and Datadog sinks are in progress)")
+
+    # -- backfill: 720 hourly partitions through Dagster ----------------------------------------
+
+    def backfill(self) -> None:
+        rows = BACKFILL_HOURS * BACKFILL_ROWS_PER_HOUR
+        ensure_table(BACKFILL_TABLE, rows, BACKFILL_START, BACKFILL_HOURS)
+        self.expected[(BACKFILL_TABLE, "backfill")] = rows
+        results = {}
+        for candidate in ("backfill-sync", "backfill-dagster"):
+            results[candidate] = self.measure(candidate, "backfill", BACKFILL_TABLE, 1)
+        sync, dagster = results["backfill-sync"], results["backfill-dagster"]
+        per_sync = sync["seconds"] / BACKFILL_HOURS
+        per_dagster = dagster["seconds"] / BACKFILL_HOURS
+        self.lines.append(
+            f"backfill of {BACKFILL_HOURS} hourly partitions ({rows:,} rows, "
+            f"{dagster['runs']} Dagster runs of up to 24 partitions): "
+            f"sync path {sync['seconds']:.1f} s ({per_sync * 1000:.0f} ms/partition), "
+            f"through Dagster {dagster['seconds']:.1f} s ({per_dagster * 1000:.0f} ms/partition); "
+            f"Dagster's overhead {(per_dagster - per_sync) * 1000:.0f} ms/partition"
+        )
+        self.backfill_overhead = per_dagster - per_sync
+
+    # -- processes and results -----------------------------------------------------------------
+
+    def fresh_dir(self, name: str) -> Path:
+        path = self.workdir / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def spawn(self, candidate: str, child_args: dict) -> Child:
+        python = DLT_VENV / "bin" / "python" if candidate.startswith("dlt") else sys.executable
+        return Child(
+            [
+                str(python),
+                str(Path(__file__).resolve()),
+                "--child",
+                candidate,
+                "--child-args",
+                json.dumps(child_args),
+            ]
+        )
+
+    def find(self, candidate: str, scope: str, table: str, round_: int | None = None) -> list:
+        return [
+            r
+            for r in self.runs
+            if r["candidate"] == candidate
+            and r["scope"] == scope
+            and r["table"] == table
+            and (round_ is None or r["round"] == round_)
+        ]
+
+    def median(self, candidate: str, scope: str, table: str, key: str) -> float | None:
+        values = [r[key] for r in self.find(candidate, scope, table)]
+        return statistics.median(values) if values else None
+
+    def report(self) -> None:
+        if not self.runs and not self.lines:
+            return
+        print()
+        print(machine_line())
+        print(
+            f"medians of {self.rounds} round(s); time ratio = candidate's time / ours "
+            "(higher is slower than ours)"
+        )
+        header = (
+            "| candidate | scope | rows | seconds | rows/s | output MB | peak RSS MB | CPU s "
+            "| time vs ours |"
+        )
+        print(header)
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        seen = []
+        for r in self.runs:
+            key = (r["candidate"], r["scope"], r["table"])
+            if key not in seen:
+                seen.append(key)
+        for candidate, scope, table in seen:
+            seconds = self.median(candidate, scope, table, "seconds")
+            ours = self.median("ours", scope, table, "seconds")
+            rows = self.find(candidate, scope, table)[0]["rows"]
+            label = candidate if table == self.table else f"{candidate} ({table})"
+            ratio = f"{seconds / ours:.2f}×" if ours else "–"
+            print(
+                f"| {label} | {scope} | {rows:,} | {seconds:.2f} | {rows / seconds:,.0f} "
+                f"| {self.median(candidate, scope, table, 'bytes') / 2**20:.1f} "
+                f"| {self.median(candidate, scope, table, 'rss_mb'):.0f} "
+                f"| {self.median(candidate, scope, table, 'cpu_s'):.2f} | {ratio} |"
+            )
+        for line in self.lines:
+            print(line)
+        self.targets()
+
+    def targets(self) -> None:
+        print()
+        print("targets:")
+
+        def target(name: str, value: float | None, goal: str, ok) -> None:
+            if value is None:
+                print(f"  - {name}: not measured")
+            else:
+                print(f"  - {name}: {value:.2f} ({goal}) {'MET' if ok(value) else 'MISSED'}")
+
+        def ratio(candidate: str, scope: str = "hour") -> float | None:
+            theirs = self.median(candidate, scope, self.table, "seconds")
+            ours = self.median("ours", scope, self.table, "seconds")
+            return theirs / ours if theirs and ours else None
+
+        target("dlt sqlalchemy / ours, one hour", ratio("dlt-sqlalchemy"), "≥ 5", lambda v: v >= 5)
+        target("dlt pyarrow / ours, one hour", ratio("dlt-pyarrow"), "≥ 2", lambda v: v >= 2)
+        floor = ratio("floor")
+        target(
+            "ours / floor, one hour",
+            1 / floor if floor else None,
+            "≤ 1.5",
+            lambda v: v <= 1.5,
+        )
+        big = self.median("ours", "all", self.table, "rss_mb")
+        small = self.median("ours", "all", self.small_table, "rss_mb")
+        target(f"ours peak RSS MB, all {self.rows:,} rows", big, "< 300", lambda v: v < 300)
+        target(
+            "ours peak RSS, N rows / N/10 rows",
+            big / small if big and small else None,
+            "≤ 1.2",
+            lambda v: v <= 1.2,
+        )
+        overhead = getattr(self, "backfill_overhead", None)
+        target(
+            "Dagster overhead s/partition, 720-partition backfill", overhead, "< 1", lambda v: v < 1
+        )
+
+
+class Child:
+    """A candidate in its own process; its last stdout line is its result as JSON."""
+
+    def __init__(self, argv: list[str]):
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=REPO, text=True)
+
+    def wait_result(self) -> Run:
+        output = self.proc.stdout.read()
+        code, usage = wait(self.proc)
+        wall = time.perf_counter() - self.started
+        if code:
+            raise SystemExit(f"{self.proc.args[3]} failed with exit code {code}:\n{output}")
+        result = json.loads(output.strip().splitlines()[-1])
+        return Run(
+            **result,
+            wall_s=wall,
+            rss_mb=usage.ru_maxrss / 1024,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+        )
+
+
+def wait(proc: subprocess.Popen):
+    """Exit code and resource usage (peak RSS, CPU) of this one child."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage
+
+
+def check_output(out: Path, candidate: str) -> tuple[int, int]:
+    """Lines written (each checked to be one JSON object) and bytes of the data files."""
+    import orjson
+    from isal import igzip
+
+    lines = size = 0
+    for path in sorted(out.rglob("*.jsonl.gz")):
+        if "_dlt_" in str(path.relative_to(out)):
+            continue
+        size += path.stat().st_size
+        with igzip.open(path, "rb") as data:
+            for line in data:
+                if not isinstance(orjson.loads(line), dict):
+                    raise SystemExit(f"{candidate}: {path} holds a line that is not an object")
+                lines += 1
+    return lines, size
+
+
+# -- databases -----------------------------------------------------------------------------------
+
+
+def table_for(rows: int) -> str:
+    return f"prism_request_logs_{rows}"
+
+
+def engine(url: str):
+    from sqlalchemy import create_engine
+
+    return create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+
+
+def create_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(
+        f"{PG_SERVER.replace('postgresql://', 'postgresql+psycopg2://')}/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as conn:
+        if not conn.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).scalar():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
+def ensure_table(table: str, rows: int, start: datetime, hours: int) -> None:
+    """The table with exactly ``rows`` demo rows over ``hours`` from ``start``; kept if so."""
+    from sqlalchemy import inspect, text
+
+    sys.path.insert(0, str(REPO))
+    from prism_pipelines.demo import generate_rows
+    from prism_pipelines.source import GatewaySource
+
+    source = GatewaySource(SOURCE_URL, table=table)
+    if inspect(source.engine).has_table(table):
+        with source.engine.connect() as conn:
+            if conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == rows:
+                return
+        source.table.drop(source.engine)
+    print(f"seeding {table}: {rows:,} rows over {hours} hours …", flush=True)
+    started = time.perf_counter()
+    source.create_table()
+    end = start + timedelta(hours=hours)
+    source.insert_rows(generate_rows(rows, start=start, end=end, seed=SEED))
+    with source.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {table}"))
+    print(f"  seeded in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def scope_where(scope: str, literal: bool = False) -> tuple[str, dict]:
+    if scope != "hour":
+        return "", {}
+    params = {"start": ONE_HOUR.isoformat(), "end": (ONE_HOUR + timedelta(hours=1)).isoformat()}
+    if literal:
+        return """WHERE "timestamp" >= '{start}' AND "timestamp" < '{end}'""", params
+    return 'WHERE "timestamp" >= :start AND "timestamp" < :end', params
+
+
+def ensure_dlt_venv() -> None:
+    python = DLT_VENV / "bin" / "python"
+    marker = DLT_VENV / ".installed"
+    if marker.exists() and marker.read_text() == " ".join(DLT_REQUIREMENTS):
+        return
+    print(f"creating {DLT_VENV} with {' '.join(DLT_REQUIREMENTS)} …", flush=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--clear", str(DLT_VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", *DLT_REQUIREMENTS, "psutil"], check=True
+    )
+    marker.write_text(" ".join(DLT_REQUIREMENTS))
+
+
+# -- the children: one candidate each, timing only the export ------------------------------------
+
+
+def run_child(candidate: str, args: dict) -> None:
+    out = Path(args["out"])
+    scope = args["scope"]
+    table = args["table"]
+    runner = CHILDREN[candidate]
+    result = runner(scope=scope, table=table, out=out, args=args)
+    print(json.dumps(result))
+
+
+def _hours(scope: str, table: str) -> list[datetime]:
+    if scope == "hour":
+        return [ONE_HOUR]
+    if table == BACKFILL_TABLE:
+        return [BACKFILL_START + timedelta(hours=i) for i in range(BACKFILL_HOURS)]
+    return [START + timedelta(hours=i) for i in range(HOURS)]
+
+
+def _fresh_ledger():
+    """The state database with nothing recorded for the bench integration."""
+    from sqlalchemy import delete
+
+    from prism_pipelines import ledger as ledger_module
+
+    ledger = ledger_module.Ledger(STATE_URL)
+    with ledger.engine.begin() as conn:
+        for table in (
+            ledger_module.batches,
+            ledger_module.partitions,
+            ledger_module.rejects,
+        ):
+            conn.execute(delete(table).where(table.c.integration == INTEGRATION))
+    return ledger
+
+
+def _integration(out: Path, **settings):
+    from prism_pipelines.integrations import IntegrationsFile
+
+    entry = {
+        "name": INTEGRATION,
+        "history": {"since": BACKFILL_START.isoformat()},
+        **(settings or {"type": "local", "path": str(out)}),
+    }
+    return IntegrationsFile.model_validate({"integrations": [entry]}).integrations[0], entry
+
+
+def child_ours(scope: str, table: str, out: Path, args: dict, sink_type: str = "local") -> dict:
+    from prism_pipelines.sinks import build_sink
+    from prism_pipelines.source import GatewaySource
+    from prism_pipelines.sync import deliver_partition
+
+    if sink_type == "s3":
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        integration, _ = _integration(
+            out,
+            type="s3",
+            bucket=args["bucket"],
+            region="us-east-1",
+            prefix=f"run-{out.name}",
+            endpoint_url=args["endpoint_url"],
+        )
+    else:
+        integration, _ = _integration(out)
+    ledger = _fresh_ledger()
+    source = GatewaySource(SOURCE_URL, table=table)
+    sink = build_sink(integration)
+    started = time.perf_counter()
+    records = 0
+    for hour in _hours(scope, table):
+        records += deliver_partition(
+            integration, sink, source, ledger, hour, settle_seconds=0
+        ).records
+    seconds = time.perf_counter() - started
+    sink.close()
+    if sink_type == "s3":
+        _download(integration, out)
+    return {"seconds": seconds, "records": records}
+
+
+def _download(integration, out: Path) -> None:
+    """After timing: the run's objects, into ``out``, for the parent's check."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=integration.endpoint_url, region_name="us-east-1")
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=integration.bucket, Prefix=integration.prefix
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            target = out / "downloaded" / item["Key"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(integration.bucket, item["Key"], str(target))
+            s3.delete_object(Bucket=integration.bucket, Key=item["Key"])
+
+
+def child_ours_s3(scope: str, table: str, out: Path, args: dict) -> dict:
+    return child_ours(scope, table, out, args, sink_type="s3")
+
+
+def child_dagster(scope: str, table: str, out: Path, args: dict) -> dict:
+    import yaml
+    from dagster import DagsterInstance
+
+    from prism_pipelines.dagster_defs.definitions import build_definitions
+    from prism_pipelines.integrations import load_integrations
+
+    _, entry = _integration(out)
+    config_path = out.parent / f"{out.name}.integrations.yaml"
+    config_path.write_text(
+        yaml.safe_dump({"integrations": [entry], "source": {"table": table, "settle_seconds": 0}})
+    )
+    os.environ.update(
+        PRISM_INTEGRATIONS=str(config_path), PRISM_SOURCE_URL=SOURCE_URL, PRISM_STATE_URL=STATE_URL
+    )
+    ledger = _fresh_ledger()
+    keys = [h.strftime("%Y-%m-%d-%H:%M") for h in _hours(scope, table)]
+    per_run = 24
+    with tempfile.TemporaryDirectory() as home:
+        instance = DagsterInstance.local_temp(home)
+        started = time.perf_counter()
+        defs = build_definitions(load_integrations(config_path), ledger)
+        job = defs.resolve_job_def(f"{INTEGRATION}_sync")
+        defs_seconds = time.perf_counter() - started
+        records = runs = 0
+        for i in range(0, len(keys), per_run):
+            chunk = keys[i : i + per_run]
+            if len(chunk) == 1:
+                selection = {"partition_key": chunk[0]}
+            else:
+                selection = {
+                    "tags": {
+                        "dagster/asset_partition_range_start": chunk[0],
+                        "dagster/asset_partition_range_end": chunk[-1],
+                    }
+                }
+            result = job.execute_in_process(instance=instance, **selection)
+            runs += 1
+            if not result.success:
+                raise SystemExit("the Dagster run failed")
+            for event in result.get_asset_materialization_events():
+                records += event.materialization.metadata["records"].value
+        seconds = time.perf_counter() - started
+    config_path.unlink()
+    return {"seconds": seconds, "records": records, "runs": runs, "defs_s": defs_seconds}
+
+
+def child_backfill_sync(scope: str, table: str, out: Path, args: dict) -> dict:
+    return child_ours("all", table, out, args)
+
+
+def child_backfill_dagster(scope: str, table: str, out: Path, args: dict) -> dict:
+    return child_dagster("all", table, out, args)
+
+
+def child_dlt(scope: str, table: str, out: Path, args: dict, backend: str) -> dict:
+    import dlt
+    from dlt.destinations import filesystem
+    from dlt.sources.sql_database import sql_table
+
+    def one_hour(query, sql_table_):
+        c = sql_table_.c
+        return query.where(c.timestamp >= ONE_HOUR).where(
+            c.timestamp < ONE_HOUR + timedelta(hours=1)
+        )
+
+    started = time.perf_counter()
+    source = sql_table(
+        credentials=SOURCE_URL.replace("postgresql://", "postgresql+psycopg2://"),
+        table=table,
+        backend=backend,
+        query_adapter_callback=one_hour if scope == "hour" else None,
+    )
+    pipeline = dlt.pipeline(
+        pipeline_name=f"bench_{backend}_{out.name}".replace("-", "_"),
+        destination=filesystem(bucket_url=out.as_uri()),
+        dataset_name="bench",
+        pipelines_dir=str(out.parent / f"{out.name}.dlt"),
+    )
+    pipeline.run(source, loader_file_format="jsonl")
+    seconds = time.perf_counter() - started
+    shutil.rmtree(out.parent / f"{out.name}.dlt", ignore_errors=True)
+    return {"seconds": seconds}
+
+
+def child_pandas(scope: str, table: str, out: Path, args: dict) -> dict:
+    import pandas as pd
+    from sqlalchemy import text
+
+    where, params = scope_where(scope)
+    started = time.perf_counter()
+    db = engine(SOURCE_URL)
+    query = text(f"SELECT * FROM {table} {where}")
+    chunks = pd.read_sql(query, db, params=params, chunksize=50_000)
+    for i, chunk in enumerate(chunks):
+        chunk.to_json(
+            out / f"part-{i:05d}.jsonl.gz",
+            orient="records",
+            lines=True,
+            date_format="iso",
+            compression="gzip",
+        )
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds}
+
+
+CHILDREN = {
+    "ours": child_ours,
+    "ours-s3": child_ours_s3,
+    "ours+dagster": child_dagster,
+    "backfill-sync": child_backfill_sync,
+    "backfill-dagster": child_backfill_dagster,
+    "dlt-sqlalchemy": lambda **kw: child_dlt(**kw, backend="sqlalchemy"),
+    "dlt-pyarrow": lambda **kw: child_dlt(**kw, backend="pyarrow"),
+    "pandas": child_pandas,
+}
+
+
+if __name__ == "__main__":
+    main()

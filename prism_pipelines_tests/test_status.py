@@ -1,0 +1,159 @@
+"""Status as the spec names it (Active, Syncing, Paused, Error), the status check in the UI, and
+the ``status`` / ``history`` commands, through Dagster on the PostgreSQL gateway."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+from click.testing import CliRunner
+
+from prism_pipelines.cli import main
+from prism_pipelines.dagster_defs import checks
+from prism_pipelines.sinks.local import LocalArchive
+from prism_pipelines.status import ACTIVE, ERROR, SYNCING, integration_status
+from prism_pipelines_tests.factories import gateway_rows
+
+H = datetime(2026, 11, 22, 14, tzinfo=UTC)
+KEY = "2026-11-22-14:00"
+
+
+def local(path: Path, name: str = "archive", **settings) -> dict:
+    return {
+        "name": name,
+        "type": "local",
+        "path": str(path),
+        "history": {"since": "2026-11-22T00:00:00Z"},
+        **settings,
+    }
+
+
+def status_of(prism, gateway, name: str = "archive"):
+    return integration_status(
+        prism.config.get(name),
+        instance=prism.instance,
+        repository_def=prism.defs.get_repository_def(),
+        ledger=prism.ledger,
+        source=gateway,
+    )
+
+
+def cli(prism, *args: str):
+    """``prism-pipelines ARGS`` on the test's Dagster instance and integrations file."""
+    result = CliRunner().invoke(
+        main, list(args), env={"DAGSTER_HOME": str(prism.instance.root_directory)}
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_refused_write_puts_the_integration_in_error_until_a_sync_succeeds(
+    prism, gateway, tmp_path
+):
+    (tmp_path / "a_file").write_text("not a folder")
+    gateway.insert_rows([gateway_rows(H, 40)])
+    prism.configure(local(tmp_path / "a_file" / "bucket"))
+
+    failed = prism.sync("archive", KEY, raise_on_error=False)
+
+    assert not failed.success
+    status = status_of(prism, gateway)
+    assert status.status == ERROR
+    assert "integration 'archive'" in status.error and "Not a directory" in status.error
+    assert status.error_partition == KEY
+    assert datetime.now(UTC) - status.since < timedelta(minutes=1)
+    assert status.last_success_at is None and status.pending_rows == 40
+    evaluation, run_id = checks.latest_evaluation(prism.instance, "archive", checks.STATUS)
+    assert not evaluation.passed and run_id == failed.result.run_id
+    assert "Not a directory" in evaluation.description
+    table = cli(prism, "status")
+    assert "archive" in table and "Error" in table and "Not a directory" in table
+
+    prism.configure(local(tmp_path / "bucket"))  # the fix: a folder that can be written
+    fixed = prism.sync("archive", KEY)
+
+    status = status_of(prism, gateway)
+    assert status.status == ACTIVE and status.error is None
+    assert status.delivered_today == 40 and status.pending_rows == 0
+    assert status.since >= status.last_success_at - timedelta(seconds=5)
+    assert status.lag_seconds > 0  # the newest record delivered is from 2026-11-22
+    evaluation, run_id = checks.latest_evaluation(prism.instance, "archive", checks.STATUS)
+    assert evaluation.passed and run_id == fixed.result.run_id
+    table = cli(prism, "status", "archive")
+    assert "Active" in table and "Not a directory" not in table
+
+    history = cli(prism, "history", "archive")
+    lines = history.splitlines()
+    assert lines[1].split()[3] == "SUCCESS" and " 40 " in lines[1]
+    assert lines[2].split()[3] == "FAILURE"
+    assert "Not a directory" in history
+
+
+def test_s3_without_its_credentials_is_in_error_until_they_are_set(
+    prism, gateway, moto_server, monkeypatch
+):
+    monkeypatch.delenv("PRISM_OPS_S3_KEY", raising=False)
+    monkeypatch.delenv("PRISM_OPS_S3_SECRET", raising=False)
+    moto_server.client("s3").create_bucket(Bucket="prism-ops-status")
+    gateway.insert_rows([gateway_rows(H, 25)])
+    prism.configure(
+        {
+            "name": "lake",
+            "type": "s3",
+            "bucket": "prism-ops-status",
+            "region": "us-east-1",
+            "endpoint_url": moto_server.endpoint_url,
+            "access_key_id": {"env": "PRISM_OPS_S3_KEY"},
+            "secret_access_key": {"env": "PRISM_OPS_S3_SECRET"},
+            "history": {"since": "2026-11-22T00:00:00Z"},
+        }
+    )
+
+    assert not prism.sync("lake", KEY, raise_on_error=False).success
+
+    status = status_of(prism, gateway, "lake")
+    assert status.status == ERROR
+    assert "PRISM_OPS_S3_KEY" in status.error and "not set" in status.error
+
+    monkeypatch.setenv("PRISM_OPS_S3_KEY", "testing")
+    monkeypatch.setenv("PRISM_OPS_S3_SECRET", "testing")
+    assert prism.sync("lake", KEY).metadata["records"] == 25
+
+    assert status_of(prism, gateway, "lake").status == ACTIVE
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    assert s3.list_objects_v2(Bucket="prism-ops-status")["KeyCount"] == 1
+
+
+def test_integration_is_syncing_while_its_run_is_in_progress(prism, gateway, tmp_path, monkeypatch):
+    gateway.insert_rows([gateway_rows(H, 30)])
+    prism.configure(local(tmp_path / "bucket"))
+    entered, release, real_put = threading.Event(), threading.Event(), LocalArchive.put
+
+    def slow_put(self, *args, **kwargs):  # a slow destination, held until the test looked
+        entered.set()
+        assert release.wait(60)
+        return real_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalArchive, "put", slow_put)
+    runs = []
+    worker = threading.Thread(target=lambda: runs.append(prism.sync("archive", KEY)))
+    worker.start()
+    try:
+        assert entered.wait(60)
+        status = status_of(prism, gateway)
+        assert status.status == SYNCING and status.run_id
+        assert "Syncing" in cli(prism, "status")
+    finally:
+        release.set()
+        worker.join(60)
+
+    assert runs[0].metadata["records"] == 30
+    assert status_of(prism, gateway).status == ACTIVE
