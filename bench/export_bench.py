@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -253,16 +254,18 @@ class Bench:
                 ["gzip", f"-{self.gzip_level or 1}"], stdin=psql.stdout, stdout=target
             )
             psql.stdout.close()
+            watch = PeakWatch([psql.pid, gz.pid])
             psql.stdin.write(f"\\set ON_ERROR_STOP 1\n{copy};\n".encode())
             psql.stdin.close()
             usage = [wait(psql), wait(gz)]
+            peak = watch.stop()
         seconds = time.perf_counter() - started
         if any(code for code, _ in usage):
             raise SystemExit(f"floor: psql | gzip failed ({[code for code, _ in usage]})")
         return Run(
             seconds=seconds,
             wall_s=seconds,
-            rss_mb=sum(u.ru_maxrss for _, u in usage) / 1024,
+            rss_mb=peak / 1024,
             cpu_s=sum(u.ru_utime + u.ru_stime for _, u in usage),
         )
 
@@ -333,6 +336,7 @@ class Bench:
 
     def spawn(self, candidate: str, child_args: dict) -> Child:
         python = DLT_VENV / "bin" / "python" if candidate.startswith("dlt") else sys.executable
+        log = Path(child_args["out"]).with_suffix(".log")
         return Child(
             [
                 str(python),
@@ -341,7 +345,8 @@ class Bench:
                 candidate,
                 "--child-args",
                 json.dumps(child_args),
-            ]
+            ],
+            log,
         )
 
     def find(self, candidate: str, scope: str, table: str, round_: int | None = None) -> list:
@@ -434,25 +439,69 @@ class Bench:
 
 
 class Child:
-    """A candidate in its own process; its last stdout line is its result as JSON."""
+    """A candidate in its own process; its last stdout line is its result as JSON, its stderr
+    goes to a log file (shown if it fails)."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], log: Path):
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=REPO, text=True)
+        self.log = log
+        with open(log, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, text=True
+            )
+        self.watch = PeakWatch([self.proc.pid])
 
     def wait_result(self) -> Run:
         output = self.proc.stdout.read()
         code, usage = wait(self.proc)
+        peak = self.watch.stop()
         wall = time.perf_counter() - self.started
         if code:
-            raise SystemExit(f"{self.proc.args[3]} failed with exit code {code}:\n{output}")
+            tail = self.log.read_text(errors="replace")[-4000:]
+            raise SystemExit(f"{self.proc.args[3]} failed with exit code {code}:\n{tail}")
         result = json.loads(output.strip().splitlines()[-1])
         return Run(
             **result,
             wall_s=wall,
-            rss_mb=usage.ru_maxrss / 1024,
+            rss_mb=max(peak, result.pop("peak_rss_kb", 0)) / 1024,
             cpu_s=usage.ru_utime + usage.ru_stime,
         )
+
+
+class PeakWatch:
+    """Peak RSS of some processes, from ``/proc/<pid>/status`` (VmHWM), summed.
+
+    Not ``wait4``'s ``ru_maxrss``: on Linux a child's counts the RSS of the parent it was forked
+    from, which here is this script with everything it imported.
+    """
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self.peaks = dict.fromkeys(pids, 0)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+
+    def poll(self) -> None:
+        while not self.done.is_set():
+            for pid in self.pids:
+                self.peaks[pid] = max(self.peaks[pid], vm_hwm_kb(pid))
+            self.done.wait(0.02)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return sum(self.peaks.values())
+
+
+def vm_hwm_kb(pid: int | str = "self") -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def wait(proc: subprocess.Popen):
@@ -564,6 +613,7 @@ def run_child(candidate: str, args: dict) -> None:
     table = args["table"]
     runner = CHILDREN[candidate]
     result = runner(scope=scope, table=table, out=out, args=args)
+    result["peak_rss_kb"] = vm_hwm_kb()  # this process's own peak (threads included)
     print(json.dumps(result))
 
 

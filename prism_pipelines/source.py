@@ -156,14 +156,17 @@ class GatewaySource:
         after_id: int,
         through_id: int | None = None,
         before_id: int | None = None,
+        settled_before: datetime | None = None,
         chunk_rows: int = 5_000,
     ) -> Iterator[list[tuple]]:
         """Rows of ``hour`` with ``after_id < id [<= through_id] [< before_id]``, by id, in chunks.
 
         Each row is a tuple of ``records.EXPORTED_FIELDS`` (``timestamp`` formatted as the
-        record has it, ``cost`` a float) followed by ``id``. One query per call, read through a
-        server-side cursor on PostgreSQL, so memory holds a couple of chunks whatever the size
-        of the hour.
+        record has it, ``cost`` a float) followed by ``id`` and, with ``settled_before``,
+        whether the row was ingested after it (the caller stops there: see
+        ``sync._until_unsettled``; one snapshot, so no row can slip in between a check and the
+        read). One query per call, read through a server-side cursor on PostgreSQL, so memory
+        holds a couple of chunks whatever the size of the hour.
         """
         c = self.table.c
         where = self._in_hour(hour) & (c.id > after_id)
@@ -171,7 +174,10 @@ class GatewaySource:
             where &= c.id <= through_id
         if before_id is not None:
             where &= c.id < before_id
-        statement = self._select.where(where).order_by(c.id)
+        statement = self._select
+        if settled_before is not None:
+            statement = statement.add_columns(c.ingested_at > settled_before)
+        statement = statement.where(where).order_by(c.id)
         _keep_freed_memory_for_reuse()
         if self.engine.dialect.name == "postgresql":
             return _read_ahead(self._fetch_postgresql(statement, chunk_rows))

@@ -9,13 +9,20 @@ A sync of hour H, in order:
 2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay,
    streamed in batches of the integration's ``rows_per_batch``. A batch is opened in the
    ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
+
+The cyclic garbage collector is paused while a partition is delivered: the export makes
+millions of plain objects without cycles, which reference counting frees, and the collector
+would only walk them over and over (measured: a fifth of the export's CPU). Whatever cycles a
+sink makes are collected after each batch.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -23,7 +30,13 @@ from operator import itemgetter
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
 from prism_pipelines.ledger import Ledger, RecordedBatch
-from prism_pipelines.records import ROW_ID, ROW_TIMESTAMP, build_records, format_timestamp
+from prism_pipelines.records import (
+    ROW_ID,
+    ROW_TIMESTAMP,
+    ROW_UNSETTLED,
+    build_records,
+    format_timestamp,
+)
 from prism_pipelines.sinks.base import Sink
 from prism_pipelines.source import GatewaySource
 
@@ -99,6 +112,20 @@ class SyncResult:
         }
 
 
+@contextmanager
+def _cyclic_gc_paused():
+    """Pause the cyclic garbage collector (see the module docstring); restore it after."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@_cyclic_gc_paused()
 def deliver_partition(
     integration,
     sink: Sink,
@@ -128,16 +155,16 @@ def deliver_partition(
 
         cursor = ledger.cursor(name, hour)
         settled_before = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
-        held_back_from = source.first_unsettled_id(hour, cursor, settled_before)
-        result.held_back = held_back_from is not None
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
-            hour, after_id=cursor, before_id=held_back_from, chunk_rows=chunk_rows
+            hour, after_id=cursor, settled_before=settled_before, chunk_rows=chunk_rows
         )
-        for batch_rows in _batches_of(stream, integration.rows_per_batch):
-            batch = Batch(name, hour, after_id=cursor)
-            _send(integration, sink, ledger, batch, batch_rows, result)
-            cursor = batch.through_id
+        with closing(stream):
+            settled = _until_unsettled(stream, result)
+            for batch_rows in _batches_of(settled, integration.rows_per_batch):
+                batch = Batch(name, hour, after_id=cursor)
+                _send(integration, sink, ledger, batch, batch_rows, result)
+                cursor = batch.through_id
     except PrismError as exc:
         message = integration.scrub(str(exc))
         ledger.record_sync(name, hour, error=message)
@@ -176,6 +203,21 @@ def _batches_to_redo(
             if source.count_rows(hour, b.after_id, b.through_id) != b.records + b.rejects
         ]
     return sorted(redo, key=lambda b: b.after_id)
+
+
+def _until_unsettled(stream: Iterator[list[tuple]], result: SyncResult) -> Iterator[list[tuple]]:
+    """The stream up to its first row younger than the settle delay; that row and the rest wait
+    for a later sync (an older transaction may still commit a lower id, and the cursor must not
+    pass it)."""
+    unsettled = itemgetter(ROW_UNSETTLED)
+    for rows in stream:
+        flags = list(map(unsettled, rows))
+        if True in flags:
+            result.held_back = True
+            if cut := flags.index(True):
+                yield rows[:cut]
+            return
+        yield rows
 
 
 def _batches_of(stream: Iterator[list[tuple]], batch_rows: int) -> Iterator[Iterator[list[tuple]]]:
@@ -225,6 +267,7 @@ def _send(
     batch.location = delivery.location
     ledger.finish_batch(batch, delivery.bytes)
     result.add(batch, delivery)
+    gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 
 
 def _chunks(batch: Batch, row_chunks: Iterator[list[tuple]], fields) -> Iterator[Chunk]:

@@ -212,9 +212,7 @@ def test_validate_says_what_to_fix_for_each_failure(prism, store, monkeypatch):
     assert "PRIVATE KEY" not in message
 
 
-def test_validate_says_access_was_denied_and_which_permission_is_needed(
-    prism, store, monkeypatch
-):
+def test_validate_says_access_was_denied_and_which_permission_is_needed(prism, store, monkeypatch):
     injected = store.answer_next_upload_once(
         monkeypatch,
         403,

@@ -195,13 +195,19 @@ def partition_checks(
     hour: datetime,
     result: SyncResult,
 ) -> Iterator[AssetCheckEvaluation]:
-    """The per-hour checks of an hour the run has just synced. Reconciliation every time (the
-    ledger may have changed); the alerts only when the sync read new rows, since they depend on
-    the hour's traffic alone (each evaluation is an event in Dagster's storage)."""
+    """The per-hour checks of an hour the run has just synced.
+
+    Each evaluation is an event in Dagster's storage, so a sync that changed nothing records
+    nothing new: reconciliation is recorded when the sync delivered, rejected or redid rows, or
+    when it fails (a gap is always reported); the alerts when the sync read new rows, since they
+    depend on the hour's traffic alone."""
     selected, name = _selected(context), integration.name
+    changed = result.records + result.rejects + result.redone_batches > 0
     try:
         if RECONCILIATION in selected:
-            yield reconciliation_evaluation(name, hour, reconcile(source, ledger, name, hour))
+            reconciliation = reconcile(source, ledger, name, hour)
+            if changed or not reconciliation.passed:
+                yield reconciliation_evaluation(name, hour, reconciliation)
         new_rows = result.records + result.rejects > 0
         if new_rows and selected & set(alert_names(integration.alerts)):
             for alert in evaluate_alerts(source, integration.alerts, hour):

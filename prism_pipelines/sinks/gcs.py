@@ -40,7 +40,7 @@ RETRY_MAXIMUM_SECONDS = 32.0
 RETRY_MULTIPLIER = 2.0
 EXPORT_RETRY_DEADLINE_SECONDS = 300.0
 #: Validate & Continue answers within seconds when the endpoint is wrong
-VALIDATE_RETRY_DEADLINE_SECONDS = 5.0
+VALIDATE_RETRY_DEADLINE_SECONDS = 3.0
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 #: (connect, read) seconds per request
 TIMEOUT = (10, 120)

@@ -178,7 +178,7 @@ class PubSubSink(Sink):
             return _CountingPublisher(
                 batch_settings=BATCH_SETTINGS, publisher_options=options, **kwargs
             )
-        except Exception as exc:  # noqa: BLE001 - every failure is turned into our error
+        except Exception as exc:  # every failure becomes one of our errors
             raise self._error(exc, "creating the Pub/Sub client") from None
 
     def _credentials(self):
@@ -217,7 +217,7 @@ class PubSubSink(Sink):
         except google_exceptions.MethodNotImplemented:
             granted = None  # an emulator: no IAM to ask
             iam = "not checked: the endpoint has no IAM (an emulator)"
-        except Exception as exc:  # noqa: BLE001 - every failure is turned into our error
+        except Exception as exc:  # every failure becomes one of our errors
             raise self._error(exc, "checking the publish permission") from None
         try:
             publisher.get_topic(
@@ -229,7 +229,7 @@ class PubSubSink(Sink):
                 raise self._error(
                     google_exceptions.PermissionDenied("pubsub.topics.get"), "reading the topic"
                 ) from None
-        except Exception as exc:  # noqa: BLE001 - every failure is turned into our error
+        except Exception as exc:  # every failure becomes one of our errors
             raise self._error(exc, "reading the topic") from None
         if granted is not None and PUBLISH_PERMISSION not in granted:
             raise CredentialsError(
@@ -278,7 +278,13 @@ class PubSubSink(Sink):
                         continue
                     # Blocks while the flow control's limits are reached: memory stays bounded.
                     futures.append(publisher.publish(topic, line, ordering_key=key, **attributes))
-                    sizes.append(len(line))
+                    # As Pub/Sub counts a message: data, attributes and ordering key.
+                    sizes.append(
+                        len(line)
+                        + self._attributes_size
+                        + (len("request_id") + len(request_id.encode()) if request_id else 0)
+                        + len(key.encode())
+                    )
                     keys.append(key)
         finally:
             # Whatever happened, the messages handed over are the batch's: wait for them, so
@@ -321,7 +327,9 @@ class PubSubSink(Sink):
                 f"request_id too long for Pub/Sub: {len(request_id.encode())} bytes, over the "
                 f"{PUBSUB_ATTRIBUTE_VALUE_BYTES}-byte attribute value limit"
             )
-        estimate = len(line) + self._attributes_size + len(request_id) + len(key) + 64
+        estimate = (
+            len(line) + self._attributes_size + len(request_id.encode()) + len(key.encode()) + 64
+        )
         if estimate + self._base_request_size < PUBSUB_REQUEST_BYTES - 4096:
             return None
         # Near the limit: measure exactly what the client would (the request it would send).

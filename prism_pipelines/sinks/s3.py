@@ -37,8 +37,8 @@ from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, Object
 #: multipart threshold and part size (S3 takes 5 MiB to 5 GiB per part, 10,000 parts at most)
 PART_BYTES = 8 * 1024 * 1024
 MAX_PARTS = 10_000
-#: parts in flight at once; also the parts held in memory, so memory stays at about
-#: ``UPLOAD_THREADS * PART_BYTES`` whatever the file's size
+#: parts in flight at once; s3transfer holds these plus the next one read in memory, so an
+#: upload costs ``(UPLOAD_THREADS + 1) * PART_BYTES`` of memory whatever the file's size
 UPLOAD_THREADS = 2
 #: botocore standard mode: attempts per request, the first included (backoff capped at 20 s)
 EXPORT_ATTEMPTS = 8
@@ -91,7 +91,7 @@ class S3Archive(ObjectStoreSink):
                 aws_secret_access_key=integration.secret("secret_access_key"),
                 max_attempts=max_attempts,
             ).get_client()
-        except BotoCoreError as exc:  # e.g. a region name that is not a name at all
+        except (BotoCoreError, ValueError) as exc:  # a malformed region name or endpoint_url
             raise DestinationError(
                 f"integration '{integration.name}': cannot set up the S3 client: {exc}; "
                 f"check region and endpoint_url"

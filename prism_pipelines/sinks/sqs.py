@@ -182,7 +182,7 @@ class SqsSink(Sink):
                 QueueUrl=self.integration.queue_url,
                 AttributeNames=["MaximumMessageSize"],
             )
-        except Exception as exc:  # noqa: BLE001 - every failure is turned into our error
+        except Exception as exc:  # every failure becomes one of our errors
             raise self._error(exc, "reading the queue's attributes") from None
         value = response.get("Attributes", {}).get("MaximumMessageSize")
         self.max_message_bytes = min(int(value), SQS_MESSAGE_BYTES) if value else SQS_MESSAGE_BYTES
@@ -293,6 +293,10 @@ class SqsSink(Sink):
         try:
             for chunk in batch.chunks():
                 entries = self._entries(chunk, tally.rejects)
+                if self.integration.is_fifo:
+                    # A group's next messages go only after its earlier ones were acknowledged.
+                    _collect(previous, tally)
+                    previous = []
                 submitted = [
                     self._pool.submit(self._send_lane, client, lane)
                     for lane in self._lanes(entries)
@@ -335,7 +339,7 @@ class SqsSink(Sink):
                 response = client.send_message_batch(
                     QueueUrl=self.integration.queue_url, Entries=[e.entry for e in entries]
                 )
-            except Exception as exc:  # noqa: BLE001 - every failure is turned into our error
+            except Exception as exc:  # every failure becomes one of our errors
                 raise self._error(exc, "sending messages") from None
             tally.requests += 1
             tally.sdk_retries += response.get("ResponseMetadata", {}).get("RetryAttempts", 0)

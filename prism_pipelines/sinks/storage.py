@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from abc import abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from tempfile import SpooledTemporaryFile
 from typing import BinaryIO
@@ -41,19 +42,18 @@ class ObjectStoreSink(Sink):
 
     def deliver(self, batch: Batch) -> Delivery:
         key = batch.location or self.location_for(batch)
-        compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
         uncompressed = 0
         with SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
-            for chunk in batch.chunks():
-                data = chunk.jsonl()
-                uncompressed += len(data)
-                spool.write(compressor.compress(data))
+            with _GzipWriter(spool) as gzip:
+                for chunk in batch.chunks():
+                    data = chunk.jsonl()
+                    uncompressed += len(data)
+                    gzip.write(data)
             if batch.records == 0:
                 # No rows, no file; and a redo that now has none removes what an earlier
                 # attempt may have written under this name.
                 self.remove(key)
                 return Delivery(location=None)
-            spool.write(compressor.flush())
             size = spool.tell()
             spool.seek(0)
             retries = self.put(key, spool, size)
@@ -90,3 +90,40 @@ class ObjectStoreSink(Sink):
     @abstractmethod
     def describe(self, key: str) -> str:
         """A human-readable address, e.g. ``s3://bucket/key``."""
+
+
+class _GzipWriter:
+    """Gzip into ``target`` in a thread of its own, one chunk behind the caller.
+
+    isa-l releases the GIL while it compresses, so chunk n is compressed on another core while
+    the caller turns chunk n+1 into JSON. At most one chunk waits, so memory stays bounded.
+    """
+
+    def __init__(self, target: BinaryIO):
+        self._target = target
+        self._compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="prism-gzip")
+        self._pending: Future | None = None
+
+    def write(self, data: bytes) -> None:
+        self._wait()
+        self._pending = self._thread.submit(self._compress, data)
+
+    def _compress(self, data: bytes) -> None:
+        self._target.write(self._compressor.compress(data))
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # raises what the thread raised
+
+    def __enter__(self) -> _GzipWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._wait()
+            if exc_type is None:
+                self._target.write(self._compressor.flush())
+        finally:
+            self._thread.shutdown(wait=True)
