@@ -16,33 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "timestamp",
-    "ingested_at",
-    "trace_id",
-    "session_id",
-    "user_id",
-    "model",
-    "model_requested",
-    "provider",
-    "latency_ms",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cost",
-    "status_code",
-    "is_error",
-    "error_message",
-    "cache_hit",
-    "cache_status",
-    "guardrail_triggered",
-    "guardrail_results",
-    "routing_strategy",
-    "fallback_used",
-    "is_stream",
-    "event_type",
-)
+from prism_pipelines.source import INSERT_COLUMNS
+
+#: the gateway table's columns without ``id`` (the database assigns the ingest sequence)
+COLUMNS = INSERT_COLUMNS
 
 
 class ModelSpec(NamedTuple):

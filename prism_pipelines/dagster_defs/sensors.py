@@ -167,7 +167,7 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
 def _report_freshness(context, integration, ledger: Ledger, now: datetime) -> None:
     """Record the freshness check when its outcome changed since its last evaluation."""
     evaluation = checks.freshness_evaluation(integration, ledger, now)
-    if not evaluation.passed and "never synced" in (evaluation.description or ""):
+    if "last_success_at" not in evaluation.metadata:  # never synced successfully
         configured = first_configured(ledger, integration.name)
         allowed = timedelta(minutes=2 * integration.sync_interval_minutes)
         if configured is None or now - configured <= allowed:
