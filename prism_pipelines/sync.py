@@ -140,9 +140,10 @@ def deliver_partition(
     """Deliver hour ``hour`` of the gateway's logs to ``sink``; see the module docstring."""
     started = time.monotonic()
     name = integration.name
-    result = SyncResult(name, hour, cursor_before=ledger.cursor(name, hour))
+    recorded_batches = ledger.batches(name, hour)
+    result = SyncResult(name, hour, cursor_before=_cursor(recorded_batches))
     try:
-        for recorded in _batches_to_redo(source, ledger, name, hour, full):
+        for recorded in _batches_to_redo(source, recorded_batches, hour, full):
             batch = Batch(name, hour, recorded.after_id, location=recorded.location)
             rows = source.stream_rows(
                 hour,
@@ -153,7 +154,8 @@ def deliver_partition(
             _send(integration, sink, ledger, batch, rows, result, through_id=recorded.through_id)
             result.redone_batches += 1
 
-        cursor = ledger.cursor(name, hour)
+        # A redo takes a while: another run may have moved the cursor meanwhile.
+        cursor = ledger.cursor(name, hour) if result.redone_batches else result.cursor_before
         settled_before = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
@@ -178,15 +180,20 @@ def deliver_partition(
         ledger.record_sync(name, hour, error=message)
         raise SyncError(message) from exc
     ledger.record_sync(name, hour)
-    result.cursor_after = ledger.cursor(name, hour)
+    result.cursor_after = cursor
     result.seconds = time.monotonic() - started
     return result
 
 
+def _cursor(recorded: list[RecordedBatch]) -> int:
+    """``Ledger.cursor`` from the partition's batches: the highest ``through_id`` recorded."""
+    return max((b.through_id for b in recorded if b.through_id is not None), default=0)
+
+
 def _batches_to_redo(
-    source: GatewaySource, ledger: Ledger, name: str, hour: datetime, full: bool
+    source: GatewaySource, recorded: list[RecordedBatch], hour: datetime, full: bool
 ) -> list[RecordedBatch]:
-    ranged = [b for b in ledger.batches(name, hour) if b.through_id is not None]
+    ranged = [b for b in recorded if b.through_id is not None]
     if full:
         return ranged
     redo = [b for b in ranged if not b.finished]

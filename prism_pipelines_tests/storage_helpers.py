@@ -1,49 +1,42 @@
 """What the cloud archives' tests share (S3, Azure Blob, GCS), so each behaviour is written once.
 
 A ``Store`` is one provider's fresh bucket (container) on the session's stand-in server: the
-integration entry that points at it, and the provider's official client to read it back. The
-``check_*`` functions are the behaviours every archive must show, driven through Dagster with
-the ``prism`` fixture; each provider's test file calls them with its own store.
+integration entry that points at it, and the provider's official client to read it back.
+``S3Store`` (moto), ``AzureStore`` (Azurite) and ``GcsStore`` (fake-gcs-server) are the three
+adapters: test_storage.py's ``store`` fixture gives each in turn, for the behaviours every
+archive must show; each provider's own test file builds its adapter with a fixture of its own.
+
+None of the stand-ins answers a throttling / busy 5xx on demand, so each adapter puts one such
+answer in front of its SDK (botocore's ``before-send`` event, azure-core's HTTP transport,
+google-cloud-storage's HTTP session): the SDK's own retry logic still makes and counts the retry.
 """
 
 from __future__ import annotations
 
-import base64
 import gzip
-import os
-import re
-import threading
-import time
-import tracemalloc
+import json
 import uuid
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import orjson
-import psutil
+import requests
+from azure.core.pipeline.transport import RequestsTransportResponse
+from azure.storage.blob import BlobServiceClient
+from botocore.awsrequest import AWSResponse
+from google.cloud.storage._media.requests.upload import ResumableUpload
 
-from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE
-from prism_pipelines.source import INSERT_COLUMNS
-from prism_pipelines_tests.factories import gateway_rows
+from prism_pipelines.sinks.azure_blob import AzureBlobArchive
+from prism_pipelines.sinks.gcs import GcsArchive
+from prism_pipelines.sinks.s3 import S3Archive
+from prism_pipelines_tests.services import AWS_REGION, AZURITE_ACCOUNT, gcs_client
 
 NAME = "archive"
 H = datetime(2026, 11, 22, 14, tzinfo=UTC)
 KEY = "2026-11-22-14:00"
 HISTORY = {"since": "2026-11-01T00:00:00Z"}
-#: the spec's layout, ``{prefix}/logs/YYYY/MM/DD/hour=HH/batch_{id}.jsonl.gz``
-LAYOUT = re.compile(
-    r"^(?:(?P<prefix>.+)/)?logs/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/hour=(?P<h>\d{2})/"
-    r"batch_[0-9a-f]{12}\.jsonl\.gz$"
-)
-MB = 1_000_000
-#: the large partition: rows, and the random (so hardly compressible) text that pads each row
-#: so that the hour's JSONL passes 100 MB with as few rows as the memory bound allows
-LARGE_ROWS = 100_000
-LARGE_PADDING = 480
-#: the most Python heap a sync may take, whatever the size of the file it writes
-HEAP_BUDGET = 64 * 2**20
+#: the environment variables the adapters' integrations read their credentials from
+S3_KEY_ENV, S3_SECRET_ENV = "PRISM_TEST_S3_KEY_ID", "PRISM_TEST_S3_SECRET"
+AZURE_CONNECTION_ENV = "PRISM_TEST_AZURE_CONNECTION_STRING"
 
 
 def partition_key(hour: datetime) -> str:
@@ -72,6 +65,10 @@ class Store:
     def create(self, bucket: str) -> None:
         raise NotImplementedError
 
+    def location(self, path: str) -> str:
+        """How the sink's messages name ``path`` in the bucket (a URL, or the tail of one)."""
+        raise NotImplementedError
+
     def object_keys(self) -> list[str]:
         raise NotImplementedError
 
@@ -96,7 +93,258 @@ class Store:
         raise NotImplementedError
 
 
-# -- reading an archive back --------------------------------------------------------------
+# -- the adapters ---------------------------------------------------------------------------
+
+
+class S3Store(Store):
+    """A bucket on moto's S3 server, read back with boto3."""
+
+    sink_class = S3Archive
+
+    def __init__(self, moto_server, monkeypatch, region: str = AWS_REGION):
+        super().__init__(unique_name())
+        self.moto, self.region = moto_server, region
+        self.client = moto_server.client("s3")
+        monkeypatch.setenv(S3_KEY_ENV, "testing")
+        monkeypatch.setenv(S3_SECRET_ENV, "testing")
+        self.create(self.bucket)
+
+    def integration(self, **settings) -> dict:
+        return {
+            "name": NAME,
+            "type": "s3",
+            "bucket": self.bucket,
+            "region": self.region,
+            "access_key_id": {"env": S3_KEY_ENV},
+            "secret_access_key": {"env": S3_SECRET_ENV},
+            "endpoint_url": self.moto.endpoint_url,
+            "history": HISTORY,
+            **settings,
+        }
+
+    def create(self, bucket: str, region: str = AWS_REGION) -> None:
+        location = {} if region == "us-east-1" else {"LocationConstraint": region}
+        self.client.create_bucket(Bucket=bucket, CreateBucketConfiguration=location)
+
+    def location(self, path: str) -> str:
+        return f"s3://{self.bucket}/{path}"
+
+    def object_keys(self) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def content_headers(self, key: str) -> tuple[str, str]:
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        return head["ContentType"], head["ContentEncoding"]
+
+    def upload_pieces(self, key: str) -> int:
+        """A multipart object's ETag ends with ``-<number of parts>``."""
+        etag = self.client.head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
+        return int(etag.partition("-")[2] or 1)
+
+    def fail_next_upload_once(self, monkeypatch) -> list[str]:
+        """One 503 SlowDown, through botocore's ``before-send`` event."""
+        injected: list[str] = []
+        connect = S3Archive._connect
+
+        def slow_down(request, **_):
+            if not injected:
+                injected.append(request.url)
+                body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate.</Message></Error>"
+                return AWSResponse(
+                    request.url, 503, {"Content-Type": "application/xml"}, _Raw(body)
+                )
+            return None
+
+        def connect_with_fault(sink, max_attempts):
+            client = connect(sink, max_attempts)
+            client.meta.events.register("before-send.s3.PutObject", slow_down)
+            return client
+
+        monkeypatch.setattr(S3Archive, "_connect", connect_with_fault)
+        return injected
+
+
+class _Raw:
+    """The raw body botocore reads from a response."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+class AzureStore(Store):
+    """A container on Azurite, read back with azure-storage-blob."""
+
+    sink_class = AzureBlobArchive
+    bucket_field = "container"
+
+    def __init__(self, azurite, monkeypatch):
+        super().__init__(unique_name())
+        self.azurite, self.monkeypatch = azurite, monkeypatch
+        self.service = BlobServiceClient.from_connection_string(azurite.connection_string)
+        self.use_connection_string(azurite.connection_string)
+        self.create(self.bucket)
+
+    def use_connection_string(self, connection_string: str) -> None:
+        self.monkeypatch.setenv(AZURE_CONNECTION_ENV, connection_string)
+
+    def integration(self, **settings) -> dict:
+        return {
+            "name": NAME,
+            "type": "azure_blob",
+            "container": self.bucket,
+            "connection_string": {"env": AZURE_CONNECTION_ENV},
+            "history": HISTORY,
+            **settings,
+        }
+
+    def create(self, bucket: str) -> None:
+        self.service.create_container(bucket)
+
+    def location(self, path: str) -> str:
+        """The blob URL's path (Azurite's URLs put the account first)."""
+        return f"/{AZURITE_ACCOUNT}/{self.bucket}/{path}"
+
+    @property
+    def container(self):
+        return self.service.get_container_client(self.bucket)
+
+    def object_keys(self) -> list[str]:
+        return sorted(self.container.list_blob_names())
+
+    def read(self, key: str) -> bytes:
+        return self.container.download_blob(key, decompress=False).readall()  # the stored gzip
+
+    def content_headers(self, key: str) -> tuple[str, str]:
+        settings = self.container.get_blob_client(key).get_blob_properties().content_settings
+        return settings.content_type, settings.content_encoding
+
+    def upload_pieces(self, key: str) -> int:
+        committed, _ = self.container.get_blob_client(key).get_block_list("committed")
+        return len(committed)
+
+    def fail_next_upload_once(self, monkeypatch) -> list[str]:
+        """One 503 ServerBusy, in front of the client's HTTP transport."""
+        injected: list[str] = []
+        connect = AzureBlobArchive._connect
+
+        def connect_with_fault(sink, retries):
+            container = connect(sink, retries)
+            transport = container._pipeline._transport  # the HTTP transport every call goes through
+            send = transport.send
+
+            def server_busy(request, **kwargs):
+                if not injected and request.method == "PUT":
+                    injected.append(request.url)
+                    response = requests.Response()
+                    response.status_code, response.reason = 503, "Server Busy"
+                    response.headers["x-ms-error-code"] = "ServerBusy"
+                    response._content = b""
+                    return RequestsTransportResponse(request, response)
+                return send(request, **kwargs)
+
+            transport.send = server_busy
+            return container
+
+        monkeypatch.setattr(AzureBlobArchive, "_connect", connect_with_fault)
+        return injected
+
+
+class GcsStore(Store):
+    """A bucket on fake-gcs-server, read back with google-cloud-storage."""
+
+    sink_class = GcsArchive
+
+    def __init__(self, fake_gcs):
+        super().__init__(unique_name())
+        self.endpoint = fake_gcs.endpoint
+        self.client = gcs_client(fake_gcs.endpoint)
+        self.create(self.bucket)
+        self.resumable_chunks = 0
+
+    def integration(self, **settings) -> dict:
+        return {
+            "name": NAME,
+            "type": "gcs",
+            "bucket": self.bucket,
+            "project_id": "prism-test",
+            "endpoint_url": self.endpoint,
+            "history": HISTORY,
+            **settings,
+        }
+
+    def create(self, bucket: str) -> None:
+        self.client.create_bucket(bucket)
+
+    def location(self, path: str) -> str:
+        return f"gs://{self.bucket}/{path}"
+
+    def object_keys(self) -> list[str]:
+        return sorted(b.name for b in self.client.list_blobs(self.bucket))
+
+    def read(self, key: str) -> bytes:
+        # raw: the stored gzip bytes, not GCS's decompressive transcoding of them
+        return self.client.bucket(self.bucket).blob(key).download_as_bytes(raw_download=True)
+
+    def content_headers(self, key: str) -> tuple[str, str]:
+        blob = self.client.bucket(self.bucket).get_blob(key)
+        return blob.content_type, blob.content_encoding
+
+    def watch_uploads(self, monkeypatch) -> None:
+        """Count the resumable upload's chunk requests (observed only; each one still goes to
+        the server), since the stored object does not tell how it was uploaded."""
+        transmit = ResumableUpload.transmit_next_chunk
+
+        def counted(upload, *args, **kwargs):
+            self.resumable_chunks += 1
+            return transmit(upload, *args, **kwargs)
+
+        monkeypatch.setattr(ResumableUpload, "transmit_next_chunk", counted)
+
+    def upload_pieces(self, key: str) -> int:
+        return self.resumable_chunks
+
+    def answer_next_upload_once(self, monkeypatch, status: int, error: dict) -> list[str]:
+        """Answer the next upload request once with ``status`` and ``error``, in front of the
+        client's HTTP session (fake-gcs-server neither checks permissions nor answers 5xx)."""
+        injected: list[str] = []
+        connect = GcsArchive._connect
+
+        def connect_with_fault(sink):
+            client = connect(sink)
+            session = client._http  # the HTTP session every request goes through
+            request = session.request
+
+            def answer(method, url, *args, **kwargs):
+                if not injected and method == "POST" and "/upload/" in url:
+                    injected.append(url)
+                    response = requests.Response()
+                    response.status_code, response.url = status, url
+                    response.request = requests.Request(method, url).prepare()
+                    response.headers["Content-Type"] = "application/json"
+                    response._content = json.dumps({"error": error}).encode()
+                    return response
+                return request(method, url, *args, **kwargs)
+
+            session.request = answer
+            return client
+
+        monkeypatch.setattr(GcsArchive, "_connect", connect_with_fault)
+        return injected
+
+    def fail_next_upload_once(self, monkeypatch) -> list[str]:
+        return self.answer_next_upload_once(
+            monkeypatch, 503, {"code": 503, "message": "We encountered an internal error."}
+        )
+
+
+# -- reading an archive back, and what every provider's validation failures have in common --
 
 
 def read_archive(store: Store) -> dict[str, list[dict]]:
@@ -110,258 +358,11 @@ def read_archive(store: Store) -> dict[str, list[dict]]:
     return files
 
 
-def ids_in(files: dict[str, list[dict]]) -> Counter:
-    return Counter(r["request_id"] for records in files.values() for r in records)
-
-
-def request_ids(rows: list[tuple]) -> list[str]:
-    return [row[0] for row in rows]
-
-
-# -- the behaviours every archive shows -----------------------------------------------------
-
-
-def check_second_sync_adds_only_new_rows_in_a_new_file(prism, gateway, store: Store) -> None:
-    prism.configure(store.integration(prefix="prism/production"))
-    first_rows = gateway_rows(H, 300)
-    gateway.insert_rows([first_rows])
-    first = prism.sync(NAME, KEY)
-    [first_key] = read_archive(store)
-
-    new_rows = gateway_rows(H, 120, start=300)
-    gateway.insert_rows([new_rows])
-    second = prism.sync(NAME, KEY)
-
-    files = read_archive(store)
-    assert first.metadata["records"] == 300 and second.metadata["records"] == 120
-    assert first.metadata["files"] == 1 and second.metadata["files"] == 1
-    assert sorted(ids_in({first_key: files[first_key]})) == request_ids(first_rows)
-    [second_key] = set(files) - {first_key}
-    assert sorted(ids_in({second_key: files[second_key]})) == request_ids(new_rows)
-    for key in files:
-        match = LAYOUT.match(key)
-        assert match and match["prefix"] == "prism/production", key
-        assert (match["y"], match["m"], match["d"], match["h"]) == ("2026", "11", "22", "14")
-        assert store.content_headers(key) == (CONTENT_TYPE, CONTENT_ENCODING)
-    record = files[first_key][0]
-    assert record["request_id"] == first_rows[0][0] and record["timestamp"].endswith("Z")
-    assert second.metadata["bytes"] > 0 and second.metadata["uncompressed_bytes"] > 0
-
-    third = prism.sync(NAME, KEY)
-    assert third.metadata["records"] == 0 and third.metadata["files"] == 0
-    assert set(read_archive(store)) == {first_key, second_key}  # no rows, no file
-
-
-def check_backfill_of_24_hours(prism, gateway, store: Store) -> None:
-    """Each hour's files hold exactly that hour's rows; an hour without traffic has no file."""
-    start = datetime(2026, 11, 20, tzinfo=UTC)
-    hours = [start + timedelta(hours=i) for i in range(24)]
-    counts = [0 if i == 5 else 3 + i % 5 for i in range(24)]
-    gateway.insert_rows([gateway_rows(h, n) for h, n in zip(hours, counts, strict=True) if n])
-    prism.configure(store.integration(prefix="archive"))
-
-    runs = prism.backfill(NAME, [partition_key(h) for h in hours])
-
-    assert len(runs) == 24 and all(run.success for run in runs.values())
-    files = read_archive(store)
-    for hour, count in zip(hours, counts, strict=True):
-        folder = f"archive/logs/{hour:%Y/%m/%d}/hour={hour:%H}/"
-        in_hour = {k: v for k, v in files.items() if k.startswith(folder)}
-        assert sorted(ids_in(in_hour)) == request_ids(gateway_rows(hour, count)), folder
-        assert len(in_hour) == (1 if count else 0), folder
-        assert runs[partition_key(hour)].metadata["records"] == count
-        for records in in_hour.values():
-            assert all(r["timestamp"].startswith(f"{hour:%Y-%m-%dT%H}:") for r in records)
-    assert set(ids_in(files).values()) == {1}
-
-
-def check_crash_then_rerun_delivers_each_record_once(
-    prism, gateway, store: Store, monkeypatch, crash: str
-) -> None:
-    """The third of six uploads crashes — before it reaches the service, or after the object
-    is stored but before the ledger records it; the rerun leaves every record in one file."""
-    prism.configure(store.integration(batch_rows=100))
-    rows = gateway_rows(H, 550)
-    gateway.insert_rows([rows])
-    real_put, uploads = store.sink_class.put, []
-
-    def put(self, key, data, size):
-        uploads.append(key)
-        if len(uploads) == 3:
-            if crash == "after_upload":
-                real_put(self, key, data, size)
-            raise RuntimeError("simulated crash")
-        return real_put(self, key, data, size)
-
-    monkeypatch.setattr(store.sink_class, "put", put)
-    crashed = prism.sync(NAME, KEY, raise_on_error=False)
-    assert not crashed.success and "simulated crash" in crashed.error
-    assert prism.ledger.cursor(NAME, H) == 200  # the cursor stopped before the crashed batch
-    visible = read_archive(store)
-    assert len(visible) == (3 if crash == "after_upload" else 2)
-    assert all(len(records) == 100 for records in visible.values())  # only whole files
-    monkeypatch.setattr(store.sink_class, "put", real_put)
-
-    rerun = prism.sync(NAME, KEY)
-
-    files = read_archive(store)
-    assert len(files) == 6 and uploads[2] in files  # the crashed batch kept its name
-    assert sorted(ids_in(files)) == request_ids(rows) and set(ids_in(files).values()) == {1}
-    assert rerun.metadata["cursor_after"] == 550 and rerun.metadata["records"] == 350
-
-
-def check_transient_failure_is_retried_and_counted(prism, gateway, store: Store, monkeypatch):
-    prism.configure(store.integration())
-    rows = gateway_rows(H, 40)
-    gateway.insert_rows([rows])
-    injected = store.fail_next_upload_once(monkeypatch)
-
-    run = prism.sync(NAME, KEY)
-
-    assert len(injected) == 1
-    assert run.metadata["retries"] == 1 and run.metadata["records"] == 40
-    assert sorted(ids_in(read_archive(store))) == request_ids(rows)
-
-
-def check_prefix_change_applies_to_new_files_only(prism, gateway, store: Store) -> None:
-    prism.configure(store.integration(prefix="prism/v1"))
-    old_rows, new_rows = gateway_rows(H, 100), gateway_rows(H, 50, start=100)
-    gateway.insert_rows([old_rows])
-    prism.sync(NAME, KEY)
-    before = read_archive(store)
-
-    prism.configure(store.integration(prefix="prism/v2"))
-    gateway.insert_rows([new_rows])
-    prism.sync(NAME, KEY)
-
-    files = read_archive(store)
-    old = {k: v for k, v in files.items() if k.startswith("prism/v1/logs/")}
-    new = {k: v for k, v in files.items() if k.startswith("prism/v2/logs/")}
-    assert old == before  # not moved, not rewritten
-    assert len(new) == 1 and sorted(ids_in(new)) == request_ids(new_rows)
-    assert len(files) == 2
-
-    # A re-delivery of recorded batches rewrites each under the key it was recorded with.
-    again = prism.sync(NAME, KEY, full=True)
-    assert again.metadata["redone_batches"] == 2
-    assert read_archive(store) == files
-
-
-def check_validation_succeeds_and_leaves_nothing(prism, store: Store) -> str:
-    prism.configure(store.integration(prefix="prism/production"))
-    ok, message = prism.validate(NAME)
-    assert ok, message
-    assert "wrote and deleted" in message and "_prism_validate_" in message
-    assert store.object_keys() == []
-    return message
-
-
 def check_validation_fails(prism, store: Store, expected: str, **settings) -> str:
+    """Validation of ``store``'s integration (with ``settings``) fails, naming the integration
+    and saying ``expected``; returns the message."""
     prism.configure(store.integration(**settings))
     ok, message = prism.validate(NAME)
     assert not ok, message
     assert f"integration '{NAME}'" in message and expected in message, message
     return message
-
-
-def check_missing_bucket_fails_the_run_then_recovers(prism, gateway, store: Store) -> None:
-    """The run fails with the message, the cursor stays; once the bucket exists, the next run
-    delivers every row."""
-    missing = unique_name()
-    prism.configure(store.integration(**{store.bucket_field: missing}))
-    rows = gateway_rows(H, 30)
-    gateway.insert_rows([rows])
-
-    failed = prism.sync(NAME, KEY, raise_on_error=False)
-
-    assert not failed.success and f"'{missing}' does not exist" in failed.error
-    assert prism.ledger.cursor(NAME, H) == 0
-    assert f"'{missing}' does not exist" in prism.ledger.partition_state(NAME, H).last_error
-    store.create(missing)
-    store.bucket = missing
-    assert prism.sync(NAME, KEY).metadata["records"] == 30
-    assert sorted(ids_in(read_archive(store))) == request_ids(rows)
-
-
-# -- the large partition --------------------------------------------------------------------
-
-
-def insert_large_partition(gateway) -> None:
-    """``LARGE_ROWS`` rows in hour ``H`` whose JSONL passes 100 MB: each row's error_message
-    carries random text, so the gzip file stays large too and must go up in pieces."""
-    column = INSERT_COLUMNS.index("error_message")
-
-    def chunks():
-        for start in range(0, LARGE_ROWS, 10_000):
-            rows = gateway_rows(H, min(10_000, LARGE_ROWS - start), start=start)
-            text = base64.b64encode(os.urandom(len(rows) * LARGE_PADDING)).decode()
-            yield [
-                row[:column]
-                + (text[i * LARGE_PADDING : (i + 1) * LARGE_PADDING],)
-                + row[column + 1 :]
-                for i, row in enumerate(rows)
-            ]
-
-    gateway.insert_rows(chunks())
-
-
-@dataclass
-class MemoryUse:
-    heap_peak: int  # tracemalloc's peak of Python allocations during the call
-    rss_growth: int  # highest resident set size seen during the call, less the one before
-    seconds: float
-
-
-def measure_memory(call: Callable[[], object]) -> tuple[object, MemoryUse]:
-    process = psutil.Process()
-    rss_before = peak_rss = process.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak_rss
-        while not done.wait(0.02):
-            peak_rss = max(peak_rss, process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    tracemalloc.start()
-    started = time.monotonic()
-    try:
-        result = call()
-        _, heap_peak = tracemalloc.get_traced_memory()
-    finally:
-        seconds = time.monotonic() - started
-        tracemalloc.stop()
-        done.set()
-        sampler.join()
-    return result, MemoryUse(heap_peak, peak_rss - rss_before, seconds)
-
-
-def check_large_partition_streams_in_pieces(prism, gateway, store: Store, monkeypatch) -> dict:
-    """One 100 MB+ batch goes up in parts / blocks / chunks, and the Python heap stays within a
-    budget that does not depend on the file's size (a few chunks of rows, the spool's in-memory
-    head, the upload's pieces in flight): nothing holds the whole file in memory."""
-    insert_large_partition(gateway)
-    prism.configure(store.integration(batch_rows=LARGE_ROWS))
-    store.watch_uploads(monkeypatch)
-
-    run, memory = measure_memory(lambda: prism.sync(NAME, KEY))
-
-    jsonl_bytes, object_bytes = run.metadata["uncompressed_bytes"], run.metadata["bytes"]
-    [key] = store.object_keys()
-    numbers = {
-        "jsonl_mb": round(jsonl_bytes / MB, 1),
-        "gzip_mb": round(object_bytes / MB, 1),
-        "pieces": store.upload_pieces(key),
-        "heap_peak_mb": round(memory.heap_peak / MB, 1),
-        "rss_growth_mb": round(memory.rss_growth / MB, 1),
-        "sync_seconds": round(memory.seconds, 1),
-    }
-    print(f"\nlarge partition on {type(store).__name__}: {numbers}")
-    assert run.metadata["records"] == LARGE_ROWS and run.metadata["files"] == 1
-    assert jsonl_bytes >= 100 * MB
-    assert numbers["pieces"] >= object_bytes // (8 * 2**20), numbers  # 8 MiB pieces at most
-    assert memory.heap_peak < HEAP_BUDGET < jsonl_bytes * 2 / 3, numbers
-    files = read_archive(store)
-    assert len(files[key]) == LARGE_ROWS and len(ids_in(files)) == LARGE_ROWS
-    return numbers
