@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -51,6 +52,8 @@ STATE_DB = "prism_bench_state"
 SOURCE_URL = f"{PG_SERVER}/{SOURCE_DB}"
 STATE_URL = f"{PG_SERVER}/{STATE_DB}"
 BACKFILL_TABLE = "prism_request_logs_backfill"
+SENDERS_TABLE = "prism_request_logs_senders"
+SENDER_KINDS = ("sqs", "pubsub", "datadog")
 #: a Tuesday, 14:00-17:00 UTC: the busiest hours of demo traffic's day
 START = datetime(2026, 3, 31, 14, tzinfo=UTC)
 HOURS = 3
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the table")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every candidate")
     parser.add_argument(
+        "--messages", type=int, default=10_000, help="records per sender run (senders part)"
+    )
+    parser.add_argument(
         "--only",
         default="export,memory,storage,senders,backfill",
         help="comma-separated parts: export, memory, storage, senders, backfill",
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="prism-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(workdir, args.rows, args.rounds)
+    bench = Bench(workdir, args.rows, args.rounds, args.messages)
     print(machine_line())
     print(f"table {bench.table}: {args.rows:,} rows, {HOURS} hours from {START:%Y-%m-%d %H:%M} UTC")
     bench.prepare_databases()
@@ -150,7 +156,7 @@ class Run(dict):
 
 
 class Bench:
-    def __init__(self, workdir: Path, rows: int, rounds: int):
+    def __init__(self, workdir: Path, rows: int, rounds: int, messages: int):
         self.workdir = workdir
         self.rows = rows
         self.table = table_for(rows)
@@ -159,6 +165,8 @@ class Bench:
         self.runs: list[Run] = []
         self.lines: list[str] = []  # extra result lines (senders, backfill)
         self.gzip_level: int | None = None
+        self.messages = messages
+        self.sender_ratios: dict[str, float] = {}
         self.expected: dict[tuple[str, str], int] = {}
 
     # -- databases ---------------------------------------------------------------------------
@@ -303,7 +311,65 @@ class Bench:
     # -- senders: queues and Datadog ------------------------------------------------------------
 
     def senders(self) -> None:
-        self.lines.append("senders: not measured yet (the queue and Datadog sinks are in progress)")
+        """Each sink against its stand-in, beside one request per message to the same."""
+        sys.path.insert(0, str(REPO))
+        from prism_pipelines_tests.datadog_intake import API_KEY, DatadogIntake
+        from prism_pipelines_tests.services import pubsub_env, run_moto, run_pubsub
+
+        hour = senders_hour()
+        ensure_table(SENDERS_TABLE, self.messages, hour, 1, keep_if_hour=hour)
+        self.expected[(SENDERS_TABLE, "send")] = self.messages
+        logs = self.fresh_dir("sender-logs")
+        with run_moto(logs) as moto, run_pubsub(logs) as pubsub:
+            intake = DatadogIntake().start()
+            try:
+                services = {
+                    "sqs": Sqs(moto),
+                    "pubsub": PubSubTopic(pubsub, pubsub_env),
+                    "datadog": DatadogLogs(intake, API_KEY),
+                }
+                for kind, service in services.items():
+                    for round_ in range(1, self.rounds + 1):
+                        for candidate in (f"send-{kind}", f"send-{kind}-single"):
+                            self.measure_sender(candidate, service, hour, round_)
+            finally:
+                intake.stop()
+        for kind in ("sqs", "pubsub", "datadog"):
+            ours = self.median(f"send-{kind}", "send", SENDERS_TABLE, "seconds")
+            single = self.median(f"send-{kind}-single", "send", SENDERS_TABLE, "seconds")
+            if ours and single:
+                self.sender_ratios[kind] = single / ours
+
+    def measure_sender(self, candidate: str, service, hour: datetime, round_: int) -> None:
+        out = self.fresh_dir(f"{candidate}-{round_}")
+        target = service.prepare()
+        child = self.spawn(
+            candidate,
+            {"scope": "send", "table": SENDERS_TABLE, "out": str(out), "hour": hour.isoformat()}
+            | target,
+        )
+        run = child.wait_result()
+        received = service.received(target)
+        if received != self.messages:
+            raise SystemExit(
+                f"{candidate}: the stand-in holds {received:,} distinct records as JSON, "
+                f"expected {self.messages:,}; its time does not count"
+            )
+        run.update(
+            candidate=candidate,
+            scope="send",
+            table=SENDERS_TABLE,
+            round=round_,
+            rows=self.messages,
+            bytes=0,
+        )
+        self.runs.append(run)
+        print(
+            f"  round {round_} {candidate:20s} {self.messages:,} messages: "
+            f"{run['seconds']:7.2f} s {self.messages / run['seconds']:>9,.0f} messages/s "
+            f"({run.get('requests', 0):,} requests) rss {run['rss_mb']:5.0f} MB",
+            flush=True,
+        )
 
     # -- backfill: 720 hourly partitions through Dagster ----------------------------------------
 
@@ -432,6 +498,13 @@ class Bench:
             "≤ 1.2",
             lambda v: v <= 1.2,
         )
+        for kind in ("sqs", "pubsub", "datadog"):
+            target(
+                f"{kind} sender / one message per request",
+                self.sender_ratios.get(kind),
+                "≥ 5",
+                lambda v: v >= 5,
+            )
         overhead = getattr(self, "backfill_overhead", None)
         target(
             "Dagster overhead s/partition, 720-partition backfill", overhead, "< 1", lambda v: v < 1
@@ -557,8 +630,11 @@ def create_database(name: str) -> None:
     admin.dispose()
 
 
-def ensure_table(table: str, rows: int, start: datetime, hours: int) -> None:
-    """The table with exactly ``rows`` demo rows over ``hours`` from ``start``; kept if so."""
+def ensure_table(
+    table: str, rows: int, start: datetime, hours: int, keep_if_hour: datetime | None = None
+) -> None:
+    """The table with exactly ``rows`` demo rows over ``hours`` from ``start``; kept if so
+    (and, with ``keep_if_hour``, if its rows start in that hour)."""
     from sqlalchemy import inspect, text
 
     sys.path.insert(0, str(REPO))
@@ -568,7 +644,13 @@ def ensure_table(table: str, rows: int, start: datetime, hours: int) -> None:
     source = GatewaySource(SOURCE_URL, table=table)
     if inspect(source.engine).has_table(table):
         with source.engine.connect() as conn:
-            if conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == rows:
+            count, first = conn.execute(
+                text(f'SELECT count(*), min("timestamp") FROM {table}')
+            ).one()
+            fresh = keep_if_hour is None or (
+                first is not None and first.replace(minute=0, second=0, microsecond=0) == start
+            )
+            if count == rows and fresh:
                 return
         source.table.drop(source.engine)
     print(f"seeding {table}: {rows:,} rows over {hours} hours …", flush=True)
@@ -816,6 +898,207 @@ def child_pandas(scope: str, table: str, out: Path, args: dict) -> dict:
     return {"seconds": seconds}
 
 
+# -- senders: the stand-ins, and the children that send -----------------------------------------
+
+
+def senders_hour() -> datetime:
+    """A closed hour recent enough for Datadog's 18-hour logs window, and old enough that demo
+    traffic's late rows (up to 3 hours) were all ingested."""
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
+
+
+class Sqs:
+    """A fresh standard queue per run on moto; read back with ReceiveMessage."""
+
+    def __init__(self, moto):
+        self.moto = moto
+        self.client = moto.client("sqs")
+
+    def prepare(self) -> dict:
+        name = f"prism-bench-{time.monotonic_ns()}"
+        url = self.client.create_queue(QueueName=name)["QueueUrl"]
+        return {"queue_url": url, "endpoint_url": self.moto.endpoint_url}
+
+    def received(self, target: dict) -> int:
+        import orjson
+
+        ids = set()
+        while True:
+            messages = self.client.receive_message(
+                QueueUrl=target["queue_url"], MaxNumberOfMessages=10, VisibilityTimeout=600
+            ).get("Messages", [])
+            if not messages:
+                break
+            ids.update(orjson.loads(m["Body"])["request_id"] for m in messages)
+        self.client.delete_queue(QueueUrl=target["queue_url"])
+        return len(ids)
+
+
+class PubSubTopic:
+    """A fresh topic and subscription per run on the Pub/Sub emulator; read back with Pull."""
+
+    def __init__(self, server, env):
+        from google.cloud import pubsub_v1
+
+        self.server = server
+        self.env = env
+        with env(server):
+            self.publisher = pubsub_v1.PublisherClient()
+            self.subscriber = pubsub_v1.SubscriberClient()
+
+    def prepare(self) -> dict:
+        suffix = time.monotonic_ns()
+        topic = f"projects/{self.server.project}/topics/prism-bench-{suffix}"
+        subscription = f"projects/{self.server.project}/subscriptions/prism-bench-{suffix}"
+        self.publisher.create_topic(name=topic)
+        self.subscriber.create_subscription(name=subscription, topic=topic)
+        return {"topic_path": topic, "subscription": subscription, "host": self.server.host}
+
+    def received(self, target: dict) -> int:
+        import orjson
+
+        ids, empty = set(), 0
+        while empty < 3:
+            response = self.subscriber.pull(
+                request={
+                    "subscription": target["subscription"],
+                    "max_messages": 1000,
+                    "return_immediately": True,
+                },
+                timeout=30,
+            )
+            if not response.received_messages:
+                empty += 1
+                continue
+            ids.update(
+                orjson.loads(r.message.data)["request_id"] for r in response.received_messages
+            )
+            self.subscriber.acknowledge(
+                request={
+                    "subscription": target["subscription"],
+                    "ack_ids": [r.ack_id for r in response.received_messages],
+                }
+            )
+        self.subscriber.delete_subscription(subscription=target["subscription"])
+        self.publisher.delete_topic(topic=target["topic_path"])
+        return len(ids)
+
+
+class DatadogLogs:
+    """The Datadog stand-in intake (in this process); counts the log entries it took."""
+
+    def __init__(self, intake, api_key: str):
+        self.intake = intake
+        self.api_key = api_key
+
+    def prepare(self) -> dict:
+        self.intake.reset()
+        return {"endpoint_url": self.intake.url, "api_key": self.api_key}
+
+    def received(self, target: dict) -> int:
+        return len({e["request_id"] for e in self.intake.logs if isinstance(e, dict)})
+
+
+def _sender_integration(kind: str, args: dict):
+    from prism_pipelines.integrations import IntegrationsFile
+
+    entry = {"name": INTEGRATION, "history": {"since": BACKFILL_START.isoformat()}}
+    if kind == "sqs":
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+        entry |= {
+            "type": "sqs",
+            "queue_url": args["queue_url"],
+            "region": "us-east-1",
+            "endpoint_url": args["endpoint_url"],
+        }
+    elif kind == "pubsub":
+        os.environ["PUBSUB_EMULATOR_HOST"] = args["host"]
+        entry |= {
+            "type": "pubsub",
+            "topic_path": args["topic_path"],
+            "endpoint_url": f"http://{args['host']}",
+        }
+    else:
+        os.environ["PRISM_BENCH_DD_API_KEY"] = args["api_key"]
+        entry |= {
+            "type": "datadog",
+            "api_key": {"env": "PRISM_BENCH_DD_API_KEY"},
+            "endpoint_url": args["endpoint_url"],
+        }
+    return IntegrationsFile.model_validate({"integrations": [entry]}).integrations[0]
+
+
+def child_send(scope: str, table: str, out: Path, args: dict, kind: str) -> dict:
+    """Ours: the sink, through the sync path, as a scheduled run would deliver the hour."""
+    from prism_pipelines.sinks import build_sink
+    from prism_pipelines.source import GatewaySource
+    from prism_pipelines.sync import deliver_partition
+
+    integration = _sender_integration(kind, args)
+    ledger = _fresh_ledger()
+    source = GatewaySource(SOURCE_URL, table=table)
+    sink = build_sink(integration)
+    started = time.perf_counter()
+    result = deliver_partition(
+        integration, sink, source, ledger, datetime.fromisoformat(args["hour"]), settle_seconds=0
+    )
+    seconds = time.perf_counter() - started
+    sink.close()
+    return {"seconds": seconds, "records": result.records, "requests": result.requests}
+
+
+def child_send_single(scope: str, table: str, out: Path, args: dict, kind: str) -> dict:
+    """The naive sender: the same records, read the same way, one request per message, each
+    acknowledged before the next."""
+    from prism_pipelines.records import build_records, encode_record
+    from prism_pipelines.source import GatewaySource
+
+    integration = _sender_integration(kind, args)
+    source = GatewaySource(SOURCE_URL, table=table)
+    hour = datetime.fromisoformat(args["hour"])
+    send = _single_sender(kind, integration, args)
+    started = time.perf_counter()
+    requests = 0
+    for rows in source.stream_rows(hour, after_id=0):
+        records, ids, _ = build_records(rows)
+        for record, source_id in zip(records, ids, strict=True):
+            send(record, encode_record(record), source_id)
+            requests += 1
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "records": requests, "requests": requests}
+
+
+def _single_sender(kind: str, integration, args: dict):
+    if kind == "sqs":
+        import boto3
+
+        client = boto3.client("sqs", endpoint_url=args["endpoint_url"], region_name="us-east-1")
+        return lambda record, line, source_id: client.send_message(
+            QueueUrl=args["queue_url"], MessageBody=line.decode()
+        )
+    if kind == "pubsub":
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(max_messages=1)
+        )
+        return lambda record, line, source_id: publisher.publish(args["topic_path"], line).result()
+    import requests
+
+    from prism_pipelines.sinks.datadog_logs import LogEncoder
+
+    session = requests.Session()
+    encoder = LogEncoder(integration, datetime.now(UTC))
+    url = f"{args['endpoint_url'].rstrip('/')}/api/v2/logs"
+    headers = {"DD-API-KEY": args["api_key"], "Content-Type": "application/json"}
+
+    def send(record: dict, line: bytes, source_id: int) -> None:
+        entry = encoder.encode(record, source_id, datetime.fromisoformat(record["timestamp"]))
+        session.post(url, json=[entry.body], headers=headers).raise_for_status()
+
+    return send
+
+
 CHILDREN = {
     "ours": child_ours,
     "ours-s3": child_ours_s3,
@@ -825,6 +1108,8 @@ CHILDREN = {
     "dlt-sqlalchemy": lambda **kw: child_dlt(**kw, backend="sqlalchemy"),
     "dlt-pyarrow": lambda **kw: child_dlt(**kw, backend="pyarrow"),
     "pandas": child_pandas,
+    **{f"send-{kind}": partial(child_send, kind=kind) for kind in SENDER_KINDS},
+    **{f"send-{kind}-single": partial(child_send_single, kind=kind) for kind in SENDER_KINDS},
 }
 
 

@@ -45,8 +45,9 @@ def asset_key(name: str) -> AssetKey:
     return AssetKey(["prism", name])
 
 
-def partition_key(hour) -> str:
-    return hour.strftime("%Y-%m-%d-%H:%M")
+def partition_key(moment) -> str:
+    """The hourly partition key (Dagster's default format) of the hour ``moment`` falls in."""
+    return moment.strftime("%Y-%m-%d-%H:00")
 
 
 gateway_table = AssetSpec(

@@ -1,10 +1,10 @@
 """What the four archives share (local folder, S3, Azure Blob, GCS): the layout, the encoding,
 and the exactly-once rule; each provider only says how to put, remove and check an object.
 
-A batch is compressed chunk by chunk into a spooled file (memory up to ``SPOOL_IN_MEMORY``, then
-disk) and handed to the provider in one upload, which each SDK turns into a multipart / block /
-resumable upload when it is large. An object appears under its final name only when complete,
-so a crash never leaves half a file where a reader would see it.
+A batch is compressed chunk by chunk into a staging file (by default a spooled file: memory up
+to ``SPOOL_IN_MEMORY``, then disk) and handed to the provider in one upload, which each SDK
+turns into a multipart / block / resumable upload when it is large. An object appears under its
+final name only when complete, so a crash never leaves half a file where a reader would see it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from abc import abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from datetime import datetime
 from tempfile import SpooledTemporaryFile
 from typing import BinaryIO
@@ -43,7 +44,7 @@ class ObjectStoreSink(Sink):
     def deliver(self, batch: Batch) -> Delivery:
         key = batch.location or self.location_for(batch)
         uncompressed = 0
-        with SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+        with self.staging(key) as spool:
             with _GzipWriter(spool) as gzip:
                 for chunk in batch.chunks():
                     data = chunk.jsonl()
@@ -77,6 +78,10 @@ class ObjectStoreSink(Sink):
             self.put(key, marker, size)
         self.remove(key)
         return f"wrote and deleted {self.describe(key)}"
+
+    def staging(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """Where a batch's file is written before ``put`` stores it under ``key``."""
+        return SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
 
     @abstractmethod
     def put(self, key: str, data: BinaryIO, size: int) -> int:
