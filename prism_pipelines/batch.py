@@ -41,6 +41,9 @@ class Batch:
     after_id: int
     #: where an earlier attempt of this batch went (storage key), so a redo overwrites it
     location: str | None = None
+    #: the batch's position among its partition's batches (0, 1, …), the same on every redo:
+    #: what a sink uses to keep batches apart at the destination (Datadog's metric seconds)
+    ordinal: int = 0
     #: the rest is filled in by the reader while the sink consumes the chunks
     through_id: int | None = None
     records: int = 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -142,9 +143,18 @@ def deliver_partition(
     name = integration.name
     recorded_batches = ledger.batches(name, hour)
     result = SyncResult(name, hour, cursor_before=_cursor(recorded_batches))
+    # Batches only ever join a partition past its cursor, so a batch's position among the
+    # recorded ones never changes.
+    starts = [b.after_id for b in recorded_batches if b.through_id is not None]
     try:
         for recorded in _batches_to_redo(source, recorded_batches, hour, full):
-            batch = Batch(name, hour, recorded.after_id, location=recorded.location)
+            batch = Batch(
+                name,
+                hour,
+                recorded.after_id,
+                location=recorded.location,
+                ordinal=bisect_left(starts, recorded.after_id),
+            )
             rows = source.stream_rows(
                 hour,
                 after_id=recorded.after_id,
@@ -163,10 +173,12 @@ def deliver_partition(
         )
         with closing(stream):
             settled = _until_unsettled(stream, result)
+            ordinal = bisect_left(starts, cursor)
             for batch_rows in _batches_of(settled, integration.rows_per_batch):
-                batch = Batch(name, hour, after_id=cursor)
+                batch = Batch(name, hour, after_id=cursor, ordinal=ordinal)
                 _send(integration, sink, ledger, batch, batch_rows, result)
                 cursor = batch.through_id
+                ordinal += 1
     except PrismError as exc:
         message = integration.scrub(str(exc))
         ledger.record_sync(name, hour, error=message)

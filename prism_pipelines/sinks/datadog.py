@@ -196,7 +196,7 @@ class DatadogSink(Sink):
         if requests.pending:
             self._send_logs(requests.flush(), delivery)
         if windows:
-            self._send_metrics(windows, _slot(batch), now, delivery)
+            self._send_metrics(windows, batch.ordinal, now, delivery)
         counters = delivery.counters
         counters["logs_rejected_too_old"] += encoder.too_old
         counters["logs_sent_with_current_time"] += encoder.sent_late
@@ -404,13 +404,6 @@ _ALWAYS_SHOWN = {
     "metric_points",
     "metric_points_skipped_older_than_1h",
 }
-
-
-def _slot(batch: Batch) -> int:
-    """The batch's own second within each metric window: its ordinal in the partition when the
-    sync gives one, else its ``after_id`` (stable across redos either way)."""
-    ordinal = getattr(batch, "ordinal", None)
-    return int(ordinal if ordinal is not None else batch.after_id)
 
 
 def _header(headers: dict | None, name: str) -> str | None:

@@ -12,9 +12,9 @@ must write the same second again.
   intervals all divide the hour, so a window never straddles two partitions). Counts carry the
   window length as their ``interval``.
 - A batch writes each of its windows at ``window start + slot`` seconds, where the slot is the
-  batch's own: its ordinal in the partition (``Batch.ordinal`` when the sync provides it; else
-  its ``after_id``), modulo the slots a window has (its length in seconds, at most 600 so that
-  a point is never more than 10 minutes ahead of its rows, Datadog's limit for the future).
+  batch's own: its ordinal in the partition (``Batch.ordinal``), modulo the slots a window has
+  (its length in seconds, at most 600 so that a point is never more than 10 minutes ahead of
+  its rows, Datadog's limit for the future).
 - So the rows of one window delivered by two batches (a sync that ran mid-window, a late row)
   land on two different seconds of the window and Datadog adds them up in any rollup; and a
   batch that is redone (crash, rows committed out of order, full redelivery) covers the same
