@@ -1,15 +1,16 @@
 """The export benchmark: our archive export beside the floor, dlt and the naive way, on one table.
 
-Run by hand, never as a test: ``.venv/bin/python bench/export_bench.py`` (about 25 minutes on
-2 cores; ``--only export --rows 100000 --rounds 1`` for a quick look). It prints one table and
-the targets met or missed; ``bench/README.md`` holds the latest run.
+Run by hand, never as a test: ``.venv/bin/python bench/export_bench.py`` (about an hour on 2
+cores, most of it dlt's and pandas' runs; ``--only export --rows 100000 --rounds 1`` is a quick
+look). It prints one table and the targets met or missed; ``bench/README.md`` holds the latest
+run and how to read it.
 
 One PostgreSQL table of N gateway rows (``prism_pipelines.demo`` traffic, ~3 hours of a busy
 gateway; database ``prism_bench`` on 127.0.0.1:5432, reused when it already holds N rows). Each
 candidate exports one hour, and all rows, to gzip JSONL in a fresh local folder, in its own
-subprocess, so its peak RSS (``wait4``) and CPU time are its own. Candidates alternate, A B C A
-B C …, and the table shows medians; every output is read back (line count, each line valid
-JSON) before its time counts.
+subprocess, so its peak RSS (``VmHWM``) and CPU time (``wait4``) are its own. Candidates
+alternate, A B C A B C …, and the table shows medians; every output is read back (line count,
+each line valid JSON) before its time counts.
 
 - ``ours``: ``sync.deliver_partition`` with the local archive (what a Dagster run does per hour)
 - ``ours+dagster``: the same through Dagster: ``<name>_sync`` executed in process, one run for
@@ -688,6 +689,7 @@ def ensure_dlt_venv() -> None:
     print(f"creating {DLT_VENV} with {' '.join(DLT_REQUIREMENTS)} …", flush=True)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(DLT_VENV)], check=True)
+    (DLT_VENV / ".gitignore").write_text("*\n")  # git, and so ruff, leave it alone
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", *DLT_REQUIREMENTS, "psutil"], check=True
     )
