@@ -206,21 +206,6 @@ class GatewaySource:
             for rows in result.partitions():
                 yield [(*row[:t], format_timestamp(row[t]), *row[t + 1 :]) for row in rows]
 
-    def first_unsettled_id(
-        self, hour: datetime, after_id: int, settled_before: datetime
-    ) -> int | None:
-        """The lowest id past the cursor whose row is younger than the settle delay.
-
-        Rows from that id on are held back: an older transaction may still commit a lower id,
-        and the cursor must not pass it.
-        """
-        c = self.table.c
-        statement = select(func.min(c.id)).where(
-            self._in_hour(hour) & (c.id > after_id) & (c.ingested_at > settled_before)
-        )
-        with self.engine.connect() as conn:
-            return conn.execute(statement).scalar()
-
     def count_rows(self, hour: datetime, after_id: int = 0, through_id: int | None = None) -> int:
         c = self.table.c
         where = self._in_hour(hour) & (c.id > after_id)
