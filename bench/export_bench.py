@@ -41,6 +41,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -55,8 +57,6 @@ STATE_URL = f"{PG_SERVER}/{STATE_DB}"
 BACKFILL_TABLE = "prism_request_logs_backfill"
 SENDERS_TABLE = "prism_request_logs_senders"
 SENDER_KINDS = ("sqs", "pubsub", "datadog")
-#: moto's SendMessage gets slower with every message in the queue (see ``Sqs``): short runs
-SQS_MESSAGES = 1_000
 #: the one-request-per-message senders run this many (their rate is steady; a full run of
 #: theirs would take minutes)
 SINGLE_MESSAGES = 1_000
@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated export candidates (default: all)",
     )
     parser.add_argument("--scopes", default="hour,all", help="hour, all or both")
+    parser.add_argument(
+        "--senders",
+        default=",".join(SENDER_KINDS),
+        help="comma-separated senders (senders part): sqs, pubsub, datadog",
+    )
     parser.add_argument("--workdir", type=Path, help="where outputs go (default: a temp dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         if "storage" in parts:
             bench.storage()
         if "senders" in parts:
-            bench.senders()
+            bench.senders([k for k in args.senders.split(",") if k])
         if "backfill" in parts:
             bench.backfill()
     finally:
@@ -316,15 +321,15 @@ class Bench:
 
     # -- senders: queues and Datadog ------------------------------------------------------------
 
-    def senders(self) -> None:
+    def senders(self, kinds: list[str]) -> None:
         """Each sink against its stand-in, beside one request per message to the same."""
         sys.path.insert(0, str(REPO))
         from prism_pipelines_tests.datadog_intake import API_KEY, DatadogIntake
-        from prism_pipelines_tests.services import pubsub_env, run_moto, run_pubsub
+        from prism_pipelines_tests.services import pubsub_env, run_pubsub
 
         hour = senders_hour()
         logs = self.fresh_dir("sender-logs")
-        with run_moto(logs) as moto, run_pubsub(logs) as pubsub:
+        with run_sqs_moto(logs) as moto, run_pubsub(logs) as pubsub:
             intake = DatadogIntake().start()
             try:
                 services = {
@@ -332,11 +337,11 @@ class Bench:
                     "pubsub": PubSubTopic(pubsub, pubsub_env),
                     "datadog": DatadogLogs(intake, API_KEY),
                 }
-                for kind, service in services.items():
-                    ours = min(self.messages, SQS_MESSAGES) if kind == "sqs" else self.messages
+                for kind in kinds:
+                    service = services[kind]
                     counts = {
-                        f"send-{kind}": ours,
-                        f"send-{kind}-single": min(ours, SINGLE_MESSAGES),
+                        f"send-{kind}": self.messages,
+                        f"send-{kind}-single": min(self.messages, SINGLE_MESSAGES),
                     }
                     for count in set(counts.values()):
                         ensure_table(f"{SENDERS_TABLE}_{count}", count, hour, 1, keep_if_hour=hour)
@@ -917,14 +922,29 @@ def senders_hour() -> datetime:
     return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
 
 
-class Sqs:
-    """A fresh standard queue per run on moto; read back with ReceiveMessage after the run.
+@contextmanager
+def run_sqs_moto(log_dir: Path) -> Iterator:
+    """moto.server without its per-send walk of the queue (``bench/moto_server.py`` says why)."""
+    from prism_pipelines_tests.services import MotoServer, run_server
 
-    moto walks every message of a queue on each SendMessage (``Queue.attributes``: profiled,
-    over 80% of its CPU), so a send costs more the fuller the queue: its rate falls as a run
-    goes, for both senders alike. Runs here stay short (``SQS_MESSAGES``) to keep that small,
-    and the table says so.
-    """
+    with run_server(
+        "moto-sqs",
+        lambda port: [
+            sys.executable,
+            str(BENCH / "moto_server.py"),
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        lambda port: f"http://127.0.0.1:{port}/moto-api/",
+        log_dir,
+    ) as port:
+        yield MotoServer(f"http://127.0.0.1:{port}")
+
+
+class Sqs:
+    """A fresh standard queue per run on moto; read back with ReceiveMessage after the run."""
 
     def __init__(self, moto):
         self.moto = moto
