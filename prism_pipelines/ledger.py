@@ -6,12 +6,24 @@ records batches, and everything else is derived from them: the cursor is the hig
 (open: the sink may have half-sent it) and completed only after the sink acknowledged every
 record, in one transaction with its rejects. So the cursor never passes undelivered rows, and
 an open batch tells the next run exactly what to redo, under which name.
+
+A partition is delivered by one run at a time: the run holds the partition's lease (a row of
+``prism_leases``) while it delivers, renews it, and may open or record a batch only while it
+still holds it. Two runs of one partition at once (a CLI sync beside a scheduled run, a sensor's
+run beside a backfill, a Dagster instance without the run queue's limit) would each send the
+same rows: the second is refused, and a run that lost its lease cannot move the cursor. A run
+that died stops renewing, and its lease runs out ``LEASE_SECONDS`` later.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy import (
@@ -30,9 +42,17 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from prism_pipelines.batch import Batch
 from prism_pipelines.database import make_engine, state_url
+from prism_pipelines.errors import PrismError
+
+#: How long a lease outlives its last renewal: how long the partition of a run that died stays
+#: refused to other runs.
+LEASE_SECONDS = 120.0
+#: A delivering run renews its lease this often (and at every batch it opens or records).
+LEASE_RENEW_SECONDS = LEASE_SECONDS / 4
 
 metadata = MetaData()
 
@@ -75,6 +95,16 @@ rejects = Table(
     Column("reason", Text, nullable=False),
     Column("record", Text, nullable=True),
     Column("rejected_at", DateTime(timezone=True), nullable=False),
+)
+
+leases = Table(
+    "prism_leases",
+    metadata,
+    Column("integration", String(64), primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 integrations = Table(
@@ -120,6 +150,24 @@ class PartitionState:
     last_success_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+
+
+class PartitionBusy(PrismError):
+    """Another run holds the partition's lease: this run must not deliver it."""
+
+
+class LeaseLost(PrismError):
+    """The run's lease ran out and another run took the partition: this run stops, and the
+    batch it had open is left for the holder to redo."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A run's hold on one partition. ``holder`` says who, for the other runs' messages."""
+
+    integration: str
+    hour: datetime
+    holder: str
 
 
 class Ledger:
@@ -236,13 +284,89 @@ class Ledger:
                 )
         return _utc(seen)
 
+    # -- the lease ---------------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, integration: str, hour: datetime, who: str | None = None):
+        """Hold the partition's lease for the block, renewed in the background; raise
+        ``PartitionBusy`` if another run holds it."""
+        who = who or "a sync"
+        lease = Lease(
+            integration,
+            hour,
+            f"{who} (host {socket.gethostname()}, pid {os.getpid()}, lease {uuid.uuid4().hex[:8]})",
+        )
+        self._acquire(lease)
+        stop = threading.Event()
+
+        def renew_until_stopped() -> None:
+            while not stop.wait(LEASE_RENEW_SECONDS):
+                try:
+                    with self.engine.begin() as conn:
+                        if not _renew(conn, lease):
+                            return  # lost: the next batch opened or recorded raises LeaseLost
+                except SQLAlchemyError:
+                    # The state database is unreachable for now: try again at the next beat.
+                    # If the lease runs out meanwhile, the delivery's next ledger write says so.
+                    continue
+
+        heartbeat = threading.Thread(target=renew_until_stopped, name="prism-lease", daemon=True)
+        heartbeat.start()
+        try:
+            yield lease
+        finally:
+            stop.set()
+            heartbeat.join()
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(delete(leases).where(_lease_key(lease) & _held_by(lease)))
+            except SQLAlchemyError:
+                pass  # unreachable state database: the lease runs out by itself
+
+    def _acquire(self, lease: Lease) -> None:
+        now = utcnow()
+        values = {"holder": lease.holder, "acquired_at": now, "expires_at": _expiry(now)}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(leases).values(integration=lease.integration, hour=lease.hour, **values)
+                )
+            return
+        except IntegrityError:
+            pass  # a lease row exists: take it only if it ran out (one atomic update)
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(leases)
+                .where(_lease_key(lease) & (leases.c.expires_at < now))
+                .values(**values)
+            ).rowcount
+            current = (
+                None
+                if taken
+                else conn.execute(
+                    select(leases.c.holder, leases.c.acquired_at, leases.c.expires_at).where(
+                        _lease_key(lease)
+                    )
+                ).first()
+            )
+        if current is not None:
+            raise PartitionBusy(
+                f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} is "
+                f"being delivered by {current.holder} since "
+                f"{_utc(current.acquired_at):%Y-%m-%d %H:%M:%S} UTC; this run left it alone "
+                "(two runs at once would send the same rows twice). It is free when that run "
+                f"ends, or at {_utc(current.expires_at):%H:%M:%S} UTC if that run died: sync "
+                "it again then."
+            )
+
     # -- writing -------------------------------------------------------------------------------
 
-    def start_batch(self, batch: Batch, location: str | None) -> None:
+    def start_batch(self, batch: Batch, location: str | None, lease: Lease) -> None:
         """Mark the batch open before the sink sees it. A batch already recorded (a redo) keeps
         the location it had, so the redo overwrites what the first attempt wrote."""
         key = _batch_key(batch)
         with self.engine.begin() as conn:
+            _still_held(conn, lease)
             recorded = conn.execute(select(batches.c.location).where(key)).first()
             if recorded is None:
                 conn.execute(
@@ -261,10 +385,12 @@ class Ledger:
                 )
                 batch.location = recorded.location or location
 
-    def finish_batch(self, batch: Batch, sent_bytes: int) -> None:
-        """Record an acknowledged batch and its rejects together: the cursor moves here."""
+    def finish_batch(self, batch: Batch, sent_bytes: int, lease: Lease) -> None:
+        """Record an acknowledged batch and its rejects together: the cursor moves here, and
+        only if the run still holds the partition's lease."""
         now = utcnow()
         with self.engine.begin() as conn:
+            _still_held(conn, lease)
             conn.execute(
                 update(batches)
                 .where(_batch_key(batch))
@@ -320,6 +446,39 @@ class Ledger:
                 conn.execute(
                     insert(partitions).values(integration=integration, hour=hour, **values)
                 )
+
+
+def _expiry(now: datetime) -> datetime:
+    return now + timedelta(seconds=LEASE_SECONDS)
+
+
+def _lease_key(lease: Lease):
+    return (leases.c.integration == lease.integration) & (leases.c.hour == lease.hour)
+
+
+def _held_by(lease: Lease):
+    return leases.c.holder == lease.holder
+
+
+def _renew(conn, lease: Lease) -> bool:
+    """Push the lease's expiry on, if it is still ours (in the caller's transaction)."""
+    renewed = conn.execute(
+        update(leases)
+        .where(_lease_key(lease) & _held_by(lease))
+        .values(expires_at=_expiry(utcnow()))
+    ).rowcount
+    return renewed == 1
+
+
+def _still_held(conn, lease: Lease) -> None:
+    """Renew the lease in the caller's transaction, or raise (rolling that transaction back)."""
+    if not _renew(conn, lease):
+        raise LeaseLost(
+            f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
+            "taken over by another run after this run's lease ran out (this run stalled for "
+            f"over {LEASE_SECONDS:.0f} s). This run stopped; the batch it had open is redone "
+            "by the run that holds the partition now."
+        )
 
 
 def _partition(integration: str, hour: datetime):

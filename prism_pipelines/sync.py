@@ -10,6 +10,9 @@ A sync of hour H, in order:
    streamed in batches of the integration's ``rows_per_batch``. A batch is opened in the
    ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
 
+All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
+time.
+
 The cyclic garbage collector is paused while a partition is delivered: the export makes
 millions of plain objects without cycles, which reference counting frees, and the collector
 would only walk them over and over (measured: a fifth of the export's CPU). Whatever cycles a
@@ -30,7 +33,7 @@ from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.ledger import Ledger, RecordedBatch
+from prism_pipelines.ledger import Lease, LeaseLost, Ledger, PartitionBusy, RecordedBatch
 from prism_pipelines.records import (
     ROW_ID,
     ROW_TIMESTAMP,
@@ -137,8 +140,23 @@ def deliver_partition(
     full: bool = False,
     settle_seconds: float = 5.0,
     now: datetime | None = None,
+    who: str | None = None,
 ) -> SyncResult:
-    """Deliver hour ``hour`` of the gateway's logs to ``sink``; see the module docstring."""
+    """Deliver hour ``hour`` of the gateway's logs to ``sink``; see the module docstring.
+    ``who`` names the run for other runs' messages (``PartitionBusy``)."""
+    try:
+        with ledger.lease(integration.name, hour, who) as lease:
+            return _deliver(
+                integration, sink, source, ledger, hour, lease, full, settle_seconds, now
+            )
+    except (PartitionBusy, LeaseLost) as exc:
+        # Not the partition's failure (another run is delivering it): not recorded as its error.
+        raise SyncError(integration.scrub(str(exc))) from None
+
+
+def _deliver(
+    integration, sink, source, ledger, hour, lease, full, settle_seconds, now
+) -> SyncResult:
     started = time.monotonic()
     name = integration.name
     recorded_batches = ledger.batches(name, hour)
@@ -161,7 +179,16 @@ def deliver_partition(
                 through_id=recorded.through_id,
                 chunk_rows=CHUNK_ROWS,
             )
-            _send(integration, sink, ledger, batch, rows, result, through_id=recorded.through_id)
+            _send(
+                integration,
+                sink,
+                ledger,
+                lease,
+                batch,
+                rows,
+                result,
+                through_id=recorded.through_id,
+            )
             result.redone_batches += 1
 
         # A redo takes a while: another run may have moved the cursor meanwhile.
@@ -176,9 +203,11 @@ def deliver_partition(
             ordinal = bisect_left(starts, cursor)
             for batch_rows in _batches_of(settled, integration.rows_per_batch):
                 batch = Batch(name, hour, after_id=cursor, ordinal=ordinal)
-                _send(integration, sink, ledger, batch, batch_rows, result)
+                _send(integration, sink, ledger, lease, batch, batch_rows, result)
                 cursor = batch.through_id
                 ordinal += 1
+    except LeaseLost:
+        raise
     except PrismError as exc:
         message = integration.scrub(str(exc))
         ledger.record_sync(name, hour, error=message)
@@ -262,13 +291,14 @@ def _send(
     integration,
     sink: Sink,
     ledger: Ledger,
+    lease: Lease,
     batch: Batch,
     row_chunks: Iterator[list[tuple]],
     result: SyncResult,
     through_id: int | None = None,
 ) -> None:
     batch._chunks = _chunks(batch, row_chunks, integration.fields)
-    ledger.start_batch(batch, sink.location_for(batch))
+    ledger.start_batch(batch, sink.location_for(batch), lease)
     delivery = sink.deliver(batch)
     if delivery.records + len(delivery.rejects) != batch.records:
         # The one guard that makes "nothing silently dropped" hold for every sink.
@@ -284,7 +314,7 @@ def _send(
     batch.records = delivery.records
     batch.rejects.extend(delivery.rejects)
     batch.location = delivery.location
-    ledger.finish_batch(batch, delivery.bytes)
+    ledger.finish_batch(batch, delivery.bytes, lease)
     result.add(batch, delivery)
     gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 

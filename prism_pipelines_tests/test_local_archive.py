@@ -4,21 +4,25 @@ on SQLite (the embedded default)."""
 from __future__ import annotations
 
 import gzip
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from dagster import DefaultScheduleStatus, build_schedule_context
-from sqlalchemy import text
+from sqlalchemy import delete, insert, select, text, update
 
 from prism_pipelines.errors import IntegrationsFileError
 from prism_pipelines.integrations import load_integrations
-from prism_pipelines.ledger import Ledger
+from prism_pipelines.ledger import Ledger, leases
 from prism_pipelines.records import EXPORTED_FIELDS
+from prism_pipelines.sinks import build_sink
 from prism_pipelines.sinks.local import LocalArchive
 from prism_pipelines.source import GatewaySource
+from prism_pipelines.sync import deliver_partition
 from prism_pipelines_tests.factories import gateway_rows
 
 H = datetime(2026, 11, 22, 14, tzinfo=UTC)
@@ -218,6 +222,100 @@ def test_crash_mid_partition_then_rerun_leaves_every_row_in_one_file(
     assert len(files) == 6
     assert not list((tmp_path / "bucket").rglob("*.tmp"))
     assert rerun.metadata["cursor_after"] == 550
+
+
+def test_a_partition_is_delivered_by_one_run_at_a_time(prism, gateway, tmp_path, monkeypatch):
+    """A run started while another delivers the same partition (a CLI sync beside the
+    schedule's run, say) is refused and sends nothing; the partition is not in error."""
+    prism.configure(archive(tmp_path, batch_rows=100))
+    gateway.insert_rows([gateway_rows(H, 250)])
+    first_put, go_on = threading.Event(), threading.Event()
+    real_put = LocalArchive.put
+
+    def put_then_stall(self, *args, **kwargs):
+        first_put.set()
+        go_on.wait(timeout=60)
+        return real_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalArchive, "put", put_then_stall)
+    integration = prism.config.integrations[0]
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(
+            deliver_partition,
+            integration,
+            build_sink(integration),
+            gateway,
+            Ledger(prism.ledger.url),
+            H,
+            settle_seconds=0,
+            who="the other run",
+        )
+        assert first_put.wait(timeout=60)
+        refused = prism.sync("archive", KEY, raise_on_error=False)
+        go_on.set()
+        assert other.result(timeout=60).records == 250
+
+    assert not refused.success
+    assert "is being delivered by the other run" in refused.error
+    assert "sync it again then" in refused.error
+    assert prism.ledger.partition_state("archive", H).last_error is None
+    again = prism.sync("archive", KEY)
+    assert again.metadata["records"] == 0
+    assert sum(ids_in(read_files(tmp_path / "bucket")).values()) == 250
+
+
+def test_a_dead_runs_partition_is_free_once_its_lease_runs_out(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path))
+    gateway.insert_rows([gateway_rows(H, 30)])
+    now = datetime.now(UTC)
+    with prism.ledger.engine.begin() as conn:
+        conn.execute(
+            insert(leases).values(
+                integration="archive",
+                hour=H,
+                holder="Dagster run 1234 (killed)",
+                acquired_at=now - timedelta(minutes=5),
+                expires_at=now + timedelta(seconds=60),
+            )
+        )
+    refused = prism.sync("archive", KEY, raise_on_error=False)
+    assert not refused.success and "Dagster run 1234 (killed)" in refused.error
+    assert not (tmp_path / "bucket").exists()
+
+    with prism.ledger.engine.begin() as conn:
+        conn.execute(update(leases).values(expires_at=now - timedelta(seconds=1)))
+    assert prism.sync("archive", KEY).metadata["records"] == 30
+    with prism.ledger.engine.connect() as conn:
+        assert conn.execute(select(leases)).all() == []  # released when the run ended
+
+
+def test_a_run_that_lost_its_lease_stops_without_moving_the_cursor(
+    prism, gateway, tmp_path, monkeypatch
+):
+    """A run that stalled past its lease while another took the partition over must not
+    record the batch it had in flight: the new holder redoes it under the same name."""
+    prism.configure(archive(tmp_path, batch_rows=100))
+    gateway.insert_rows([gateway_rows(H, 250)])
+    real_put, puts = LocalArchive.put, []
+
+    def taken_over_during_second_put(self, *args, **kwargs):
+        puts.append(1)
+        if len(puts) == 2:
+            with prism.ledger.engine.begin() as conn:
+                conn.execute(update(leases).values(holder="the run that took over"))
+        return real_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalArchive, "put", taken_over_during_second_put)
+    stopped = prism.sync("archive", KEY, raise_on_error=False)
+    assert not stopped.success and "taken over by another run" in stopped.error
+    assert prism.ledger.cursor("archive", H) == 100  # the first batch only
+
+    monkeypatch.setattr(LocalArchive, "put", real_put)
+    with prism.ledger.engine.begin() as conn:
+        conn.execute(delete(leases))  # the run that took over ended
+    assert prism.sync("archive", KEY).metadata["records"] == 150
+    files = read_files(tmp_path / "bucket")
+    assert len(files) == 3 and set(ids_in(files).values()) == {1}
 
 
 def test_full_redelivery_rewrites_the_same_files(prism, gateway, tmp_path):

@@ -98,6 +98,7 @@ def integration_asset(integration, partitions_def):
                         hour,
                         full=config.full_redelivery,
                         settle_seconds=prism.settle_seconds,
+                        who=f"Dagster run {context.run_id}",
                     )
                 except SyncError as exc:
                     context.log.error(f"partition {partition_key(hour)}: {exc}")
