@@ -324,40 +324,39 @@ class Ledger:
                 pass  # unreachable state database: the lease runs out by itself
 
     def _acquire(self, lease: Lease) -> None:
-        now = utcnow()
-        values = {"holder": lease.holder, "acquired_at": now, "expires_at": _expiry(now)}
-        try:
+        # Insert the lease row; if one exists, take it over only if it ran out (one atomic
+        # update). A row released between the two is inserted on the next attempt.
+        for _ in range(3):
+            now = utcnow()
+            values = {"holder": lease.holder, "acquired_at": now, "expires_at": _expiry(now)}
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        insert(leases).values(
+                            integration=lease.integration, hour=lease.hour, **values
+                        )
+                    )
+                return
+            except IntegrityError:
+                pass
             with self.engine.begin() as conn:
-                conn.execute(
-                    insert(leases).values(integration=lease.integration, hour=lease.hour, **values)
-                )
-            return
-        except IntegrityError:
-            pass  # a lease row exists: take it only if it ran out (one atomic update)
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                update(leases)
-                .where(_lease_key(lease) & (leases.c.expires_at < now))
-                .values(**values)
-            ).rowcount
-            current = (
-                None
-                if taken
-                else conn.execute(
+                if conn.execute(
+                    update(leases)
+                    .where(_lease_key(lease) & (leases.c.expires_at < now))
+                    .values(**values)
+                ).rowcount:
+                    return
+                current = conn.execute(
                     select(leases.c.holder, leases.c.acquired_at, leases.c.expires_at).where(
                         _lease_key(lease)
                     )
                 ).first()
-            )
-        if current is not None:
-            raise PartitionBusy(
-                f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} is "
-                f"being delivered by {current.holder} since "
-                f"{_utc(current.acquired_at):%Y-%m-%d %H:%M:%S} UTC; this run left it alone "
-                "(two runs at once would send the same rows twice). It is free when that run "
-                f"ends, or at {_utc(current.expires_at):%H:%M:%S} UTC if that run died: sync "
-                "it again then."
-            )
+            if current is not None:
+                raise _busy(lease, current)
+        raise PartitionBusy(
+            f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} changed "
+            "hands between other runs while this run tried to take it; sync it again."
+        )
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -446,6 +445,16 @@ class Ledger:
                 conn.execute(
                     insert(partitions).values(integration=integration, hour=hour, **values)
                 )
+
+
+def _busy(lease: Lease, current) -> PartitionBusy:
+    return PartitionBusy(
+        f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} is being "
+        f"delivered by {current.holder} since {_utc(current.acquired_at):%Y-%m-%d %H:%M:%S} "
+        "UTC; this run left it alone (two runs at once would send the same rows twice). It is "
+        f"free when that run ends, or at {_utc(current.expires_at):%H:%M:%S} UTC if that run "
+        "died: sync it again then."
+    )
 
 
 def _expiry(now: datetime) -> datetime:
