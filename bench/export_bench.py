@@ -41,8 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -325,11 +323,13 @@ class Bench:
         """Each sink against its stand-in, beside one request per message to the same."""
         sys.path.insert(0, str(REPO))
         from prism_pipelines_tests.datadog_intake import API_KEY, DatadogIntake
-        from prism_pipelines_tests.services import pubsub_env, run_pubsub
+        from prism_pipelines_tests.services import pubsub_env, run_moto, run_pubsub
 
         hour = senders_hour()
         logs = self.fresh_dir("sender-logs")
-        with run_sqs_moto(logs) as moto, run_pubsub(logs) as pubsub:
+        # moto without its per-send walk of the queue (bench/moto_server.py says why)
+        sqs_moto = run_moto(logs, script=BENCH / "moto_server.py")
+        with sqs_moto as moto, run_pubsub(logs) as pubsub:
             intake = DatadogIntake().start()
             try:
                 services = {
@@ -920,27 +920,6 @@ def senders_hour() -> datetime:
     """A closed hour recent enough for Datadog's 18-hour logs window, and old enough that demo
     traffic's late rows (up to 3 hours) were all ingested."""
     return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
-
-
-@contextmanager
-def run_sqs_moto(log_dir: Path) -> Iterator:
-    """moto.server without its per-send walk of the queue (``bench/moto_server.py`` says why)."""
-    from prism_pipelines_tests.services import MotoServer, run_server
-
-    with run_server(
-        "moto-sqs",
-        lambda port: [
-            sys.executable,
-            str(BENCH / "moto_server.py"),
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        lambda port: f"http://127.0.0.1:{port}/moto-api/",
-        log_dir,
-    ) as port:
-        yield MotoServer(f"http://127.0.0.1:{port}")
 
 
 class Sqs:

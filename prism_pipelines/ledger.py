@@ -152,11 +152,15 @@ class PartitionState:
     last_error_at: datetime | None
 
 
-class PartitionBusy(PrismError):
+class LeaseError(PrismError):
+    """The partition is another run's: this run stops, and it is not the partition's failure."""
+
+
+class PartitionBusy(LeaseError):
     """Another run holds the partition's lease: this run must not deliver it."""
 
 
-class LeaseLost(PrismError):
+class LeaseLost(LeaseError):
     """The run's lease ran out and another run took the partition: this run stops, and the
     batch it had open is left for the holder to redo."""
 

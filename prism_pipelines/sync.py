@@ -33,7 +33,7 @@ from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.ledger import Lease, LeaseLost, Ledger, PartitionBusy, RecordedBatch
+from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch
 from prism_pipelines.records import (
     ROW_ID,
     ROW_TIMESTAMP,
@@ -149,7 +149,7 @@ def deliver_partition(
             return _deliver(
                 integration, sink, source, ledger, hour, lease, full, settle_seconds, now
             )
-    except (PartitionBusy, LeaseLost) as exc:
+    except LeaseError as exc:
         # Not the partition's failure (another run is delivering it): not recorded as its error.
         raise SyncError(integration.scrub(str(exc))) from None
 
@@ -191,8 +191,9 @@ def _deliver(
             )
             result.redone_batches += 1
 
-        # A redo takes a while: another run may have moved the cursor meanwhile.
-        cursor = ledger.cursor(name, hour) if result.redone_batches else result.cursor_before
+        # Redone batches lie below the cursor, and no other run moves it while this one holds
+        # the lease: the cursor is still the one read at the start.
+        cursor = result.cursor_before
         settled_before = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
@@ -206,7 +207,7 @@ def _deliver(
                 _send(integration, sink, ledger, lease, batch, batch_rows, result)
                 cursor = batch.through_id
                 ordinal += 1
-    except LeaseLost:
+    except LeaseError:
         raise
     except PrismError as exc:
         message = integration.scrub(str(exc))

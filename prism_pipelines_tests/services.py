@@ -223,11 +223,13 @@ def aws_env(endpoint_url: str | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def run_moto(log_dir: Path) -> Iterator[MotoServer]:
-    """One moto.server serves every AWS service, routed by the request's signature."""
+def run_moto(log_dir: Path, script: Path | None = None) -> Iterator[MotoServer]:
+    """One moto.server serves every AWS service, routed by the request's signature. ``script``
+    runs moto.server's ``main`` from a script instead (the benchmark's ``moto_server.py``)."""
+    launcher = [str(script)] if script else ["-m", "moto.server"]
     with run_server(
         "moto",
-        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        lambda port: [sys.executable, *launcher, "-H", "127.0.0.1", "-p", str(port)],
         lambda port: f"http://127.0.0.1:{port}/moto-api/",
         log_dir,
     ) as port:
