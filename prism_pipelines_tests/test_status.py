@@ -16,8 +16,11 @@ from prism_pipelines.sinks.local import LocalArchive
 from prism_pipelines.status import ACTIVE, ERROR, SYNCING, integration_status
 from prism_pipelines_tests.factories import gateway_rows
 
-H = datetime(2026, 11, 22, 14, tzinfo=UTC)
-KEY = "2026-11-22-14:00"
+# Status reads the look-back window behind "now" (pending rows, lag): the hour under test is
+# taken from the clock, three closed hours back, so the test means the same on every date.
+H = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+KEY = H.strftime("%Y-%m-%d-%H:00")
+SINCE = (H - timedelta(days=1)).strftime("%Y-%m-%dT%H:00:00Z")
 
 
 def local(path: Path, name: str = "archive", **settings) -> dict:
@@ -25,7 +28,7 @@ def local(path: Path, name: str = "archive", **settings) -> dict:
         "name": name,
         "type": "local",
         "path": str(path),
-        "history": {"since": "2026-11-22T00:00:00Z"},
+        "history": {"since": SINCE},
         **settings,
     }
 
@@ -78,7 +81,7 @@ def test_refused_write_puts_the_integration_in_error_until_a_sync_succeeds(
     assert status.status == ACTIVE and status.error is None
     assert status.delivered_today == 40 and status.pending_rows == 0
     assert status.since >= status.last_success_at - timedelta(seconds=5)
-    assert status.lag_seconds > 0  # the newest record delivered is from 2026-11-22
+    assert status.lag_seconds > 0  # the newest record delivered is from hour H
     evaluation, run_id = checks.latest_evaluation(prism.instance, "archive", checks.STATUS)
     assert evaluation.passed and run_id == fixed.result.run_id
     table = cli(prism, "status", "archive")
@@ -107,7 +110,7 @@ def test_s3_without_its_credentials_is_in_error_until_they_are_set(
             "endpoint_url": moto_server.endpoint_url,
             "access_key_id": {"env": "PRISM_OPS_S3_KEY"},
             "secret_access_key": {"env": "PRISM_OPS_S3_SECRET"},
-            "history": {"since": "2026-11-22T00:00:00Z"},
+            "history": {"since": SINCE},
         }
     )
 
