@@ -14,6 +14,8 @@ tables in ``alembic_version``.
 
 from __future__ import annotations
 
+import threading
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -29,12 +31,15 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "prism_alembic_version"
 #: The PostgreSQL advisory lock key the upgrade holds ("prism" in ASCII).
 MIGRATION_LOCK = 0x707269736D
+#: Alembic's migration context is global to the process: one upgrade at a time in it.
+_IN_PROCESS = threading.Lock()
 
 
 class StateDatabaseError(PrismError):
     """The state database cannot be reached or migrated."""
 
 
+@cache
 def head() -> str:
     """The newest revision this code knows."""
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
@@ -60,7 +65,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
             found = current(conn)
         if found == target:
             return found, target
-        with engine.begin() as conn:
+        with _IN_PROCESS, engine.begin() as conn:
             _lock(conn)
             found = current(conn)  # another process may have migrated while we waited
             if found != target:
