@@ -5,7 +5,8 @@ and no ``alembic.ini`` is needed. Every process that opens the ledger (the code 
 daemon, each run worker, the CLI) migrates first; ``prism-pipelines upgrade-state`` does the
 same explicitly. Only one process migrates at a time: the check and the upgrade run in one
 transaction that holds a PostgreSQL advisory lock (SQLite: ``BEGIN IMMEDIATE``, the database's
-write lock), and whoever comes second finds the database at head already.
+write lock), and whoever comes second finds the database at head already. Migrations only
+move forward: a rollback of the code is a restore of the state database's backup.
 
 The revision lives in ``prism_alembic_version``, not Alembic's default ``alembic_version``: the
 state database may be the PostgreSQL database of Dagster's own storage, which versions its

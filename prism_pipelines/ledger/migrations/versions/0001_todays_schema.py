@@ -88,15 +88,3 @@ def upgrade() -> None:
         sa.Column("reminded_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("failed_runs", sa.Integer, nullable=False),
     )
-
-
-def downgrade() -> None:
-    for name in (
-        "prism_notifications",
-        "prism_integrations",
-        "prism_leases",
-        "prism_rejects",
-        "prism_partitions",
-        "prism_batches",
-    ):
-        op.drop_table(name)
