@@ -5,6 +5,9 @@ it once."""
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -170,3 +173,19 @@ def test_processes_opening_the_ledger_at_once_migrate_it_once(state_url):
         engine.dispose()
 
     assert Counter(results) == {(None, head()): 1, (head(), head()): 3}
+
+
+def test_an_unreachable_state_database_is_a_message_without_its_password():
+    command = [sys.executable, "-c", "from prism_pipelines.cli import run; run()", "upgrade-state"]
+    url = "postgresql+psycopg2://prism:hunter2@127.0.0.1:9/prism_state"
+    done = subprocess.run(
+        command, env={**os.environ, "PRISM_STATE_URL": url}, capture_output=True, text=True
+    )
+
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(
+        "error: cannot migrate the state database "
+        "postgresql+psycopg2://prism:***@127.0.0.1:9/prism_state: "
+    )
+    assert "check PRISM_STATE_URL" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
