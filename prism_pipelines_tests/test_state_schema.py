@@ -16,12 +16,12 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import MetaData, inspect, select
+from sqlalchemy import MetaData, inspect, select, text
 
 from prism_pipelines.cli import main
 from prism_pipelines.database import make_engine
 from prism_pipelines.hours import HOUR, floor_hour, partition_key, utcnow
-from prism_pipelines.ledger import Ledger, head, upgrade
+from prism_pipelines.ledger import Ledger, StateDatabaseError, head, upgrade
 from prism_pipelines.ledger.schema import VERSION_TABLE
 from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests import legacy_state_schema as legacy
@@ -189,3 +189,19 @@ def test_an_unreachable_state_database_is_a_message_without_its_password():
     )
     assert "check PRISM_STATE_URL" in done.stderr
     assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_state_database_newer_than_the_code_is_refused_with_a_message(state_url):
+    upgrade_state(state_url)
+    engine = make_engine(state_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    engine.dispose()
+
+    result = CliRunner().invoke(main, ["upgrade-state"], env={"PRISM_STATE_URL": state_url})
+
+    assert result.exit_code == 1 and isinstance(result.exception, StateDatabaseError)
+    assert (
+        f"is at revision 9999, which this version of prism-pipelines does not know (its "
+        f"newest is {head()})" in str(result.exception)
+    )

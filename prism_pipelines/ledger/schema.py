@@ -41,9 +41,13 @@ class StateDatabaseError(PrismError):
 
 
 @cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS))
+
+
 def head() -> str:
     """The newest revision this code knows."""
-    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    return _scripts().get_current_head()
 
 
 def current(conn: Connection) -> str | None:
@@ -69,6 +73,13 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         with _IN_PROCESS, engine.begin() as conn:
             _lock(conn)
             found = current(conn)  # another process may have migrated while we waited
+            if found is not None and found not in {s.revision for s in _scripts().walk_revisions()}:
+                raise StateDatabaseError(
+                    f"the state database {engine.url.render_as_string()} is at revision {found}, "
+                    f"which this version of prism-pipelines does not know (its newest is "
+                    f"{target}): a newer version migrated it. Run that version, or restore the "
+                    "state database's backup from before the upgrade."
+                )
             if found != target:
                 config = Config()
                 config.set_main_option("script_location", str(MIGRATIONS))
