@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prism_pipelines.errors import DestinationError
-from prism_pipelines.sinks.storage import ObjectStoreSink
+from prism_pipelines.sinks.storage.base import StorageSink
 
 
-class LocalArchive(ObjectStoreSink):
+class LocalSink(StorageSink):
     @property
     def folder(self) -> Path:
         return self.integration.folder

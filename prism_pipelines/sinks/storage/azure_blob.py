@@ -30,7 +30,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient, ContentSettings, ExponentialRetry
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, ObjectStoreSink
+from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
 
 #: block size, and the largest file sent in one Put Blob (Azure allows 50,000 blocks per blob)
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -58,7 +58,7 @@ _NOT_ALLOWED = {
 }
 
 
-class AzureBlobArchive(ObjectStoreSink):
+class AzureBlobSink(StorageSink):
     def __init__(self, integration):
         super().__init__(integration)
         self._container: ContainerClient | None = None

@@ -30,7 +30,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, ObjectStoreSink
+from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
 
 #: bytes per resumable-upload request (a multiple of 256 KiB, as the API requires)
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -48,7 +48,7 @@ TIMEOUT = (10, 120)
 _UNREACHABLE = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
 
 
-class GcsArchive(ObjectStoreSink):
+class GcsSink(StorageSink):
     def __init__(self, integration):
         super().__init__(integration)
         self._client: storage.Client | None = None
