@@ -15,7 +15,6 @@ reader never sees half a file.
 
 from __future__ import annotations
 
-import threading
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
@@ -63,8 +62,6 @@ class AzureBlobSink(StorageSink):
         super().__init__(integration)
         self._container: ContainerClient | None = None
         self._retries_allowed = EXPORT_RETRIES
-        self._retries = 0
-        self._retries_lock = threading.Lock()
 
     @property
     def container(self) -> ContainerClient:
@@ -104,13 +101,11 @@ class AzureBlobSink(StorageSink):
             ) from None
 
     def _count_retry(self, **_) -> None:
-        with self._retries_lock:
-            self._retries += 1
+        self.retries.add()
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int) -> int:
-        before = self._retries
+    def put(self, key: str, data: BinaryIO, size: int) -> None:
         try:
             self.container.upload_blob(
                 key,
@@ -125,7 +120,6 @@ class AzureBlobSink(StorageSink):
             )
         except (AzureError, ValueError) as exc:
             raise self._error(exc, f"write {self.describe(key)}") from None
-        return self._retries - before
 
     def remove(self, key: str) -> None:
         try:

@@ -36,7 +36,7 @@ class LocalSink(StorageSink):
         finally:
             temporary.unlink(missing_ok=True)  # put() renamed it away, unless the batch failed
 
-    def put(self, key: str, data: BinaryIO, size: int) -> int:
+    def put(self, key: str, data: BinaryIO, size: int) -> None:
         target = self.folder / key
         staged = Path(getattr(data, "name", "") or "")
         temporary = staged if staged.parent == target.parent else _temporary_beside(target)
@@ -54,7 +54,6 @@ class LocalSink(StorageSink):
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             raise self._cannot_write(target, exc) from None
-        return 0
 
     def remove(self, key: str) -> None:
         (self.folder / key).unlink(missing_ok=True)
