@@ -21,7 +21,9 @@ each line valid JSON) before its time counts.
   gzips it by default), each backend, in ``bench/.venv-dlt`` (created here; dlt is not ours)
 - ``pandas``: ``read_sql(chunksize=…)`` + ``to_json(lines=True, compression="gzip")``
 
-Other parts: ``memory`` (peak RSS of ours on N rows and on N/10 rows), ``storage`` (the S3
+Other parts: ``memory`` (peak RSS of ours on N rows and on N/10 rows), ``scale`` (a day of
+10M rows: ours on one hour and on the 24 hours, and the query plans of what the late-data sensor
+and ``prism-pipelines status`` read from the gateway table), ``storage`` (the S3
 stand-in, moto, beside the local folder), ``senders`` (SQS, Pub/Sub, Datadog against their
 stand-ins beside one request per message), ``backfill`` (720 hourly partitions of small
 traffic through Dagster ranged runs, beside the same partitions through the sync path).
@@ -53,6 +55,11 @@ STATE_DB = "prism_bench_state"
 SOURCE_URL = f"{PG_SERVER}/{SOURCE_DB}"
 STATE_URL = f"{PG_SERVER}/{STATE_DB}"
 BACKFILL_TABLE = "prism_request_logs_backfill"
+#: the scale part: a day of a gateway at ~115 requests/s (10M rows), one demo hour of 1/24 of
+#: them copied to each hour of the day (request ids suffixed, event and ingest times shifted)
+SCALE_TABLE = "prism_request_logs_scale"
+SCALE_ROWS = 10_000_000
+SCALE_HOURS = 24
 SENDERS_TABLE = "prism_request_logs_senders"
 SENDER_KINDS = ("sqs", "pubsub", "datadog")
 #: the one-request-per-message senders run this many (their rate is steady; a full run of
@@ -94,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        default="export,memory,storage,senders,backfill",
-        help="comma-separated parts: export, memory, storage, senders, backfill",
+        default="export,memory,storage,senders,backfill,scale",
+        help="comma-separated parts: export, memory, storage, senders, backfill, scale",
     )
     parser.add_argument(
         "--candidates",
@@ -137,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
             bench.senders([k for k in args.senders.split(",") if k])
         if "backfill" in parts:
             bench.backfill()
+        if "scale" in parts:
+            bench.scale()
     finally:
         bench.report()
         if args.workdir is None:
@@ -295,6 +304,21 @@ class Bench:
                 if table == self.table and self.find("ours", "all", table, round_):
                     continue  # measured by the export part already
                 self.measure("ours", "all", table, round_)
+
+    # -- scale: a day of 10M rows ---------------------------------------------------------------
+
+    def scale(self) -> None:
+        ensure_scale_table()
+        for round_ in range(1, self.rounds + 1):
+            for scope in ("hour", "all"):
+                self.measure("ours", scope, SCALE_TABLE, round_)
+        hour = self.median("ours", "hour", SCALE_TABLE, "rss_mb")
+        day = self.median("ours", "all", SCALE_TABLE, "rss_mb")
+        self.lines.append(
+            f"scale: peak RSS {hour:.0f} MB for one hour of {SCALE_TABLE}, {day:.0f} MB for its "
+            f"{SCALE_HOURS} hours ({day / hour:.2f}×)"
+        )
+        self.lines += explain_status_queries()
 
     # -- storage: the S3 stand-in beside the local folder ----------------------------------------
 
@@ -677,6 +701,103 @@ def ensure_table(
     print(f"  seeded in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def ensure_scale_table() -> None:
+    """``SCALE_ROWS`` rows over ``SCALE_HOURS`` hours from ``START`` (kept when present)."""
+    from sqlalchemy import inspect, text
+
+    from prism_pipelines.source import INSERT_COLUMNS, GatewaySource
+
+    per_hour = SCALE_ROWS // SCALE_HOURS
+    source = GatewaySource(SOURCE_URL, table=SCALE_TABLE)
+    if inspect(source.engine).has_table(SCALE_TABLE):
+        with source.engine.connect() as conn:
+            if conn.execute(text(f"SELECT count(*) FROM {SCALE_TABLE}")).scalar() == (
+                per_hour * SCALE_HOURS
+            ):
+                return
+        source.table.drop(source.engine)
+    base = f"{SCALE_TABLE}_hour"
+    ensure_table(base, per_hour, START, 1)
+    print(f"copying {base} to {SCALE_HOURS} hours of {SCALE_TABLE} …", flush=True)
+    started = time.perf_counter()
+    source.create_table()
+    shifted = {
+        "request_id": "request_id || '_' || h",
+        "timestamp": '"timestamp" + make_interval(hours => h)',
+        "ingested_at": "ingested_at + make_interval(hours => h)",
+    }
+    columns = ", ".join(f'"{c}"' for c in INSERT_COLUMNS)
+    values = ", ".join(shifted.get(c, f'"{c}"') for c in INSERT_COLUMNS)
+    with source.engine.begin() as conn:
+        conn.execute(
+            text(
+                f"INSERT INTO {SCALE_TABLE} ({columns}) SELECT {values} FROM {base}, "
+                f"generate_series(0, {SCALE_HOURS - 1}) AS h ORDER BY h, id"
+            )
+        )
+    with source.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {SCALE_TABLE}"))
+    print(f"  copied in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def explain_status_queries() -> list[str]:
+    """EXPLAIN ANALYZE of every query the late-data sensor and ``prism-pipelines status`` send
+    to the gateway table, as they send them (captured from the engine), on the scale table,
+    with a ledger that delivered its first hours (so the lag query has a cursor to look up)."""
+    from sqlalchemy import event
+
+    from prism_pipelines.sinks import build_sink
+    from prism_pipelines.source import GatewaySource
+    from prism_pipelines.status import backlog, newest_delivered_event
+    from prism_pipelines.sync import deliver_partition
+
+    ledger = _fresh_ledger()
+    source = GatewaySource(SOURCE_URL, table=SCALE_TABLE)
+    integration, _ = _integration(Path(tempfile.mkdtemp(prefix="prism-scale-")))
+    sink = build_sink(integration)
+    deliver_partition(integration, sink, source, ledger, START, settle_seconds=0)
+    sink.close()
+    end = START + timedelta(hours=SCALE_HOURS)
+    sent: list[tuple[str, str, dict]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if SCALE_TABLE in statement:
+            sent.append((what, statement, parameters))
+
+    event.listen(source.engine, "before_cursor_execute", capture)
+    lines = []
+    # The sensor's and status's window: the last 48 hours (here the whole day, ending at its
+    # end); and 12 hours, a window that is part of the table, as 48 hours are of months.
+    for what, call in (
+        (
+            "backlog over 48 hours (late-data sensor, status)",
+            lambda: backlog(source, ledger, INTEGRATION, end - timedelta(hours=48), end),
+        ),
+        (
+            "backlog over 12 hours",
+            lambda: backlog(source, ledger, INTEGRATION, end - timedelta(hours=12), end),
+        ),
+        (
+            "newest delivered event (status: lag)",
+            lambda: newest_delivered_event(source, ledger, INTEGRATION),
+        ),
+    ):
+        started = time.perf_counter()
+        call()
+        lines.append(f"{what}: {time.perf_counter() - started:.3f} s")
+    event.remove(source.engine, "before_cursor_execute", capture)
+    raw = source.engine.raw_connection()
+    try:
+        with raw.cursor() as cursor:
+            for what, statement, parameters in sent:
+                cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", parameters)
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                lines.append(f"\n{what}:\n{statement}\n{plan}")
+    finally:
+        raw.close()
+    return lines
+
+
 def scope_where(scope: str, literal: bool = False) -> tuple[str, dict]:
     if scope != "hour":
         return "", {}
@@ -719,6 +840,8 @@ def _hours(scope: str, table: str) -> list[datetime]:
         return [ONE_HOUR]
     if table == BACKFILL_TABLE:
         return [BACKFILL_START + timedelta(hours=i) for i in range(BACKFILL_HOURS)]
+    if table == SCALE_TABLE:
+        return [START + timedelta(hours=i) for i in range(SCALE_HOURS)]
     return [START + timedelta(hours=i) for i in range(HOURS)]
 
 
