@@ -450,7 +450,13 @@ def backfill(folder: Path, limits: list[int], hours: int) -> None:
                      launchPartitionBackfill(backfillParams: $p) {
                      __typename ... on LaunchBackfillSuccess { backfillId }
                      ... on PythonError { message } } }""",
-                p={"partitionNames": keys, "assetSelection": [{"path": ["prism", name]}]},
+                p={
+                    "partitionNames": keys,
+                    "assetSelection": [{"path": ["prism", name]}],
+                    # the backfill's runs carry its tags: without this one they run as the
+                    # asset job, untagged, and no per-integration run limit applies to them
+                    "tags": [{"key": "prism/integration", "value": name}],
+                },
             )["launchPartitionBackfill"]
             if data["__typename"] != "LaunchBackfillSuccess":
                 raise SystemExit(f"backfill of {name} refused: {data}")

@@ -767,15 +767,15 @@ def explain_status_queries() -> list[str]:
     event.listen(source.engine, "before_cursor_execute", capture)
     lines = []
     # The sensor's and status's window: the last 48 hours (here the whole day, ending at its
-    # end); and 12 hours, a window that is part of the table, as 48 hours are of months.
+    # end); and 2 hours, the same share of this day (8%) as 48 hours are of a month's table.
     for what, call in (
         (
             "backlog over 48 hours (late-data sensor, status)",
             lambda: backlog(source, ledger, INTEGRATION, end - timedelta(hours=48), end),
         ),
         (
-            "backlog over 12 hours",
-            lambda: backlog(source, ledger, INTEGRATION, end - timedelta(hours=12), end),
+            "backlog over 2 hours (48 hours of a month's table)",
+            lambda: backlog(source, ledger, INTEGRATION, end - timedelta(hours=2), end),
         ),
         (
             "newest delivered event (status: lag)",
