@@ -280,6 +280,8 @@ def _integration(name: str, archive: Path, since: datetime, **extra) -> dict:
         "path": str(archive / name),
         "prefix": "prism",
         "sync_interval_minutes": 1,
+        # the schedule syncs the current hour only; closed hours are the late-data sensor's
+        "grace_minutes": 0,
         "history": {"since": since.isoformat()},
         **extra,
     }
