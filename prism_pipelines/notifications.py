@@ -39,9 +39,9 @@ from sqlalchemy import (
     update,
 )
 
+from prism_pipelines.backlog import ledger_errors
 from prism_pipelines.errors import PrismError
 from prism_pipelines.ledger import Ledger
-from prism_pipelines.status import ledger_errors
 
 REMIND_AFTER = timedelta(hours=1)
 TIMEOUT_SECONDS = 10

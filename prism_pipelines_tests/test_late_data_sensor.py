@@ -13,7 +13,7 @@ import orjson
 from dagster import build_schedule_context, build_sensor_context
 from sqlalchemy import text
 
-from prism_pipelines.status import ACTIVE, PAUSED
+from prism_pipelines.dagster_defs.status import ACTIVE, PAUSED
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_status import cli, status_of
 

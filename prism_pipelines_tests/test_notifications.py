@@ -13,8 +13,8 @@ from dagster import build_sensor_context
 from sqlalchemy import update
 
 from prism_pipelines.dagster_defs import checks
+from prism_pipelines.dagster_defs.status import ERROR
 from prism_pipelines.notifications import notified
-from prism_pipelines.status import ERROR
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_status import local, status_of
 

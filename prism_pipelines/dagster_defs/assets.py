@@ -22,8 +22,10 @@ from dagster import (
 from pydantic import Field
 
 from prism_pipelines.dagster_defs import checks
+from prism_pipelines.dagster_defs.names import asset_key
 from prism_pipelines.dagster_defs.partitions import hours_in
 from prism_pipelines.dagster_defs.resources import PrismResource
+from prism_pipelines.hours import partition_key
 from prism_pipelines.sinks import build_sink
 from prism_pipelines.sync import SyncError, deliver_partition
 
@@ -39,15 +41,6 @@ KINDS = {
     "pubsub": "pubsub",
     "datadog": "datadog",
 }
-
-
-def asset_key(name: str) -> AssetKey:
-    return AssetKey(["prism", name])
-
-
-def partition_key(moment) -> str:
-    """The hourly partition key (Dagster's default format) of the hour ``moment`` falls in."""
-    return moment.strftime("%Y-%m-%d-%H:00")
 
 
 gateway_table = AssetSpec(

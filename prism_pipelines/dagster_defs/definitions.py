@@ -13,15 +13,15 @@ from prism_pipelines.dagster_defs.resources import PrismResource
 from prism_pipelines.dagster_defs.schedules import sync_schedule
 from prism_pipelines.dagster_defs.sensors import failure_sensor, late_data_sensor
 from prism_pipelines.integrations import IntegrationsFile
-from prism_pipelines.ledger import Ledger
 
 
-def build_definitions(config: IntegrationsFile, ledger: Ledger | None = None) -> Definitions:
-    ledger = ledger or Ledger()
+def build_definitions(config: IntegrationsFile) -> Definitions:
+    """Reads the integrations file and the ledger; writes nothing (the code location loads in
+    every process that serves or inspects it)."""
     prism = PrismResource.from_settings(config.source)
     assets, jobs, schedules, sensors = [gateway_table], [], [], []
     for integration in config.integrations:
-        partitions_def = partitions_for(integration, ledger)
+        partitions_def = partitions_for(integration)
         job = sync_job(integration)
         assets.append(integration_asset(integration, partitions_def))
         jobs += [job, validate_job(integration)]

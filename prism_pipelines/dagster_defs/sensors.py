@@ -23,9 +23,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
@@ -35,28 +37,42 @@ from dagster import (
     run_failure_sensor,
     sensor,
 )
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
-from dagster._core.definitions.asset_checks.asset_check_spec import AssetCheckSeverity
 
+from prism_pipelines.backlog import backlog, first_configured, lookback
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.assets import asset_key, partition_key
+from prism_pipelines.dagster_defs.names import (
+    asset_key,
+    late_data_sensor_name,
+    sync_job_name,
+)
 from prism_pipelines.dagster_defs.resources import PrismResource
+from prism_pipelines.dagster_defs.status import is_paused, run_failure_message
+from prism_pipelines.errors import PrismError
+from prism_pipelines.hours import floor_hour, partition_key, utcnow
 from prism_pipelines.integrations import IntegrationsFile
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.notifications import Failure, NotificationError, notify_failure
-from prism_pipelines.status import (
-    backlog,
-    code_location_handle,
-    first_configured,
-    floor_hour,
-    is_paused,
-    lookback,
-    run_failure_message,
-)
 
 #: a requested hour that is still behind after this long is requested again (its run failed)
 RETRY_AFTER = timedelta(hours=1)
-MIN_INTERVAL_SECONDS = 300
+DEFAULT_INTERVAL_SECONDS = 300
+
+
+def late_data_interval_seconds() -> int:
+    """``PRISM_LATE_DATA_INTERVAL_SECONDS`` (default 300), read when the definitions load."""
+    value = os.environ.get("PRISM_LATE_DATA_INTERVAL_SECONDS", "").strip()
+    if not value:
+        return DEFAULT_INTERVAL_SECONDS
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise PrismError(
+            f"PRISM_LATE_DATA_INTERVAL_SECONDS must be a whole number of seconds >= 1, "
+            f"got {value!r}"
+        )
+    return seconds
 
 
 @dataclass
@@ -98,9 +114,9 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
     grace = timedelta(minutes=integration.grace_minutes)
 
     @sensor(
-        name=f"{name}_late_data",
+        name=late_data_sensor_name(name),
         job=sync_job,
-        minimum_interval_seconds=max(MIN_INTERVAL_SECONDS, 60 * integration.sync_interval_minutes),
+        minimum_interval_seconds=late_data_interval_seconds(),
         default_status=DefaultSensorStatus.STOPPED
         if integration.paused
         else DefaultSensorStatus.RUNNING,
@@ -108,15 +124,15 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
         "arrivals, paused periods, failed runs).",
     )
     def _late_data(context: SensorEvaluationContext):
-        now = datetime.now(UTC)
-        handle = code_location_handle(context.code_location_origin, context.repository_name)
-        if context.repository_def is not None and is_paused(
-            context.instance, context.repository_def, name, handle
-        ):
+        now = utcnow()
+        origin = context.code_location_origin  # None in build_sensor_context
+        if is_paused(context.instance, integration, origin.location_name if origin else None):
             return SkipReason(f"'{name}' is paused (its schedule is stopped); resume to catch up")
         cursor = LateDataCursor.parse(context.cursor)
         source, ledger = prism.source(), prism.ledger()
         try:
+            if integration.history.since is None:  # records the partitions' start (read at load)
+                ledger.first_configured(name, now=partitions_def.start)
             end = floor_hour(now - grace)  # hours before this one are closed and past grace
             if integration.history.until:
                 end = min(end, integration.history.until)
@@ -168,7 +184,7 @@ def _report_freshness(context, integration, ledger: Ledger, now: datetime) -> No
     """Record the freshness check when its outcome changed since its last evaluation."""
     evaluation = checks.freshness_evaluation(integration, ledger, now)
     if "last_success_at" not in evaluation.metadata:  # never synced successfully
-        configured = first_configured(ledger, integration.name)
+        configured = first_configured(integration.name, ledger.url)
         allowed = timedelta(minutes=2 * integration.sync_interval_minutes)
         if configured is None or now - configured <= allowed:
             return  # just configured: the schedule has not had its chance yet
@@ -207,7 +223,7 @@ def failure_sensor(config: IntegrationsFile):
         run = context.dagster_run
         name = run.tags.get("prism/integration")
         integration = integrations.get(name)
-        if integration is None or run.job_name != f"{name}_sync":
+        if integration is None or run.job_name != sync_job_name(name):
             return
         error = run_failure_message(context.instance, run.run_id) or context.failure_event.message
         error = integration.scrub(error or "the run failed")
