@@ -771,7 +771,7 @@ def child_ours(scope: str, table: str, out: Path, args: dict, sink_type: str = "
         )
     else:
         integration, _ = _integration(out)
-    _fresh_ledger()
+    ledger = _fresh_ledger()
     source = GatewaySource(SOURCE_URL, table=table)
     sink = build_sink(integration)
     started = time.perf_counter()
@@ -1050,7 +1050,7 @@ def child_send(scope: str, table: str, out: Path, args: dict, kind: str) -> dict
     from prism_pipelines.sync import deliver_partition
 
     integration = _sender_integration(kind, args)
-    _fresh_ledger()
+    ledger = _fresh_ledger()
     source = GatewaySource(SOURCE_URL, table=table)
     sink = build_sink(integration)
     started = time.perf_counter()
