@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import yaml
 from dagster import build_schedule_context, build_sensor_context
 from sqlalchemy import text
 
@@ -45,6 +49,38 @@ def tick(prism, cursor: str | None = None, name: str = "archive_late_data"):
         instance=prism.instance, cursor=cursor, repository_def=repository
     )
     return repository.get_sensor_def(name).evaluate_tick(context)
+
+
+def serve(prism, location: str = "prism_export", name: str = "archive") -> None:
+    """What a user's toggles in the UI do: stop the integration's schedule and sensor through
+    ``dagster`` (a separate process loading the code location from a workspace whose location
+    is not named as in the project's workspace.yaml), so the instance holds their states."""
+    workspace = prism.folder / "workspace.yaml"
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "prism_pipelines.definitions",
+                            "location_name": location,
+                        }
+                    }
+                ]
+            }
+        )
+    )
+    dagster = str(Path(sys.executable).parent / "dagster")
+    env = {**os.environ, "DAGSTER_HOME": str(prism.instance.root_directory)}
+    for kind, instigator in (("schedule", f"{name}_schedule"), ("sensor", f"{name}_late_data")):
+        done = subprocess.run(
+            [dagster, kind, "stop", instigator, "-w", str(workspace)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def delivered_ids(folder: Path) -> Counter:
@@ -143,6 +179,10 @@ def test_paused_integration_catches_up_every_hour_after_resume(prism, gateway, t
     prism.configure(archive(tmp_path), source={"settle_seconds": 0})
     gateway.insert_rows([gateway_rows(hours_ago(5), 10)])
     prism.sync("archive", key(hours_ago(5)))
+    serve(prism)  # stopped in the UI, in a location not named as in workspace.yaml
+    assert status_of(prism, gateway).status == PAUSED
+    assert "code location prism_export" in cli(prism, "resume", "archive")
+    assert status_of(prism, gateway).status == ACTIVE
 
     assert "Paused" in cli(prism, "pause", "archive")
     assert status_of(prism, gateway).status == PAUSED
