@@ -220,3 +220,39 @@ def test_paused_integration_catches_up_every_hour_after_resume(prism, gateway, t
     assert sum(ids.values()) == 10 + 15 + 12 + 5
     assert tick(prism, caught_up.cursor).run_requests == []
     assert status_of(prism, gateway).pending_rows == 0
+
+
+def test_historical_data_is_requested_once_and_again_when_since_moves_earlier(prism, tmp_path):
+    """No manual backfill: the hours from ``history.since`` to where the late-data sensor's
+    look-back begins, in runs of at most a day, requested once."""
+    prism.configure(archive(tmp_path, history={"since": hours_ago(100).isoformat()}))
+    first = tick(prism, name="archive_history")
+    end = (datetime.now(UTC) - timedelta(minutes=15)).replace(minute=0, second=0, microsecond=0)
+    end -= timedelta(hours=48)
+
+    def ranges(result) -> list[tuple[str, str]]:
+        assert all(r.tags["prism/trigger"] == "history" for r in result.run_requests)
+        return [
+            (
+                r.tags["dagster/asset_partition_range_start"],
+                r.tags["dagster/asset_partition_range_end"],
+            )
+            for r in result.run_requests
+        ]
+
+    requested = ranges(first)
+    assert requested[0][0] == key(hours_ago(100))
+    assert requested[-1][1] == key(end - timedelta(hours=1))
+    hours = [datetime.strptime(k, "%Y-%m-%d-%H:%M") for pair in requested for k in pair]
+    assert all(b - a <= timedelta(hours=23) for a, b in zip(hours[::2], hours[1::2], strict=True))
+    assert all(b - a == timedelta(hours=1) for a, b in zip(hours[1::2], hours[2::2], strict=False))
+    assert tick(prism, first.cursor, name="archive_history").run_requests == []
+
+    # Moved earlier: only the new hours, once.
+    prism.configure(archive(tmp_path, history={"since": hours_ago(130).isoformat()}))
+    earlier = tick(prism, first.cursor, name="archive_history")
+    assert ranges(earlier) == [
+        (key(hours_ago(130)), key(hours_ago(107))),
+        (key(hours_ago(106)), key(hours_ago(101))),
+    ]
+    assert tick(prism, earlier.cursor, name="archive_history").run_requests == []

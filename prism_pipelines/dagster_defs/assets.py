@@ -23,7 +23,7 @@ from pydantic import Field
 
 from prism_pipelines.dagster_defs import checks
 from prism_pipelines.dagster_defs.names import asset_key
-from prism_pipelines.dagster_defs.partitions import hours_in
+from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.dagster_defs.resources import PrismResource
 from prism_pipelines.hours import partition_key
 from prism_pipelines.sinks import build_sink
@@ -80,7 +80,7 @@ def integration_asset(integration, partitions_def):
         source, ledger = prism.source(), prism.ledger()
         failures = []
         try:
-            for hour in hours_in(context.partition_time_window):
+            for hour in hours_between(*context.partition_time_window):
                 hour = hour.astimezone(UTC)
                 try:
                     result = deliver_partition(

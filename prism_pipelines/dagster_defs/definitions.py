@@ -1,6 +1,6 @@
 """Builds every Dagster object from the integrations file, in one place: per integration an
-asset (with its checks), ``<name>_sync`` and ``<name>_validate`` jobs, ``<name>_schedule`` and the
-``<name>_late_data`` sensor; and one ``prism_sync_failures`` sensor for all of them."""
+asset (with its checks), ``<name>_sync`` and ``<name>_validate`` jobs, ``<name>_schedule``, the
+``<name>_late_data`` and ``<name>_history`` sensors; one ``prism_sync_failures`` for all."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from prism_pipelines.dagster_defs.jobs import dashboard_job, sync_job, validate_
 from prism_pipelines.dagster_defs.partitions import partitions_for
 from prism_pipelines.dagster_defs.resources import PrismResource
 from prism_pipelines.dagster_defs.schedules import sync_schedule
-from prism_pipelines.dagster_defs.sensors import failure_sensor, late_data_sensor
+from prism_pipelines.dagster_defs.sensors import failure_sensor, history_sensor, late_data_sensor
 from prism_pipelines.integrations import IntegrationsFile
 
 
@@ -29,6 +29,7 @@ def build_definitions(config: IntegrationsFile) -> Definitions:
             jobs.append(dashboard_job(integration))
         schedules.append(sync_schedule(integration, job, partitions_def))
         sensors.append(late_data_sensor(integration, job, partitions_def, prism))
+        sensors.append(history_sensor(integration, job, partitions_def))
     sensors.append(failure_sensor(config))
     return Definitions(
         assets=assets,

@@ -20,6 +20,10 @@ def late_data_sensor_name(name: str) -> str:
     return f"{name}_late_data"
 
 
+def history_sensor_name(name: str) -> str:
+    return f"{name}_history"
+
+
 def sync_run_config(name: str, full_redelivery: bool) -> dict:
     """Run config of ``<name>_sync``: the asset's op is named after its key."""
     op = asset_key(name).to_python_identifier()

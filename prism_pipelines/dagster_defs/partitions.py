@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from dagster import HourlyPartitionsDefinition, TimeWindow
+from dagster import HourlyPartitionsDefinition
 
 from prism_pipelines.backlog import first_configured
 from prism_pipelines.hours import HOUR, floor_hour, utcnow
@@ -25,10 +25,11 @@ def partitions_for(integration, state_url: str | None = None) -> HourlyPartition
     )
 
 
-def hours_in(window: TimeWindow) -> list[datetime]:
-    """The partition hours of a (possibly multi-partition) run's time window."""
-    hours, hour = [], window.start
-    while hour < window.end:
+def hours_between(start: datetime, end: datetime) -> list[datetime]:
+    """The partition hours in ``[start, end)``: a (multi-partition) run's time window, a range
+    of history."""
+    hours, hour = [], start
+    while hour < end:
         hours.append(hour)
         hour += HOUR
     return hours

@@ -40,11 +40,14 @@ from dagster import (
 
 from prism_pipelines.backlog import backlog, first_configured, lookback
 from prism_pipelines.dagster_defs import checks
+from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
 from prism_pipelines.dagster_defs.names import (
     asset_key,
+    history_sensor_name,
     late_data_sensor_name,
     sync_job_name,
 )
+from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.dagster_defs.resources import PrismResource
 from prism_pipelines.dagster_defs.status import is_paused, run_failure_message
 from prism_pipelines.errors import PrismError
@@ -178,6 +181,75 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
         )
 
     return _late_data
+
+
+def history_sensor(integration, sync_job, partitions_def):
+    """``<name>_history``: the historical data of ``history.since``, requested once, without a
+    manual backfill.
+
+    When ``since`` is new, or moved earlier than what was already requested, it requests the
+    hours from ``since`` up to where the late-data sensor's look-back begins (that sensor takes
+    the recent hours), as runs of ``HOURS_PER_BACKFILL_RUN`` hours each, the way a backfill with
+    the asset's policy splits them. Its cursor is the earliest hour requested, so each hour is
+    asked for once; the runs queue behind the integration's run limit (dagster.yaml). Dagster
+    1.13 has no public way for a sensor to launch a backfill object
+    (``RunRequest.for_asset_graph_subset`` is documented private), so these are runs: the
+    asset's partitions view shows the hours filling in."""
+    name = integration.name
+    grace = timedelta(minutes=integration.grace_minutes)
+
+    @sensor(
+        name=history_sensor_name(name),
+        job=sync_job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.STOPPED
+        if integration.paused
+        else DefaultSensorStatus.RUNNING,
+        description=f"Sync the historical data of '{name}' (history.since) once, when it is "
+        "new or moved earlier.",
+    )
+    def _history(context: SensorEvaluationContext):
+        since = integration.history.since
+        if since is None:
+            return SkipReason(f"'{name}' has no historical data (history: none)")
+        origin = context.code_location_origin  # None in build_sensor_context
+        if is_paused(context.instance, integration, origin.location_name if origin else None):
+            return SkipReason(f"'{name}' is paused (its schedule is stopped)")
+        now = utcnow()
+        start = floor_hour(since)
+        requested_from = datetime.fromisoformat(context.cursor) if context.cursor else None
+        end = floor_hour(now - grace) - lookback()  # the late-data sensor's look-back begins
+        if integration.history.until:
+            end = min(end, floor_hour(integration.history.until))
+        if requested_from is not None:
+            end = min(end, requested_from)
+        if start >= end:
+            return SensorResult(
+                cursor=min(start, requested_from or start).isoformat(),
+                skip_reason=f"the historical data of '{name}' from {start:%Y-%m-%d %H:%M} UTC "
+                "is requested already or recent enough for the late-data sensor",
+            )
+        keys = [partition_key(hour) for hour in hours_between(start, end)]
+        requests = []
+        for i in range(0, len(keys), HOURS_PER_BACKFILL_RUN):
+            first, last = keys[i], keys[min(i + HOURS_PER_BACKFILL_RUN, len(keys)) - 1]
+            requests.append(
+                RunRequest(
+                    run_key=f"history:{first}:{last}",
+                    tags={
+                        "dagster/asset_partition_range_start": first,
+                        "dagster/asset_partition_range_end": last,
+                        "prism/trigger": "history",
+                    },
+                )
+            )
+        context.log.info(
+            f"historical data of '{name}': {len(keys)} hours from {keys[0]} to {keys[-1]} in "
+            f"{len(requests)} runs"
+        )
+        return SensorResult(run_requests=requests, cursor=start.isoformat())
+
+    return _history
 
 
 def _report_freshness(context, integration, ledger: Ledger, now: datetime) -> None:
