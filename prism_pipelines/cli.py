@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import warnings
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -52,8 +52,14 @@ def main() -> None:
 @click.option("--rows", default=200_000, show_default=True, help="How many requests to create.")
 @click.option("--hours", default=24, show_default=True, help="Spread over this many past hours.")
 @click.option("--seed", default=7, show_default=True, help="Same seed, same traffic.")
-def seed_demo(rows: int, hours: int, seed: int) -> None:
-    """Fill the gateway table (PRISM_SOURCE_URL, else the embedded SQLite) with demo traffic."""
+@click.option("--live", is_flag=True, help="Instead: keep inserting current traffic until Ctrl-C.")
+@click.option("--rate", default=3.0, show_default=True, help="With --live: requests a second.")
+@click.option("--minutes", type=float, help="With --live: stop after this many minutes.")
+def seed_demo(
+    rows: int, hours: int, seed: int, live: bool, rate: float, minutes: float | None
+) -> None:
+    """Fill the gateway table (PRISM_SOURCE_URL, else the embedded SQLite) with demo traffic;
+    with --live, keep it coming, as a gateway in use would (watch it with `make ui`)."""
     from tqdm import tqdm
 
     from prism_pipelines.demo import generate_rows
@@ -61,6 +67,9 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
 
     source = GatewaySource()
     source.create_table()
+    if live:
+        _live_traffic(source, rate, minutes, seed)
+        return
     end = floor_hour(utcnow())
     start = end - hours * HOUR
     with tqdm(total=rows, unit="rows", desc="seeding demo traffic", unit_scale=True) as bar:
@@ -75,6 +84,42 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
         f"{rows:,} requests from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC "
         f"in {redact(source.url)}"
     )
+
+
+def _live_traffic(source, rate: float, minutes: float | None, seed: int) -> None:
+    """Every second, the requests of the second just gone (about ``rate`` of them)."""
+    import time
+
+    import numpy as np
+
+    from prism_pipelines.demo import generate_rows
+
+    if rate <= 0:
+        raise click.BadParameter(f"--rate must be above 0, got {rate}")
+    rng = np.random.default_rng(seed)
+    stop = time.monotonic() + minutes * 60 if minutes else None
+    click.echo(
+        f"inserting about {rate:g} requests a second into {redact(source.url)}"
+        f"{f' for {minutes:g} min' if minutes else ''}; Ctrl-C stops"
+    )
+    inserted, tick = 0, 0
+    try:
+        while stop is None or time.monotonic() < stop:
+            time.sleep(1)
+            now, tick = utcnow(), tick + 1
+            count = int(rng.poisson(rate))
+            if count:
+                # a new seed each second: new request ids, the same realistic mix
+                batches = generate_rows(
+                    count, start=now - timedelta(seconds=1), end=now, seed=seed * 1_000_003 + tick
+                )
+                source.insert_rows(batches)
+                inserted += count
+            if tick % 60 == 0:
+                click.echo(f"{now:%H:%M:%S} UTC: {inserted:,} requests inserted")
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"{inserted:,} live requests inserted")
 
 
 @main.command()
@@ -103,7 +148,9 @@ def sync(
     if not keys:
         keys = [partition_key(utcnow())]
     job = defs.resolve_job_def(sync_job_name(name))
-    run_config = sync_run_config(name, full)
+    # Dagster's step-by-step DEBUG log is the UI's business; warnings and errors still show.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    run_config = {**sync_run_config(name, full), **quiet}
     failed = False
     with DagsterInstance.get() as instance:
         for i in range(0, len(keys), HOURS_PER_BACKFILL_RUN):
