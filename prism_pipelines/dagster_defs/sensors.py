@@ -45,11 +45,15 @@ from prism_pipelines.dagster_defs.names import (
     asset_key,
     history_sensor_name,
     late_data_sensor_name,
-    sync_job_name,
 )
 from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.dagster_defs.resources import PrismResource
-from prism_pipelines.dagster_defs.status import is_paused, run_failure_message
+from prism_pipelines.dagster_defs.status import (
+    integration_of_run,
+    is_paused,
+    is_sync_run,
+    run_failure_message,
+)
 from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import floor_hour, partition_key, utcnow
 from prism_pipelines.integrations import IntegrationsFile
@@ -293,9 +297,9 @@ def failure_sensor(config: IntegrationsFile):
     )
     def _failures(context: RunFailureSensorContext):
         run = context.dagster_run
-        name = run.tags.get("prism/integration")
+        name = integration_of_run(run)
         integration = integrations.get(name)
-        if integration is None or run.job_name != sync_job_name(name):
+        if integration is None or not is_sync_run(run, name):
             return
         error = run_failure_message(context.instance, run.run_id) or context.failure_event.message
         error = integration.scrub(error or "the run failed")

@@ -33,7 +33,12 @@ from prism_pipelines.backlog import (
     newest_delivered_event,
     pending_rows,
 )
-from prism_pipelines.dagster_defs.names import late_data_sensor_name, schedule_name, sync_job_name
+from prism_pipelines.dagster_defs.names import (
+    asset_key,
+    late_data_sensor_name,
+    schedule_name,
+    sync_job_name,
+)
 from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import PARTITION_KEY_FORMAT, utc, utcnow
 from prism_pipelines.ledger import Ledger
@@ -149,6 +154,59 @@ def run_failure_message(instance: DagsterInstance, run_id: str) -> str | None:
     return "\n".join(messages) or None
 
 
+#: how many of the latest backfills are searched for the integration's asset
+BACKFILLS_SEARCHED = 50
+
+
+def sync_run_records(
+    instance: DagsterInstance, name: str, statuses: list[DagsterRunStatus], limit: int
+) -> list:
+    """The integration's sync runs, newest first: runs of ``<name>_sync`` and the runs of
+    backfills of its asset launched from the UI, which Dagster runs as its asset job without the
+    integration's tag (found by the backfill's asset selection)."""
+    records = list(
+        instance.get_run_records(
+            RunsFilter(job_name=sync_job_name(name), statuses=statuses), limit=limit
+        )
+    )
+    key = asset_key(name)
+    for backfill in instance.get_backfills(limit=BACKFILLS_SEARCHED):
+        if key not in (backfill.asset_selection or []):
+            continue
+        records += [
+            record
+            for record in instance.get_run_records(
+                RunsFilter(tags={"dagster/backfill": backfill.backfill_id}, statuses=statuses),
+                limit=limit,
+            )
+            if record.dagster_run.job_name != sync_job_name(name)
+            and key in (record.dagster_run.asset_selection or {key})
+        ]
+    records.sort(key=lambda record: record.create_timestamp, reverse=True)
+    return records[:limit]
+
+
+def integration_of_run(run) -> str | None:
+    """The integration a run syncs: its tag, else the one prism asset it selects (a backfill
+    launched from the UI)."""
+    if run.tags.get("prism/integration"):
+        return run.tags["prism/integration"]
+    names = {
+        key.path[1]
+        for key in run.asset_selection or ()
+        if len(key.path) == 2 and key.path[0] == asset_key("").path[0]
+    }
+    return names.pop() if len(names) == 1 else None
+
+
+def is_sync_run(run, name: str) -> bool:
+    """A run of ``<name>_sync``, or an untagged backfill run of the integration's asset (not its
+    validate or dashboard job)."""
+    if run.job_name == sync_job_name(name):
+        return True
+    return "prism/integration" not in run.tags and integration_of_run(run) == name
+
+
 # -- the status ----------------------------------------------------------------------------------
 
 
@@ -187,8 +245,8 @@ def integration_status(
     now = now or utcnow()
     name = integration.name
     job = sync_job_name(name)
-    in_progress = instance.get_run_records(RunsFilter(job_name=job, statuses=IN_PROGRESS), limit=1)
-    finished = instance.get_run_records(RunsFilter(job_name=job, statuses=FINISHED), limit=1)
+    in_progress = sync_run_records(instance, name, IN_PROGRESS, limit=1)
+    finished = sync_run_records(instance, name, FINISHED, limit=1)
     errors = ledger_errors(ledger, name)
 
     error, error_since, error_partition = errors.error, errors.error_since, errors.error_partition
@@ -311,9 +369,7 @@ def sync_history(instance: DagsterInstance, name: str, limit: int = 20) -> list[
     each run's materialization events (one per partition, with the sync's metadata) summed,
     and, for a failed run, its error."""
     history = []
-    for record in instance.get_run_records(
-        RunsFilter(job_name=sync_job_name(name), statuses=FINISHED), limit=limit
-    ):
+    for record in sync_run_records(instance, name, FINISHED, limit):
         run = record.dagster_run
         totals = {"records": 0, "rejects": 0, "units": 0, "bytes": 0}
         keys = []
