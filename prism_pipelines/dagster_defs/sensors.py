@@ -1,4 +1,5 @@
-"""Sensors: ``<name>_late_data`` per integration, and ``prism_sync_failures`` for all of them.
+"""Sensors: ``<name>_late_data`` and ``<name>_history`` per integration (``history_sensor``
+says how the second requests the historical data once), and ``prism_sync_failures`` for all.
 
 ``<name>_late_data`` finds closed hours (older than the grace period, within the partitions)
 whose source rows are not all in the ledger — rows that arrived after the schedule stopped
