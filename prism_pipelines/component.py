@@ -29,8 +29,8 @@ class PrismIntegrations(dg.Component, dg.Model, dg.Resolvable):
     """Prism Gateway request logs to storage, queues and Datadog.
 
     Per integration an hourly-partitioned asset ``prism/<name>`` with its checks, the
-    ``<name>_sync`` and ``<name>_validate`` jobs, ``<name>_schedule`` and the ``<name>_late_data``
-    sensor; one ``prism_sync_failures`` sensor for all."""
+    ``<name>_sync`` and ``<name>_validate`` jobs, ``<name>_schedule``, the ``<name>_late_data`` and
+    ``<name>_history`` sensors; one ``prism_sync_failures`` sensor for all."""
 
     # Passthrough: Dagster's templating would turn ``{{ env.X }}`` into the secret's value inside
     # the definitions; the file's models take the raw entries and reject inline secrets.

@@ -67,7 +67,11 @@ def test_example_project_materializes_a_partition_into_the_archive(
     monkeypatch.syspath_prepend(str(project / "src"))
     defs = importlib.import_module("my_project.definitions").defs()
     assert {s.name for s in defs.schedules} == {"archive_local_schedule"}
-    assert {s.name for s in defs.sensors} == {"archive_local_late_data", "prism_sync_failures"}
+    assert {s.name for s in defs.sensors} == {
+        "archive_local_late_data",
+        "archive_local_history",
+        "prism_sync_failures",
+    }
     result = defs.resolve_job_def("archive_local_sync").execute_in_process(
         instance=dagster_instance, partition_key=partition_key(hour)
     )
