@@ -746,9 +746,9 @@ def explain_status_queries() -> list[str]:
     with a ledger that delivered its first hours (so the lag query has a cursor to look up)."""
     from sqlalchemy import event
 
+    from prism_pipelines.backlog import backlog, newest_delivered_event
     from prism_pipelines.sinks import build_sink
     from prism_pipelines.source import GatewaySource
-    from prism_pipelines.backlog import backlog, newest_delivered_event
     from prism_pipelines.sync import deliver_partition
 
     ledger = _fresh_ledger()
