@@ -22,7 +22,8 @@ when present, else the same settings written here), the code location's gRPC cod
   from the backfill's launch to its last run's end; every row in the archive exactly once.
 - ``freshness``: live traffic for ``--minutes`` minutes under 1-minute schedules, to the local
   archive and to SQS on moto; per record, the time it became readable (file seen in the
-  folder; message received by a consumer that polls without pause) minus its ``ingested_at``.
+  folder; the queue's ``SentTimestamp`` of its message, on moto started by
+  ``bench/moto_server.py``) minus its ``ingested_at``.
 """
 
 from __future__ import annotations
@@ -544,8 +545,9 @@ class ArchiveWatch(threading.Thread):
 
 
 class QueueWatch(threading.Thread):
-    """When each record became readable in an SQS queue: received by this consumer, which
-    long-polls without pause and deletes what it received."""
+    """When each record became readable in an SQS queue: the message's ``SentTimestamp`` (when
+    the queue accepted it), read by a consumer that deletes what it received, so how fast the
+    consumer itself keeps up does not count."""
 
     def __init__(self, client, queue_url: str):
         super().__init__(daemon=True)
@@ -556,11 +558,16 @@ class QueueWatch(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             messages = self.client.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                AttributeNames=["SentTimestamp"],
             ).get("Messages", [])
-            at = time.time()
             for message in messages:
-                self.readable.setdefault(json.loads(message["Body"])["request_id"], at)
+                self.readable.setdefault(
+                    json.loads(message["Body"])["request_id"],
+                    int(message["Attributes"]["SentTimestamp"]) / 1000,
+                )
             if messages:
                 self.client.delete_message_batch(
                     QueueUrl=self.queue_url,
@@ -576,7 +583,8 @@ def freshness(folder: Path, minutes: float, rate: int) -> None:
     archive = folder / "archive"
     hour = floor_hour(utcnow())
     print(f"freshness: {minutes:g} min of {rate} requests/s, 1-minute schedules", flush=True)
-    with run_moto(folder) as moto:
+    # moto without its walk of the queue on every send (bench/moto_server.py says why)
+    with run_moto(folder, script=BENCH / "moto_server.py") as moto:
         sqs = moto.client("sqs")
         queue_url = sqs.create_queue(QueueName="prism-freshness")["QueueUrl"]
         integrations = [
