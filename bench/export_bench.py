@@ -51,7 +51,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 SOURCE_DB = "prism_bench"
-STATE_DB = "prism_bench_state"
+#: the ledger's database; PRISM_BENCH_STATE_DB names another (benchmarks of branches whose
+#: migrations differ cannot share one)
+STATE_DB = os.environ.get("PRISM_BENCH_STATE_DB", "prism_bench_state")
 SOURCE_URL = f"{PG_SERVER}/{SOURCE_DB}"
 STATE_URL = f"{PG_SERVER}/{STATE_DB}"
 BACKFILL_TABLE = "prism_request_logs_backfill"
