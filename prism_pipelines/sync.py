@@ -6,8 +6,9 @@ A sync of hour H, in order:
    out of sequence order below the cursor). They are re-read by their recorded range and sent
    under their recorded location, so storage files are rewritten, not duplicated. With
    ``full=True`` every recorded batch is redone this way.
-2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay,
-   streamed in batches of the integration's ``rows_per_batch``. A batch is opened in the
+2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay
+   (by the gateway database's clock; a row stamped in the future is not waited for), streamed in
+   batches of the integration's ``rows_per_batch``. A batch is opened in the
    ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
 
 All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
@@ -28,11 +29,12 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
+from prism_pipelines.hours import utc
 from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch
 from prism_pipelines.records import (
     ROW_ID,
@@ -94,7 +96,7 @@ class SyncResult:
     def metadata(self, now: datetime | None = None) -> dict:
         """Plain values for the run's metadata (the Dagster layer types them)."""
         now = now or datetime.now(UTC)
-        last = _utc(self.last_event)
+        last = utc(self.last_event)
         return {
             "records": self.records,
             "rejects": self.rejects,
@@ -139,24 +141,19 @@ def deliver_partition(
     *,
     full: bool = False,
     settle_seconds: float = 5.0,
-    now: datetime | None = None,
     who: str | None = None,
 ) -> SyncResult:
     """Deliver hour ``hour`` of the gateway's logs to ``sink``; see the module docstring.
     ``who`` names the run for other runs' messages (``PartitionBusy``)."""
     try:
         with ledger.lease(integration.name, hour, who) as lease:
-            return _deliver(
-                integration, sink, source, ledger, hour, lease, full, settle_seconds, now
-            )
+            return _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds)
     except LeaseError as exc:
         # Not the partition's failure (another run is delivering it): not recorded as its error.
         raise SyncError(integration.scrub(str(exc))) from None
 
 
-def _deliver(
-    integration, sink, source, ledger, hour, lease, full, settle_seconds, now
-) -> SyncResult:
+def _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds) -> SyncResult:
     started = time.monotonic()
     name = integration.name
     recorded_batches = ledger.batches(name, hour)
@@ -194,10 +191,9 @@ def _deliver(
         # Redone batches lie below the cursor, and no other run moves it while this one holds
         # the lease: the cursor is still the one read at the start.
         cursor = result.cursor_before
-        settled_before = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
-            hour, after_id=cursor, settled_before=settled_before, chunk_rows=chunk_rows
+            hour, after_id=cursor, settle_seconds=settle_seconds, chunk_rows=chunk_rows
         )
         with closing(stream):
             settled = _until_unsettled(stream, result)
@@ -298,7 +294,7 @@ def _send(
     result: SyncResult,
     through_id: int | None = None,
 ) -> None:
-    batch._chunks = _chunks(batch, row_chunks, integration.fields)
+    batch._chunks = _chunks(batch, row_chunks, integration.fields, result.counters)
     ledger.start_batch(batch, sink.location_for(batch), lease)
     delivery = sink.deliver(batch)
     if delivery.records + len(delivery.rejects) != batch.records:
@@ -320,29 +316,30 @@ def _send(
     gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 
 
-def _chunks(batch: Batch, row_chunks: Iterator[list[tuple]], fields) -> Iterator[Chunk]:
+def _chunks(
+    batch: Batch, row_chunks: Iterator[list[tuple]], fields, counters: Counter
+) -> Iterator[Chunk]:
     """Rows → exported records, with the batch's range, counts and event times kept up to
     date as the sink reads."""
     stamp = itemgetter(ROW_TIMESTAMP)
     for rows in row_chunks:
-        records, ids, rejects = build_records(rows, fields)
+        records, ids, rejects = build_records(rows, fields, counters)
         batch.through_id = rows[-1][ROW_ID]
         batch.records += len(records)
         batch.rejects.extend(rejects)
-        # The rows' timestamps are the record's text, which sorts as the times do.
-        first = datetime.fromisoformat(min(map(stamp, rows)))
-        last = datetime.fromisoformat(max(map(stamp, rows)))
-        batch.first_event = first if batch.first_event is None else min(batch.first_event, first)
-        batch.last_event = last if batch.last_event is None else max(batch.last_event, last)
+        # The rows' timestamps are the record's text, which sorts as the times do (None: a
+        # time that is not one, rejected).
+        stamps = list(filter(None, map(stamp, rows)))
+        if stamps:
+            first = datetime.fromisoformat(min(stamps))
+            last = datetime.fromisoformat(max(stamps))
+            batch.first_event = (
+                first if batch.first_event is None else min(batch.first_event, first)
+            )
+            batch.last_event = last if batch.last_event is None else max(batch.last_event, last)
         yield Chunk(records, ids)
 
 
 def _reason_kind(reason: str) -> str:
     """Group rejects by the kind of reason (the text before the first colon)."""
     return reason.split(":", 1)[0]
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
