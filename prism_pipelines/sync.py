@@ -76,6 +76,7 @@ class SyncResult:
     held_back: bool = False
     seconds: float = 0.0
     counters: Counter = field(default_factory=Counter)
+    refused: Counter = field(default_factory=Counter)
     locations: list[str] = field(default_factory=list)
 
     def add(self, batch: Batch, delivery) -> None:
@@ -87,6 +88,7 @@ class SyncResult:
         self.requests += delivery.requests
         self.retries += delivery.retries
         self.counters.update(delivery.counters)
+        self.refused.update(delivery.refused)
         if delivery.location:
             self.locations.append(delivery.location)
         if batch.first_event is not None:
@@ -101,6 +103,7 @@ class SyncResult:
             "records": self.records,
             "rejects": self.rejects,
             "reject_reasons": dict(self.reject_reasons),
+            "refused_by_destination": dict(self.refused) or None,
             "batches": self.batches,
             "redone_batches": self.redone_batches,
             "files": self.counters.get("files", 0),
