@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import click
 
 from prism_pipelines.database import PROJECT_ROOT, redact
 from prism_pipelines.errors import PrismError
-
-HOUR = timedelta(hours=1)
+from prism_pipelines.hours import HOUR, floor_hour, hour_of_key, parse_time, partition_key
 
 
 def _dagster_home() -> str:
@@ -29,10 +28,30 @@ def _dagster_home() -> str:
     return home
 
 
-def _hour(value: str) -> datetime:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+def _partition_keys(_ctx, param, value):
+    """``--partition``: hour keys as Dagster writes them, checked before anything runs."""
+    values = value if isinstance(value, tuple) else (value,) if value else ()
+    for key in values:
+        try:
+            hour_of_key(key)
+        except ValueError:
+            raise click.BadParameter(
+                f"'{key}' is not an hour key: write it as YYYY-MM-DD-HH:00, e.g. 2026-11-22-14:00",
+                param=param,
+            ) from None
+    return value
+
+
+def _iso_hour(_ctx, param, value: str | None) -> datetime | None:
+    """``--since`` / ``--until``: an ISO 8601 time, as its UTC hour."""
+    if value is None:
+        return None
+    try:
+        return floor_hour(parse_time(value))
+    except ValueError:
+        raise click.BadParameter(
+            f"'{value}' is not an ISO 8601 time, e.g. 2026-11-22T14:00:00Z", param=param
+        ) from None
 
 
 @click.group()
@@ -71,30 +90,55 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--partition", "partitions", multiple=True, help="Hour key, e.g. 2026-11-22-14:00.")
-@click.option("--since", help="Sync every hour from this ISO time ...")
-@click.option("--until", help="... up to (not including) this ISO time; default: now.")
+@click.option(
+    "--partition",
+    "partitions",
+    multiple=True,
+    callback=_partition_keys,
+    help="Hour key, e.g. 2026-11-22-14:00.",
+)
+@click.option("--since", callback=_iso_hour, help="Sync every hour from this ISO time ...")
+@click.option(
+    "--until", callback=_iso_hour, help="... up to (not including) this ISO time; default: now."
+)
 @click.option("--full", is_flag=True, help="Re-deliver everything, not only what is new.")
 def sync(
-    name: str, partitions: tuple[str, ...], since: str | None, until: str | None, full: bool
+    name: str,
+    partitions: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    full: bool,
 ) -> None:
     """Sync hours of integration NAME now (the UI's "Materialize"), through Dagster."""
     _dagster_home()
     from dagster import DagsterInstance
 
-    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, asset_key, partition_key
+    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, asset_key
     from prism_pipelines.definitions import defs
 
     keys = list(partitions)
     if since:
-        hour, end = _hour(since), _hour(until) if until else datetime.now(UTC)
+        hour, end = since, until or datetime.now(UTC)
         while hour <= end:
             keys.append(partition_key(hour))
             hour += HOUR
     if not keys:
         keys = [partition_key(datetime.now(UTC))]
-    job = defs.resolve_job_def(f"{name}_sync")
-    run_config = {"ops": {f"prism__{name}": {"config": {"full_redelivery": full}}}}
+    job = defs.resolve_job_def(f"{_known(name)}_sync")
+    known_keys = set(job.partitions_def.get_partition_keys())
+    outside = [k for k in keys if k not in known_keys]
+    if outside:
+        raise click.BadParameter(
+            f"{', '.join(outside[:3])}{' …' if len(outside) > 3 else ''}: not an hour of "
+            f"integration '{name}' (its hours run from its history.since to now)",
+            param_hint="'--partition' / '--since'",
+        )
+    run_config = {
+        "ops": {f"prism__{name}": {"config": {"full_redelivery": full}}},
+        # The run's events are in the instance (the UI shows them); here, only the summary below
+        # and the failures' messages, without Dagster's stack traces on the console.
+        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+    }
     failed = False
     with DagsterInstance.get() as instance:
         for i in range(0, len(keys), HOURS_PER_BACKFILL_RUN):
@@ -116,8 +160,8 @@ def sync(
             if not result.success:
                 failed = True
                 for event in result.all_events:
-                    if event.is_step_failure and event.step_failure_data.user_failure_data:
-                        click.echo(event.step_failure_data.user_failure_data.description, err=True)
+                    if event.is_step_failure:
+                        click.echo(_failure_text(event.step_failure_data), err=True)
     sys.exit(1 if failed else 0)
 
 
@@ -141,18 +185,39 @@ def validate(name: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--partition", help="Only this hour, e.g. 2026-11-22-14:00.")
+@click.option(
+    "--partition", callback=_partition_keys, help="Only this hour, e.g. 2026-11-22-14:00."
+)
 @click.option("--limit", default=50, show_default=True)
 def rejects(name: str, partition: str | None, limit: int) -> None:
     """List records NAME's destination refused for good, with the reason."""
     from prism_pipelines.ledger import Ledger
 
-    hour = datetime.strptime(partition, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC) if partition else None
+    _known(name)
+    hour = hour_of_key(partition) if partition else None
     found = Ledger().rejects(name, hour, limit)
     for reject in found:
         click.echo(f"{reject['hour']:%Y-%m-%d-%H:%M}  {reject['request_id']}  {reject['reason']}")
     if not found:
         click.echo(f"{name}: no rejects")
+
+
+def _known(name: str) -> str:
+    """``name`` if the integrations file has it; else a clear message naming the ones it has."""
+    from prism_pipelines.integrations import load_integrations
+
+    load_integrations().get(name)
+    return name
+
+
+def _failure_text(data) -> str:
+    """A failed step's message: ours (a ``Failure``) as is, anything else as its first line,
+    never a traceback."""
+    if data.user_failure_data and data.user_failure_data.description:
+        return data.user_failure_data.description
+    if data.error:
+        return f"{data.error.cls_name}: {data.error.message.strip().splitlines()[0]}"
+    return "the sync failed; see the run in the Dagster UI"
 
 
 # -- operating the integrations (docs/operations.md) --------------------------------------------
@@ -363,11 +428,28 @@ def history(name: str, limit: int, as_json: bool) -> None:
 
 
 def run() -> None:
-    """Entry point: a PrismError is a message for the user, not a stack trace."""
+    """Entry point: a PrismError is a message for the user, not a stack trace; so is a database
+    that cannot be reached (without its URL's password or the failing statement)."""
+    import warnings
+
+    from dagster import BetaWarning, PreviewWarning
+    from sqlalchemy.exc import DBAPIError
+
+    # Dagster's notes on its own API (backfill_policy is beta) are for us, not for the user.
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
     try:
         main(standalone_mode=False)
     except PrismError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except DBAPIError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        click.echo(
+            f"error: a database could not be used: {detail}. Check PRISM_SOURCE_URL (the gateway "
+            "database) and PRISM_STATE_URL (the ledger) and that the server is reachable",
+            err=True,
+        )
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()

@@ -109,6 +109,17 @@ def _sqlite_hour_text(hour: datetime) -> str:
     return hour.astimezone(UTC).strftime("%Y-%m-%d %H:00:00")
 
 
+def unknown_columns_problem(columns: Mapping[str, str]) -> str | None:
+    """What is wrong with a mapping of our column names to the gateway's, if anything."""
+    unknown = set(columns) - set(COLUMNS)
+    if not unknown:
+        return None
+    return (
+        f"unknown column name(s) {', '.join(sorted(unknown))}: the keys are our names, one of "
+        f"{', '.join(COLUMNS)}"
+    )
+
+
 def gateway_table(
     name: str = "prism_request_logs",
     columns: Mapping[str, str] | None = None,
@@ -116,12 +127,9 @@ def gateway_table(
 ) -> Table:
     """The gateway table under its real names (``columns`` maps ours to theirs)."""
     columns = dict(columns or {})
-    unknown = set(columns) - set(COLUMNS)
-    if unknown:
-        raise PrismError(
-            f"source.columns names unknown column(s) {', '.join(sorted(unknown))}; "
-            f"ours are: {', '.join(COLUMNS)}"
-        )
+    problem = unknown_columns_problem(columns)
+    if problem:
+        raise PrismError(f"source.columns: {problem}")
     return Table(
         name,
         metadata or MetaData(),
