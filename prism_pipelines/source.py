@@ -187,12 +187,12 @@ class GatewaySource:
     def row_hour(self):
         """The hour a row belongs to (its partition), as the database computes it. On SQLite
         (text): the UTC hour of its ``timestamp`` in any text form, else, for text that is no
-        valid time, the hour its text names (so the row is read, and rejected, in that hour
-        instead of belonging to none)."""
+        valid time but starts with one's date and hour (``2026-11-29 14:75:00``), that hour: so
+        the row is read, and rejected, there instead of belonging to none."""
         ts = self.table.c.timestamp
         if self._postgresql:
             return func.date_trunc("hour", ts)
-        named = func.substr(ts, 1, 10, type_=String) + " " + func.substr(ts, 12, 2) + ":00:00"
+        named = func.strftime(_SQLITE_HOUR_FORMAT, func.substr(ts, 1, 13, type_=String) + ":00:00")
         return func.coalesce(func.strftime(_SQLITE_HOUR_FORMAT, ts), named)
 
     def _in_hours(self, start: datetime, end: datetime):
@@ -290,13 +290,16 @@ class GatewaySource:
         """
         c = self.table.c
         after = None
+
+        def resumed():
+            return statement if after is None else statement.where(c.id > after)
+
         while True:
-            resumed = statement if after is None else statement.where(c.id > after)
             try:
                 with self.engine.connect() as conn:
                     result = conn.execution_options(
                         stream_results=True, yield_per=chunk_rows
-                    ).execute(resumed)
+                    ).execute(resumed())
                     for rows in result.partitions():
                         yield rows
                         after = rows[-1][ROW_ID]
@@ -304,7 +307,9 @@ class GatewaySource:
             except OperationalError as exc:
                 if _SQLITE_NOT_UTF8 not in str(exc.orig):
                     raise
-            rows = self._fetch_undecodable(resumed.limit(chunk_rows))
+            rows = self._fetch_undecodable(resumed().limit(chunk_rows))
+            if not rows:
+                return
             yield rows
             after = rows[-1][ROW_ID]
 

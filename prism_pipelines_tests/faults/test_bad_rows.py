@@ -164,7 +164,7 @@ def test_rows_just_ingested_by_the_databases_clock_are_still_held_back(prism, ga
 
 
 def test_sqlite_text_that_is_not_utf8_rejects_its_row_only(prism, sqlite_gateway, tmp_path):
-    prism.configure(archive(tmp_path))
+    prism.configure({**archive(tmp_path), "batch_rows": 4})  # rows read 4 at a time
     hour = hours_ago(2)
     rows = gateway_rows(hour, 12)
     sqlite_gateway.insert_rows([rows])
@@ -174,14 +174,18 @@ def test_sqlite_text_that_is_not_utf8_rejects_its_row_only(prism, sqlite_gateway
         model="CAST(X'6770742D34FF6F' AS TEXT)",
         error_message="CAST(X'7365637265742DFE' AS TEXT)",
     )
+    update_row(sqlite_gateway, rows[10][0], user_id="CAST(X'FF' AS TEXT)")
 
     run = prism.sync("archive", key(hour))
 
-    assert run.success and run.metadata["records"] == 11 and run.metadata["rejects"] == 1
-    [reject] = prism.ledger.rejects("archive")
-    assert reject["request_id"] == rows[5][0]
-    assert reject["reason"] == "malformed row: model, error_message is not UTF-8 text"
-    assert set(archived(tmp_path)) == {row[0] for row in rows} - {rows[5][0]}
+    assert run.success and run.metadata["records"] == 10 and run.metadata["rejects"] == 2
+    reasons = {r["request_id"]: r["reason"] for r in prism.ledger.rejects("archive")}
+    assert reasons == {
+        rows[5][0]: "malformed row: model, error_message is not UTF-8 text",
+        rows[10][0]: "malformed row: user_id is not UTF-8 text",
+    }
+    records = archived(tmp_path)
+    assert set(records) == {row[0] for row in rows} - set(reasons)
     assert evaluation(prism, "reconciliation", key(hour)).passed
 
 
