@@ -106,7 +106,7 @@ def sqlite_utc(column):
 
 
 def _sqlite_hour_text(hour: datetime) -> str:
-    return hour.astimezone(UTC).strftime("%Y-%m-%d %H:00:00")
+    return hour.astimezone(UTC).strftime(_SQLITE_HOUR_FORMAT)
 
 
 def unknown_columns_problem(columns: Mapping[str, str]) -> str | None:
@@ -316,7 +316,6 @@ class GatewaySource:
     def _fetch_undecodable(self, statement) -> MalformedRows:
         """One chunk read with text as bytes: each row whose text is not UTF-8 is marked
         malformed, naming the column (never quoting the bytes, which may be anything)."""
-        names = (*EXPORTED_FIELDS, "id", "ingested_at")
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection
             driver.text_factory = bytes
@@ -326,15 +325,14 @@ class GatewaySource:
                 driver.text_factory = str
         rows = MalformedRows()
         for row in raw:
-            values, bad = [], []
-            for name, value in zip(names, row, strict=False):
-                if isinstance(value, bytes):
+            values, bad = list(row), []
+            for i, value in enumerate(values):
+                if isinstance(value, bytes):  # text columns are all exported fields
                     try:
-                        value = value.decode()
+                        values[i] = value.decode()
                     except UnicodeDecodeError:
-                        bad.append(name)
-                        value = value.decode(errors="replace")
-                values.append(value)
+                        bad.append(EXPORTED_FIELDS[i])
+                        values[i] = value.decode(errors="replace")
             if bad:
                 rows.malformed[len(rows)] = f"{', '.join(bad)} is not UTF-8 text"
             rows.append(tuple(values))
