@@ -60,8 +60,20 @@ def main() -> None:
 
 
 @main.command("seed-demo")
-@click.option("--rows", default=200_000, show_default=True, help="How many requests to create.")
-@click.option("--hours", default=24, show_default=True, help="Spread over this many past hours.")
+@click.option(
+    "--rows",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many requests to create.",
+)
+@click.option(
+    "--hours",
+    default=24,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Spread over this many past hours.",
+)
 @click.option("--seed", default=7, show_default=True, help="Same seed, same traffic.")
 def seed_demo(rows: int, hours: int, seed: int) -> None:
     """Fill the gateway table (PRISM_SOURCE_URL, else the embedded SQLite) with demo traffic."""
@@ -188,7 +200,7 @@ def validate(name: str) -> None:
 @click.option(
     "--partition", callback=_partition_keys, help="Only this hour, e.g. 2026-11-22-14:00."
 )
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 def rejects(name: str, partition: str | None, limit: int) -> None:
     """List records NAME's destination refused for good, with the reason."""
     from prism_pipelines.ledger import Ledger
@@ -374,7 +386,13 @@ def resume(name: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many runs, newest first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 def history(name: str, limit: int, as_json: bool) -> None:
     """Sync history of NAME: the last runs, their partitions, records, rejects and errors."""

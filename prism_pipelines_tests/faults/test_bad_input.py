@@ -129,6 +129,8 @@ def test_unknown_source_column_is_refused_when_the_file_is_loaded(home):
         (["sync", "archive", "--partition", "2025-06-01-10:00"], "not an hour of integration"),
         (["sync", "archive", "--since", "yesterday"], "'yesterday' is not an ISO 8601 time"),
         (["sync", "archive", "--since", "2026-01-01", "--until", "soon"], "'soon' is not an ISO"),
+        (["seed-demo", "--rows", "-5"], "Invalid value for '--rows': -5 is not in the range"),
+        (["seed-demo", "--hours", "0"], "Invalid value for '--hours': 0 is not in the range"),
     ],
 )
 def test_wrong_names_hours_and_times_get_a_message(home, args, expected):
