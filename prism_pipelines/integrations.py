@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from prism_pipelines.errors import CredentialsError, IntegrationsFileError, UnknownIntegrationError
+from prism_pipelines.hours import floor_hour
 from prism_pipelines.records import EXPORTED_FIELDS
 from prism_pipelines.source import unknown_columns_problem
 
@@ -63,11 +64,6 @@ def _secret_not_inline(value: Any) -> Any:
 SecretRef = Annotated[Secret, BeforeValidator(_secret_not_inline)]
 
 
-def _utc_hour(value: datetime) -> datetime:
-    value = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
 class History(BaseModel):
     """Historical data: ``none`` (only new traffic) or the hours to backfill from (and until)."""
 
@@ -87,7 +83,7 @@ class History(BaseModel):
     @field_validator("since", "until")
     @classmethod
     def _to_utc_hour(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc_hour(value)
+        return None if value is None else floor_hour(value)
 
     @model_validator(mode="after")
     def _until_after_since(self) -> History:
