@@ -122,6 +122,7 @@ def sync(
     full: bool,
 ) -> None:
     """Sync hours of integration NAME now (the UI's "Materialize"), through Dagster."""
+    _known(name)
     _dagster_home()
     from dagster import DagsterInstance
 
@@ -136,7 +137,7 @@ def sync(
             hour += HOUR
     if not keys:
         keys = [partition_key(datetime.now(UTC))]
-    job = defs.resolve_job_def(f"{_known(name)}_sync")
+    job = defs.resolve_job_def(f"{name}_sync")
     known_keys = set(job.partitions_def.get_partition_keys())
     outside = [k for k in keys if k not in known_keys]
     if outside:
@@ -266,15 +267,19 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
     )
 
 
-def _operations():
-    """The integrations file, the Definitions and the Dagster instance, for the commands below."""
+def _operations(*names: str):
+    """The integrations file, the Definitions and the Dagster instance, for the commands below;
+    ``names`` are checked first, so a wrong one is told before Dagster loads."""
+    from prism_pipelines.integrations import load_integrations
+
+    config = load_integrations()
+    for name in names:
+        config.get(name)
     _dagster_home()
     from dagster import DagsterInstance
 
     from prism_pipelines.dagster_defs.definitions import build_definitions
-    from prism_pipelines.integrations import load_integrations
 
-    config = load_integrations()
     return config, build_definitions(config), DagsterInstance.get()
 
 
@@ -289,7 +294,7 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
     from prism_pipelines.source import GatewaySource
     from prism_pipelines.status import ERROR, integration_status
 
-    config, defs, instance = _operations()
+    config, defs, instance = _operations(*names)
     chosen = [config.get(n) for n in names] if names else config.integrations
     ledger = Ledger()
     source = GatewaySource(table=config.source.table, columns=config.source.columns)
@@ -354,8 +359,7 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
 def _pause(name: str, paused: bool) -> None:
     from prism_pipelines.status import set_paused
 
-    config, defs, instance = _operations()
-    config.get(name)  # a clear message for an unknown name
+    config, defs, instance = _operations(name)
     with instance:
         set_paused(instance, defs.get_repository_def(), name, paused)
     if paused:
@@ -400,8 +404,7 @@ def history(name: str, limit: int, as_json: bool) -> None:
 
     from prism_pipelines.status import sync_history
 
-    config, _, instance = _operations()
-    config.get(name)
+    _, _, instance = _operations(name)
     with instance:
         runs = sync_history(instance, name, limit)
     if as_json:
@@ -450,12 +453,11 @@ def run() -> None:
     that cannot be reached (without its URL's password or the failing statement)."""
     import warnings
 
-    from dagster import BetaWarning, PreviewWarning
     from sqlalchemy.exc import DBAPIError
 
-    # Dagster's notes on its own API (backfill_policy is beta) are for us, not for the user.
-    warnings.filterwarnings("ignore", category=BetaWarning)
-    warnings.filterwarnings("ignore", category=PreviewWarning)
+    # Dagster's notes on its own API (backfill_policy is beta) are for us, not for the user;
+    # by module, so a command that needs no Dagster does not import it.
+    warnings.filterwarnings("ignore", module=r"dagster(\.|$)")
     try:
         main(standalone_mode=False)
     except PrismError as exc:
