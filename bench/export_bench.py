@@ -1100,7 +1100,7 @@ def _single_sender(kind: str, integration, args: dict):
         return lambda record, line, source_id: publisher.publish(args["topic_path"], line).result()
     import requests
 
-    from prism_pipelines.sinks.datadog_logs import LogEncoder
+    from prism_pipelines.sinks.datadog.logs import LogEncoder
 
     session = requests.Session()
     encoder = LogEncoder(integration, datetime.now(UTC))

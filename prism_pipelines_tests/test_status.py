@@ -12,15 +12,16 @@ from click.testing import CliRunner
 
 from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.sinks.local import LocalArchive
+from prism_pipelines.sinks.storage.local import LocalSink
 from prism_pipelines.status import ACTIVE, ERROR, SYNCING, integration_status
 from prism_pipelines_tests.factories import gateway_rows
 
 # Status reads the look-back window behind "now" (pending rows, lag): the hour under test is
 # taken from the clock, three closed hours back, so the test means the same on every date.
+# The partitions start at a fixed past day (test_checks and test_notifications use its hours).
+SINCE = "2026-11-22T00:00:00Z"
 H = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
 KEY = H.strftime("%Y-%m-%d-%H:00")
-SINCE = (H - timedelta(days=1)).strftime("%Y-%m-%dT%H:00:00Z")
 
 
 def local(path: Path, name: str = "archive", **settings) -> dict:
@@ -138,14 +139,14 @@ def test_s3_without_its_credentials_is_in_error_until_they_are_set(
 def test_integration_is_syncing_while_its_run_is_in_progress(prism, gateway, tmp_path, monkeypatch):
     gateway.insert_rows([gateway_rows(H, 30)])
     prism.configure(local(tmp_path / "bucket"))
-    entered, release, real_put = threading.Event(), threading.Event(), LocalArchive.put
+    entered, release, real_put = threading.Event(), threading.Event(), LocalSink.put
 
     def slow_put(self, *args, **kwargs):  # a slow destination, held until the test looked
         entered.set()
         assert release.wait(60)
         return real_put(self, *args, **kwargs)
 
-    monkeypatch.setattr(LocalArchive, "put", slow_put)
+    monkeypatch.setattr(LocalSink, "put", slow_put)
     runs = []
     worker = threading.Thread(target=lambda: runs.append(prism.sync("archive", KEY)))
     worker.start()

@@ -12,7 +12,7 @@ from prism_pipelines.dagster_defs.partitions import partitions_for
 from prism_pipelines.dagster_defs.resources import PrismResource
 from prism_pipelines.dagster_defs.schedules import sync_schedule
 from prism_pipelines.dagster_defs.sensors import failure_sensor, late_data_sensor
-from prism_pipelines.integrations import IntegrationsFile
+from prism_pipelines.integrations import IntegrationsFile, destination
 from prism_pipelines.ledger import Ledger
 
 
@@ -25,7 +25,7 @@ def build_definitions(config: IntegrationsFile, ledger: Ledger | None = None) ->
         job = sync_job(integration)
         assets.append(integration_asset(integration, partitions_def))
         jobs += [job, validate_job(integration)]
-        if integration.type == "datadog":
+        if destination(integration).dashboard:
             jobs.append(dashboard_job(integration))
         schedules.append(sync_schedule(integration, job, partitions_def))
         sensors.append(late_data_sensor(integration, job, partitions_def, prism))
