@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from datetime import UTC, datetime
+import warnings
+from datetime import UTC, datetime, timedelta
 
 import click
 
 from prism_pipelines.database import PROJECT_ROOT, redact
 from prism_pipelines.errors import PrismError
-from prism_pipelines.hours import HOUR, floor_hour, hour_of_key, parse_time, partition_key
+from prism_pipelines.hours import HOUR, floor_hour, hour_of_key, parse_time, partition_key, utcnow
 
 
 def _dagster_home() -> str:
@@ -28,30 +29,40 @@ def _dagster_home() -> str:
     return home
 
 
+def _hour(value: str) -> datetime:
+    try:
+        return floor_hour(parse_time(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO time, e.g. 2026-11-22T14:00Z") from None
+
+
 def _partition_keys(_ctx, param, value):
     """``--partition``: hour keys as Dagster writes them, checked before anything runs."""
-    values = value if isinstance(value, tuple) else (value,) if value else ()
-    for key in values:
+    for key in value if isinstance(value, tuple) else (value,) if value else ():
         try:
             hour_of_key(key)
         except ValueError:
             raise click.BadParameter(
-                f"'{key}' is not an hour key: write it as YYYY-MM-DD-HH:00, e.g. 2026-11-22-14:00",
-                param=param,
+                f"{key!r} is not a partition key, e.g. 2026-11-22-14:00", param=param
             ) from None
     return value
 
 
-def _iso_hour(_ctx, param, value: str | None) -> datetime | None:
-    """``--since`` / ``--until``: an ISO 8601 time, as its UTC hour."""
-    if value is None:
-        return None
-    try:
-        return floor_hour(parse_time(value))
-    except ValueError:
-        raise click.BadParameter(
-            f"'{value}' is not an ISO 8601 time, e.g. 2026-11-22T14:00:00Z", param=param
-        ) from None
+def _failure_text(data) -> str:
+    """A failed step's message: ours (a ``Failure``) as is, anything else as its first line,
+    never a traceback."""
+    if data.user_failure_data and data.user_failure_data.description:
+        return data.user_failure_data.description
+    if data.error:
+        return f"{data.error.cls_name}: {data.error.message.strip().splitlines()[0]}"
+    return "the sync failed; see the run in the Dagster UI"
+
+
+def _prism(config):
+    """The code location's own resource: the same source and ledger the assets use."""
+    from prism_pipelines.dagster_defs.resources import PrismResource
+
+    return PrismResource.from_settings(config.source)
 
 
 @click.group()
@@ -75,8 +86,14 @@ def main() -> None:
     help="Spread over this many past hours.",
 )
 @click.option("--seed", default=7, show_default=True, help="Same seed, same traffic.")
-def seed_demo(rows: int, hours: int, seed: int) -> None:
-    """Fill the gateway table (PRISM_SOURCE_URL, else the embedded SQLite) with demo traffic."""
+@click.option("--live", is_flag=True, help="Instead: keep inserting current traffic until Ctrl-C.")
+@click.option("--rate", default=3.0, show_default=True, help="With --live: requests a second.")
+@click.option("--minutes", type=float, help="With --live: stop after this many minutes.")
+def seed_demo(
+    rows: int, hours: int, seed: int, live: bool, rate: float, minutes: float | None
+) -> None:
+    """Fill the gateway table (PRISM_SOURCE_URL, else the embedded SQLite) with demo traffic;
+    with --live, keep it coming, as a gateway in use would (watch it with `make ui`)."""
     from tqdm import tqdm
 
     from prism_pipelines.demo import generate_rows
@@ -84,7 +101,10 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
 
     source = GatewaySource()
     source.create_table()
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    if live:
+        _live_traffic(source, rate, minutes, seed)
+        return
+    end = floor_hour(utcnow())
     start = end - hours * HOUR
     with tqdm(total=rows, unit="rows", desc="seeding demo traffic", unit_scale=True) as bar:
 
@@ -100,6 +120,42 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
     )
 
 
+def _live_traffic(source, rate: float, minutes: float | None, seed: int) -> None:
+    """Every second, the requests of the second just gone (about ``rate`` of them)."""
+    import time
+
+    import numpy as np
+
+    from prism_pipelines.demo import generate_rows
+
+    if rate <= 0:
+        raise click.BadParameter(f"--rate must be above 0, got {rate}")
+    rng = np.random.default_rng(seed)
+    stop = time.monotonic() + minutes * 60 if minutes else None
+    click.echo(
+        f"inserting about {rate:g} requests a second into {redact(source.url)}"
+        f"{f' for {minutes:g} min' if minutes else ''}; Ctrl-C stops"
+    )
+    inserted, tick = 0, 0
+    try:
+        while stop is None or time.monotonic() < stop:
+            time.sleep(1)
+            now, tick = utcnow(), tick + 1
+            count = int(rng.poisson(rate))
+            if count:
+                # a new seed each second: new request ids, the same realistic mix
+                batches = generate_rows(
+                    count, start=now - timedelta(seconds=1), end=now, seed=seed * 1_000_003 + tick
+                )
+                source.insert_rows(batches)
+                inserted += count
+            if tick % 60 == 0:
+                click.echo(f"{now:%H:%M:%S} UTC: {inserted:,} requests inserted")
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"{inserted:,} live requests inserted")
+
+
 @main.command()
 @click.argument("name")
 @click.option(
@@ -109,49 +165,43 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
     callback=_partition_keys,
     help="Hour key, e.g. 2026-11-22-14:00.",
 )
-@click.option("--since", callback=_iso_hour, help="Sync every hour from this ISO time ...")
-@click.option(
-    "--until", callback=_iso_hour, help="... up to (not including) this ISO time; default: now."
-)
+@click.option("--since", help="Sync every hour from this ISO time ...")
+@click.option("--until", help="... up to (not including) this ISO time; default: now.")
 @click.option("--full", is_flag=True, help="Re-deliver everything, not only what is new.")
 def sync(
-    name: str,
-    partitions: tuple[str, ...],
-    since: datetime | None,
-    until: datetime | None,
-    full: bool,
+    name: str, partitions: tuple[str, ...], since: str | None, until: str | None, full: bool
 ) -> None:
     """Sync hours of integration NAME now (the UI's "Materialize"), through Dagster."""
-    _known(name)
+    from prism_pipelines.integrations import load_integrations
+
+    load_integrations().get(name)  # a wrong name is told before Dagster loads
     _dagster_home()
     from dagster import DagsterInstance
 
-    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, asset_key
+    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
+    from prism_pipelines.dagster_defs.names import asset_key, sync_job_name, sync_run_config
     from prism_pipelines.definitions import defs
 
     keys = list(partitions)
     if since:
-        hour, end = since, until or datetime.now(UTC)
+        hour, end = _hour(since), _hour(until) if until else utcnow()
         while hour <= end:
             keys.append(partition_key(hour))
             hour += HOUR
     if not keys:
-        keys = [partition_key(datetime.now(UTC))]
-    job = defs.resolve_job_def(f"{name}_sync")
-    known_keys = set(job.partitions_def.get_partition_keys())
-    outside = [k for k in keys if k not in known_keys]
+        keys = [partition_key(utcnow())]
+    job = defs.resolve_job_def(sync_job_name(name))
+    outside = [k for k in keys if k not in set(job.partitions_def.get_partition_keys())]
     if outside:
         raise click.BadParameter(
             f"{', '.join(outside[:3])}{' …' if len(outside) > 3 else ''}: not an hour of "
             f"integration '{name}' (its hours run from its history.since to now)",
             param_hint="'--partition' / '--since'",
         )
-    run_config = {
-        "ops": {f"prism__{name}": {"config": {"full_redelivery": full}}},
-        # The run's events are in the instance (the UI shows them); here, only the summary below
-        # and the failures' messages, without Dagster's stack traces on the console.
-        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-    }
+    # Dagster's console log is the UI's business (its errors carry stack traces); the run's
+    # summary and each failure's message are printed below.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    run_config = {**sync_run_config(name, full), **quiet}
     failed = False
     with DagsterInstance.get() as instance:
         for i in range(0, len(keys), HOURS_PER_BACKFILL_RUN):
@@ -198,39 +248,26 @@ def validate(name: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option(
-    "--partition", callback=_partition_keys, help="Only this hour, e.g. 2026-11-22-14:00."
-)
+@click.option("--partition", help="Only this hour, e.g. 2026-11-22-14:00.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 def rejects(name: str, partition: str | None, limit: int) -> None:
     """List records NAME's destination refused for good, with the reason."""
-    from prism_pipelines.ledger import Ledger
+    from prism_pipelines.hours import hour_of_key
+    from prism_pipelines.integrations import load_integrations
 
-    _known(name)
-    hour = hour_of_key(partition) if partition else None
-    found = Ledger().rejects(name, hour, limit)
+    config = load_integrations()
+    config.get(name)
+    try:
+        hour = hour_of_key(partition) if partition else None
+    except ValueError:
+        raise click.BadParameter(
+            f"{partition!r} is not a partition key, e.g. 2026-11-22-14:00"
+        ) from None
+    found = _prism(config).ledger().rejects(name, hour, limit)
     for reject in found:
         click.echo(f"{reject['hour']:%Y-%m-%d-%H:%M}  {reject['request_id']}  {reject['reason']}")
     if not found:
         click.echo(f"{name}: no rejects")
-
-
-def _known(name: str) -> str:
-    """``name`` if the integrations file has it; else a clear message naming the ones it has."""
-    from prism_pipelines.integrations import load_integrations
-
-    load_integrations().get(name)
-    return name
-
-
-def _failure_text(data) -> str:
-    """A failed step's message: ours (a ``Failure``) as is, anything else as its first line,
-    never a traceback."""
-    if data.user_failure_data and data.user_failure_data.description:
-        return data.user_failure_data.description
-    if data.error:
-        return f"{data.error.cls_name}: {data.error.message.strip().splitlines()[0]}"
-    return "the sync failed; see the run in the Dagster UI"
 
 
 @main.command("upgrade-state")
@@ -291,20 +328,14 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
     )
 
 
-def _operations(*names: str):
-    """The integrations file, the Definitions and the Dagster instance, for the commands below;
-    ``names`` are checked first, so a wrong one is told before Dagster loads."""
-    from prism_pipelines.integrations import load_integrations
-
-    config = load_integrations()
-    for name in names:
-        config.get(name)
+def _operations():
+    """The integrations file and the Dagster instance, for the commands below."""
     _dagster_home()
     from dagster import DagsterInstance
 
-    from prism_pipelines.dagster_defs.definitions import build_definitions
+    from prism_pipelines.integrations import load_integrations
 
-    return config, build_definitions(config), DagsterInstance.get()
+    return load_integrations(), DagsterInstance.get()
 
 
 @main.command()
@@ -314,21 +345,18 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
     """Status of every integration (or NAMES): Active, Syncing, Paused or Error, and why."""
     import json
 
-    from prism_pipelines.ledger import Ledger
-    from prism_pipelines.source import GatewaySource
-    from prism_pipelines.status import ERROR, integration_status
+    from prism_pipelines.dagster_defs.status import ERROR, integration_status
 
-    config, defs, instance = _operations(*names)
+    config, instance = _operations()
     chosen = [config.get(n) for n in names] if names else config.integrations
-    ledger = Ledger()
-    source = GatewaySource(table=config.source.table, columns=config.source.columns)
-    now = datetime.now(UTC)
+    prism = _prism(config)
+    ledger, source = prism.ledger(), prism.source()
+    now = utcnow()
     with instance:
         found = [
             integration_status(
                 integration,
                 instance=instance,
-                repository_def=defs.get_repository_def(),
                 ledger=ledger,
                 source=source,
                 now=now,
@@ -381,20 +409,23 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
 
 
 def _pause(name: str, paused: bool) -> None:
-    from prism_pipelines.status import set_paused
+    from prism_pipelines.dagster_defs.status import set_paused
 
-    config, defs, instance = _operations(name)
+    config, instance = _operations()
+    integration = config.get(name)  # a clear message for an unknown name
     with instance:
-        set_paused(instance, defs.get_repository_def(), name, paused)
+        locations = ", ".join(set_paused(instance, integration, paused))
     if paused:
         click.echo(
-            f"{name}: Paused (schedule {name}_schedule and sensor {name}_late_data stopped). "
-            f"Nothing is lost: `prism-pipelines resume {name}` catches up every hour."
+            f"{name}: Paused (schedule {name}_schedule and sensor {name}_late_data stopped in "
+            f"code location {locations}). Nothing is lost: `prism-pipelines resume {name}` "
+            "catches up every hour."
         )
     else:
         click.echo(
-            f"{name}: resumed (schedule {name}_schedule and sensor {name}_late_data running); "
-            "the next syncs catch up the hours that accrued while paused."
+            f"{name}: resumed (schedule {name}_schedule and sensor {name}_late_data running in "
+            f"code location {locations}); the next syncs catch up the hours that accrued while "
+            "paused."
         )
 
 
@@ -426,9 +457,10 @@ def history(name: str, limit: int, as_json: bool) -> None:
     """Sync history of NAME: the last runs, their partitions, records, rejects and errors."""
     import json
 
-    from prism_pipelines.status import sync_history
+    from prism_pipelines.dagster_defs.status import sync_history
 
-    _, _, instance = _operations(name)
+    config, instance = _operations()
+    config.get(name)
     with instance:
         runs = sync_history(instance, name, limit)
     if as_json:
@@ -438,7 +470,7 @@ def history(name: str, limit: int, as_json: bool) -> None:
     if not runs:
         click.echo(f"{name}: no sync has run yet")
         return
-    now = datetime.now(UTC)
+    now = utcnow()
     rows = [
         [
             "FINISHED (UTC)",
@@ -474,20 +506,21 @@ def history(name: str, limit: int, as_json: bool) -> None:
 
 def run() -> None:
     """Entry point: a PrismError is a message for the user, not a stack trace; so is a database
-    that cannot be reached (without its URL's password or the failing statement)."""
-    import warnings
-
+    that cannot be reached. Dagster's
+    beta/preview warnings are about the code location's definitions (the docs name them once),
+    not news to whoever runs a command."""
+    from dagster import BetaWarning, PreviewWarning
     from sqlalchemy.exc import DBAPIError
 
-    # Dagster's notes on its own API (backfill_policy is beta) are for us, not for the user;
-    # by module, so a command that needs no Dagster does not import it.
-    warnings.filterwarnings("ignore", module=r"dagster(\.|$)")
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
     try:
         main(standalone_mode=False)
     except PrismError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except DBAPIError as exc:
+        # The driver's first line: never the URL's password nor the failing statement.
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         click.echo(
             f"error: a database could not be used: {detail}. Check PRISM_SOURCE_URL (the gateway "
