@@ -23,3 +23,10 @@ class CredentialsError(PrismError):
 class DestinationError(PrismError):
     """The destination cannot take the data (missing bucket, queue, topic; unreachable endpoint;
     retries exhausted). The batch is not recorded, so the next run redoes it."""
+
+
+class UnknownIntegrationError(PrismError, KeyError):
+    """No integration has the name asked for (a ``KeyError`` too: a lookup that failed)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0])
