@@ -172,6 +172,8 @@ class Harness:
     def finish(self, proc: subprocess.Popen, killed: bool = False) -> Ran:
         out, err = proc.communicate(timeout=SYNC_TIMEOUT)
         self.outputs += [out, err]
+        log = self.folder / f"command-{len(self.outputs) // 2}.log"
+        log.write_text(f"$ {' '.join(map(str, proc.args))}\nexit {proc.returncode}\n{out}{err}")
         return Ran(proc.returncode, out, err, killed)
 
     def sync(self) -> Ran:

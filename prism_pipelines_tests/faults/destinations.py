@@ -76,7 +76,11 @@ class Destination:
 
 
 def _records(data: bytes) -> list[str]:
-    return [json.loads(line)["request_id"] for line in gzip.decompress(data).splitlines()]
+    """Request ids of a gzip JSONL file (the Azure client hands it over already decoded, as
+    the blob's Content-Encoding says)."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return [json.loads(line)["request_id"] for line in data.splitlines()]
 
 
 def _by_file(files: dict[str, bytes]) -> dict[str, list[str]]:
@@ -191,7 +195,8 @@ def moto_auth(moto_server):
             headers={"Content-Type": "text/plain"},
             method="POST",
         )
-        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, 10).close()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        opener.open(request, timeout=10).close()
 
     reset("0")
     try:

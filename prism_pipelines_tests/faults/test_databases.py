@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, text
 
-from prism_pipelines_tests.faults.conftest import PG_SERVER, SEED
+from prism_pipelines_tests.faults.conftest import PG_SERVER, SEED, SYNC_TIMEOUT
 
 BATCH_ROWS = 100
 
@@ -47,7 +47,7 @@ def _allow_connections(url: str) -> None:
 
 
 def _wait_for_batches(harness, proc, count: int) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + SYNC_TIMEOUT
     while proc.poll() is None and harness.batches_recorded() < count:
         assert time.monotonic() < deadline, "the sync never got going"
         time.sleep(0.05)
