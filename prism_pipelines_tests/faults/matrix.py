@@ -32,11 +32,11 @@ class Expect:
 
 @dataclass(frozen=True)
 class Operator:
-    """What an operator sees during the fault: the sync's exit code, the status afterwards, and
-    text the message always holds (asserted)."""
+    """What an operator sees: the sync's exit code, the status ``prism-pipelines status`` shows
+    after the failed sync (None: not checked), and text the failed sync's message holds."""
 
     exit_code: str
-    status: str
+    status: str | None
     message: str
 
 
@@ -64,7 +64,7 @@ FAULTS = (
         TYPES,
         Expect("0", _REDO),
         Expect(ONE_BATCH, _RESEND),
-        Operator("-9 (killed)", "Syncing until the lease runs out, then Active", ""),
+        Operator("killed; the next sync exits 0", None, ""),
     ),
     Fault(
         "stall",
@@ -72,9 +72,7 @@ FAULTS = (
         ("local", "s3"),
         Expect("0", "the stalled run's late write must not replace the newer file (fencing)"),
         None,
-        Operator(
-            "1 for the stalled run", "Active (the run that took over)", "taken over by another run"
-        ),
+        Operator("1 for the woken run, 0 for the one that took over", None, "taken over by"),
     ),
     Fault(
         "reset",
@@ -82,7 +80,7 @@ FAULTS = (
         TYPES[1:],
         Expect("0", "the SDK's retry (same object name)"),
         Expect(ONE_BATCH, "the SDK's / sink's retry"),
-        Operator("0", "Active", ""),
+        Operator("0", None, ""),
     ),
     Fault(
         "stall_then_reset",
@@ -90,7 +88,7 @@ FAULTS = (
         TYPES[1:],
         Expect("0", "the SDK's retry"),
         Expect(ONE_BATCH, "the SDK's / sink's retry"),
-        Operator("0", "Active", ""),
+        Operator("0", None, ""),
     ),
     Fault(
         "http_5xx",
@@ -98,7 +96,7 @@ FAULTS = (
         ("s3", "azure_blob", "gcs", "sqs", "datadog"),
         Expect("0", "the SDK's retry with backoff"),
         Expect(ONE_BATCH, "the SDK's / sink's retry with backoff"),
-        Operator("0", "Active", ""),
+        Operator("0", None, ""),
         (("pubsub", "gRPC, not HTTP/1.1: resets only"),),
     ),
     Fault(
@@ -107,7 +105,7 @@ FAULTS = (
         ("s3", "gcs", "sqs", "datadog"),
         Expect("0", "the SDK's retry; Datadog waits the Retry-After"),
         Expect(ONE_BATCH, "the SDK's / sink's retry; Datadog waits the Retry-After"),
-        Operator("0", "Active", ""),
+        Operator("0", None, ""),
         (
             ("pubsub", "gRPC, not HTTP/1.1: resets only"),
             ("azure_blob", "Azure Storage throttles with 503 Server Busy (the 503 row), not 429"),
@@ -119,7 +117,7 @@ FAULTS = (
         ("local", "s3", "sqs"),
         Expect("0", "the next sync redoes the open batch"),
         Expect(ONE_BATCH, "the next sync re-sends the open batch"),
-        Operator("1", "Error, then Active after the next sync", "failed with"),
+        Operator("1; the next sync 0", "Error", "the cursor did not move"),
     ),
     Fault(
         "state_unreachable",
@@ -127,7 +125,7 @@ FAULTS = (
         ("local", "sqs"),
         Expect("0", "the next sync, once the database is back, redoes the open batch"),
         Expect(ONE_BATCH, "the next sync re-sends the open batch"),
-        Operator("1", "Active after the next sync", "failed"),
+        Operator("1; the next sync 0", None, "failed"),
     ),
     Fault(
         "disk_full",
@@ -135,7 +133,7 @@ FAULTS = (
         ("local",),
         Expect("0", "the next sync after space is freed"),
         None,
-        Operator("1", "Error, then Active", "No space left on device"),
+        Operator("1; 0 once space is freed", "Error", "No space left on device"),
     ),
     Fault(
         "credentials",
@@ -143,7 +141,7 @@ FAULTS = (
         ("s3", "azure_blob", "sqs", "datadog"),
         Expect("0", "the next sync with valid credentials"),
         Expect("0", "the next sync with valid credentials"),
-        Operator("1", "Error", "refused"),
+        Operator("1; 0 with the right credentials", "Error", "refused"),
         (
             ("local", "a folder has no credentials"),
             ("gcs", "fake-gcs-server does not authenticate"),
@@ -236,13 +234,15 @@ def render_doc() -> str:
         "",
         "## What an operator sees",
         "",
-        "| fault | `prism-pipelines sync` | status | the message says (asserted) |",
+        "| fault | `prism-pipelines sync` exits | `prism-pipelines status` after the failed sync "
+        "| the message says |",
         "|---|---|---|---|",
     ]
     for fault in FAULTS:
         op = fault.operator
         message = f"“{op.message}”" if op.message else "nothing: the fault is absorbed"
-        out.append(f"| {fault.title} | {op.exit_code} | {op.status} | {message} |")
+        status = op.status or "not checked"
+        out.append(f"| {fault.title} | {op.exit_code} | {status} | {message} |")
     return "\n".join(out) + "\n"
 
 

@@ -19,12 +19,14 @@ def test_refused_credentials_put_the_integration_in_error_and_move_no_cursor(har
     with harness.destination.refused_credentials():
         failed = harness.sync()
     where = f"{kind} with refused credentials (seed {SEED})"
+    operator = BY_NAME["credentials"].operator
     assert failed.code == 1, f"{where}: {failed.output}"
-    assert "refused" in failed.err, f"{where}: {failed.output}"
+    assert operator.message in failed.err, f"{where}: {failed.output}"
     assert "Traceback" not in failed.output, f"{where}: {failed.output}"
     assert harness.cursors() == {}, f"{where}: the cursor moved"
     status = harness.status()
-    assert status["status"] == "Error" and "refused" in status["error"], f"{where}: {status}"
+    assert status["status"] == operator.status, f"{where}: {status}"
+    assert operator.message in status["error"], f"{where}: {status}"
 
     ran = harness.sync()
     assert ran.code == 0, f"{where}, credentials fixed: {ran.output}"

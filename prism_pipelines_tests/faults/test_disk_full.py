@@ -11,6 +11,7 @@ import pytest
 
 from prism_pipelines_tests.faults import destinations as dest
 from prism_pipelines_tests.faults.conftest import SEED
+from prism_pipelines_tests.faults.matrix import BY_NAME
 
 
 @pytest.fixture
@@ -47,13 +48,14 @@ def test_full_disk_fails_clearly_keeps_the_cursor_and_recovers_once_space_is_fre
     _fill(small_disk)
     failed = harness.sync()
     where = f"full disk (seed {SEED})"
+    operator = BY_NAME["disk_full"].operator
     assert failed.code == 1, f"{where}: {failed.output}"
-    assert "No space left on device" in failed.err, f"{where}: {failed.output}"
+    assert operator.message in failed.err, f"{where}: {failed.output}"
     assert "Traceback" not in failed.output, f"{where}: {failed.output}"
     assert harness.cursors() == {}, f"{where}: the cursor moved past undelivered rows"
     status = harness.status()
-    assert status["status"] == "Error", f"{where}: {status}"
-    assert "No space left on device" in status["error"], f"{where}: {status}"
+    assert status["status"] == operator.status, f"{where}: {status}"
+    assert operator.message in status["error"], f"{where}: {status}"
 
     (small_disk / "filler").unlink()
     ran = harness.sync()

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from prism_pipelines_tests.faults.conftest import SEED
+from prism_pipelines_tests.faults.matrix import BY_NAME
 
 ROWS = 8000
 
@@ -35,7 +36,7 @@ def test_stalled_run_woken_after_a_takeover_does_not_overwrite_the_newer_file(ha
     where = f"{kind}: stalled run woken after a takeover (seed {SEED})"
     assert took_over.code == 0, f"{where}: the run that took over: {took_over.output}"
     assert woke.code == 1, f"{where}: the stalled run: {woke.output}"
-    assert "taken over by another run" in woke.err, f"{where}: {woke.output}"
+    assert BY_NAME["stall"].operator.message in woke.err, f"{where}: {woke.output}"
     ran = harness.sync()
     assert ran.code == 0, f"{where}: {ran.output}"
     harness.assert_delivered(0, where)
