@@ -114,7 +114,7 @@ FAULTS = (
     Fault(
         "source_terminated",
         "the gateway database ends the sync's connection mid-read (`pg_terminate_backend`)",
-        ("local", "s3", "sqs"),
+        ("local", "s3", "datadog"),
         Expect("0", "the next sync redoes the open batch"),
         Expect(ONE_BATCH, "the next sync re-sends the open batch"),
         Operator("1; the next sync 0", "Error", "the cursor did not move"),
@@ -122,7 +122,7 @@ FAULTS = (
     Fault(
         "state_unreachable",
         "the state database refuses connections mid-run",
-        ("local", "sqs"),
+        ("local", "datadog"),
         Expect("0", "the next sync, once the database is back, redoes the open batch"),
         Expect(ONE_BATCH, "the next sync re-sends the open batch"),
         Operator("1; the next sync 0", None, "failed"),

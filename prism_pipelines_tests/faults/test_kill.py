@@ -4,9 +4,13 @@ Datadog have every row at least once with duplicates bounded by the batch in fli
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
-from prism_pipelines_tests.faults.conftest import SEED
+from prism_pipelines_tests.faults.conftest import SEED, SYNC_TIMEOUT
 from prism_pipelines_tests.faults.destinations import TYPES
 
 KILLS = 2
@@ -34,3 +38,23 @@ def test_kill_9_mid_sync_loses_nothing_and_duplicates_at_most_the_batch_in_fligh
     harness.results.record(
         "kill", kind, lost=0, duplicates=duplicates, kills_landed=landed, seed=SEED
     )
+
+
+def test_kill_9_while_a_file_is_written_leaves_no_temporary_file(harness):
+    """The kill lands while the local archive's temporary file exists (it is watched for), so
+    what a crash mid-write leaves behind is seen every time, not only when the dice say so."""
+    harness.configure(batch_rows=30_000)
+    harness.traffic.add(30_000)
+    proc = harness.start_sync()
+    folder = harness.destination.folder
+    deadline = time.monotonic() + SYNC_TIMEOUT
+    while not any(p.name.endswith(".tmp") for p in folder.rglob(".*")):
+        assert proc.poll() is None, f"the sync ended before writing (seed {SEED})"
+        assert time.monotonic() < deadline, "the sync never started writing"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    harness.finish(proc, killed=True)
+    harness.let_leases_run_out()
+    ran = harness.sync()
+    assert ran.code == 0, f"clean sync after a kill mid-write (seed {SEED}): {ran.output}"
+    harness.assert_delivered(1, "local: killed while writing a file")
