@@ -7,6 +7,14 @@ setup(
     version="0.1.0",
     description="Export Prism Gateway request logs to storage, queues and Datadog, with Dagster",
     packages=find_packages(exclude=["prism_pipelines_tests*", "bench*"]),
+    # The state database's migrations are read from the installed package (ledger/schema.py).
+    package_data={
+        "prism_pipelines.ledger": [
+            "migrations/env.py",
+            "migrations/script.py.mako",
+            "migrations/versions/*.py",
+        ]
+    },
     python_requires=">=3.11,<3.12",
     install_requires=[
         # dagster 1.13.28 does not resolve against its own webserver: stay on 1.13.27.
@@ -23,6 +31,7 @@ setup(
         "datadog-api-client>=2.40,<3",
         # 2.1 maps postgresql:// to psycopg 3: we always name psycopg2 (database.make_engine).
         "SQLAlchemy>=2.0.36,<2.2",
+        "alembic>=1.16,<2",  # the state database's migrations
         "psycopg2-binary>=2.9.10,<3",
         "orjson>=3.10,<4",
         "isal>=1.7,<2",

@@ -155,6 +155,30 @@ def rejects(name: str, partition: str | None, limit: int) -> None:
         click.echo(f"{name}: no rejects")
 
 
+@main.command("upgrade-state")
+def upgrade_state() -> None:
+    """Migrate the state database (PRISM_STATE_URL) to this version's schema.
+
+    Opening the ledger does the same; this is for doing it before a deploy, on its own.
+    """
+    from prism_pipelines.database import make_engine, state_url
+    from prism_pipelines.ledger import upgrade
+
+    url = state_url()
+    engine = make_engine(url)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        click.echo(f"state database {redact(url)}: at revision {after}, nothing to do")
+    else:
+        click.echo(
+            f"state database {redact(url)}: upgraded from {before or 'no revision'} "
+            f"to revision {after}"
+        )
+
+
 # -- operating the integrations (docs/operations.md) --------------------------------------------
 
 

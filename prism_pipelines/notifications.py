@@ -26,38 +26,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import requests
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import insert, select, update
 
 from prism_pipelines.errors import PrismError
-from prism_pipelines.ledger import Ledger
+from prism_pipelines.ledger import Ledger, notified
 from prism_pipelines.status import ledger_errors
 
 REMIND_AFTER = timedelta(hours=1)
 TIMEOUT_SECONDS = 10
 MAX_ERROR_CHARS = 1_500  # Slack shows ~4,000 characters of a message; keep room for the rest
-
-metadata = MetaData()
-notified = Table(
-    "prism_notifications",
-    metadata,
-    Column("integration", String(64), primary_key=True),
-    Column("fingerprint", Text, nullable=False),
-    Column("error_since", DateTime(timezone=True), nullable=False),
-    Column("notified_at", DateTime(timezone=True), nullable=False),
-    Column("reminded_at", DateTime(timezone=True), nullable=True),
-    Column("failed_runs", Integer, nullable=False, default=1),
-)
 
 
 class NotificationError(PrismError):
@@ -135,7 +112,6 @@ class Notifier:
 
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
-        metadata.create_all(ledger.engine)
 
     def _state(self, integration: str):
         with self.ledger.engine.connect() as conn:

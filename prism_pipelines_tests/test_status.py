@@ -18,9 +18,10 @@ from prism_pipelines_tests.factories import gateway_rows
 
 # Status reads the look-back window behind "now" (pending rows, lag): the hour under test is
 # taken from the clock, three closed hours back, so the test means the same on every date.
+# The partitions start at a fixed past day (test_checks and test_notifications use its hours).
+SINCE = "2026-11-22T00:00:00Z"
 H = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
 KEY = H.strftime("%Y-%m-%d-%H:00")
-SINCE = (H - timedelta(days=1)).strftime("%Y-%m-%dT%H:00:00Z")
 
 
 def local(path: Path, name: str = "archive", **settings) -> dict:

@@ -1,18 +1,14 @@
-"""The delivery state: per integration and partition, the batches delivered, rejects, errors.
+"""The Ledger: reading and writing the delivery state, per integration and partition.
 
 It lives in the state database (``PRISM_STATE_URL``), never in the gateway's. The ledger
 records batches, and everything else is derived from them: the cursor is the highest
 ``through_id`` recorded, the counts are sums. A batch row is written when the batch starts
 (open: the sink may have half-sent it) and completed only after the sink acknowledged every
 record, in one transaction with its rejects. So the cursor never passes undelivered rows, and
-an open batch tells the next run exactly what to redo, under which name.
+an open batch tells the next run exactly what to redo, under which name. Batches are opened and
+recorded only under the partition's lease (lease.py).
 
-A partition is delivered by one run at a time: the run holds the partition's lease (a row of
-``prism_leases``) while it delivers, renews it, and may open or record a batch only while it
-still holds it. Two runs of one partition at once (a CLI sync beside a scheduled run, a sensor's
-run beside a backfill, a Dagster instance without the run queue's limit) would each send the
-same rows: the second is refused, and a run that lost its lease cannot move the cursor. A run
-that died stops renewing, and its lease runs out ``LEASE_SECONDS`` later.
+Opening a Ledger migrates the state database to the newest schema first (schema.py).
 """
 
 from __future__ import annotations
@@ -23,107 +19,28 @@ import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import orjson
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    and_,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from prism_pipelines.batch import Batch
 from prism_pipelines.database import make_engine, state_url
-from prism_pipelines.errors import PrismError
-
-#: How long a lease outlives its last renewal: how long the partition of a run that died stays
-#: refused to other runs.
-LEASE_SECONDS = 120.0
-#: A delivering run renews its lease this often (and at every batch it opens or records).
-LEASE_RENEW_SECONDS = LEASE_SECONDS / 4
-
-metadata = MetaData()
-
-batches = Table(
-    "prism_batches",
-    metadata,
-    Column("integration", String(64), primary_key=True),
-    Column("hour", DateTime(timezone=True), primary_key=True),
-    Column("after_id", BigInteger, primary_key=True, autoincrement=False),
-    Column("through_id", BigInteger, nullable=True),
-    Column("location", Text, nullable=True),
-    Column("records", Integer, nullable=False, default=0),
-    Column("rejects", Integer, nullable=False, default=0),
-    Column("bytes", BigInteger, nullable=False, default=0),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
+from prism_pipelines.hours import floor_hour, utc, utcnow
+from prism_pipelines.ledger.lease import (
+    LEASE_RENEW_SECONDS,
+    Lease,
+    PartitionBusy,
+    busy,
+    expiry,
+    held_by,
+    lease_key,
+    renew,
+    still_held,
 )
-
-partitions = Table(
-    "prism_partitions",
-    metadata,
-    Column("integration", String(64), primary_key=True),
-    Column("hour", DateTime(timezone=True), primary_key=True),
-    Column("last_sync_at", DateTime(timezone=True), nullable=True),
-    Column("last_success_at", DateTime(timezone=True), nullable=True),
-    Column("last_error", Text, nullable=True),
-    Column("last_error_at", DateTime(timezone=True), nullable=True),
-)
-
-rejects = Table(
-    "prism_rejects",
-    metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("integration", String(64), nullable=False, index=True),
-    Column("hour", DateTime(timezone=True), nullable=False),
-    Column("source_id", BigInteger, nullable=False),
-    Column("request_id", Text, nullable=True),
-    Column("reason", Text, nullable=False),
-    Column("record", Text, nullable=True),
-    Column("rejected_at", DateTime(timezone=True), nullable=False),
-)
-
-leases = Table(
-    "prism_leases",
-    metadata,
-    Column("integration", String(64), primary_key=True),
-    Column("hour", DateTime(timezone=True), primary_key=True),
-    Column("holder", Text, nullable=False),
-    Column("acquired_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-)
-
-integrations = Table(
-    "prism_integrations",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("first_configured_at", DateTime(timezone=True), nullable=False),
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were written in UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+from prism_pipelines.ledger.schema import upgrade
+from prism_pipelines.ledger.tables import batches, integrations, leases, partitions, rejects
 
 
 @dataclass(frozen=True)
@@ -152,33 +69,11 @@ class PartitionState:
     last_error_at: datetime | None
 
 
-class LeaseError(PrismError):
-    """The partition is another run's: this run stops, and it is not the partition's failure."""
-
-
-class PartitionBusy(LeaseError):
-    """Another run holds the partition's lease: this run must not deliver it."""
-
-
-class LeaseLost(LeaseError):
-    """The run's lease ran out and another run took the partition: this run stops, and the
-    batch it had open is left for the holder to redo."""
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A run's hold on one partition. ``holder`` says who, for the other runs' messages."""
-
-    integration: str
-    hour: datetime
-    holder: str
-
-
 class Ledger:
     def __init__(self, url: str | None = None):
         self.url = url or state_url()
         self.engine = make_engine(self.url)
-        metadata.create_all(self.engine)
+        upgrade(self.engine)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -237,16 +132,16 @@ class Ledger:
         return [
             PartitionState(
                 integration=integration,
-                hour=_utc(row["hour"]),
+                hour=utc(row["hour"]),
                 cursor=row["cursor"] or 0,
                 delivered=row["delivered"] or 0,
                 rejected=row["rejected"] or 0,
                 bytes=row["bytes"] or 0,
                 batches=row["batches"] or 0,
-                last_sync_at=_utc(row["last_sync_at"]),
-                last_success_at=_utc(row["last_success_at"]),
+                last_sync_at=utc(row["last_sync_at"]),
+                last_success_at=utc(row["last_success_at"]),
                 last_error=row["last_error"],
-                last_error_at=_utc(row["last_error_at"]),
+                last_error_at=utc(row["last_error_at"]),
             )
             for row in rows
         ]
@@ -282,11 +177,23 @@ class Ledger:
                 select(integrations.c.first_configured_at).where(integrations.c.name == integration)
             ).scalar()
             if seen is None:
-                seen = (now or utcnow()).replace(minute=0, second=0, microsecond=0)
+                seen = floor_hour(now or utcnow())
                 conn.execute(
                     insert(integrations).values(name=integration, first_configured_at=seen)
                 )
-        return _utc(seen)
+        return utc(seen)
+
+    def configured_at(self, integration: str) -> datetime | None:
+        """When the integration was first seen (None: not yet), recording nothing: what loading
+        the definitions may call, since it must not write."""
+        with self.engine.connect() as conn:
+            return utc(
+                conn.execute(
+                    select(integrations.c.first_configured_at).where(
+                        integrations.c.name == integration
+                    )
+                ).scalar()
+            )
 
     # -- the lease ---------------------------------------------------------------------------
 
@@ -307,7 +214,7 @@ class Ledger:
             while not stop.wait(LEASE_RENEW_SECONDS):
                 try:
                     with self.engine.begin() as conn:
-                        if not _renew(conn, lease):
+                        if not renew(conn, lease):
                             return  # lost: the next batch opened or recorded raises LeaseLost
                 except SQLAlchemyError:
                     # The state database is unreachable for now: try again at the next beat.
@@ -323,7 +230,7 @@ class Ledger:
             heartbeat.join()
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(delete(leases).where(_lease_key(lease) & _held_by(lease)))
+                    conn.execute(delete(leases).where(lease_key(lease) & held_by(lease)))
             except SQLAlchemyError:
                 pass  # unreachable state database: the lease runs out by itself
 
@@ -332,7 +239,7 @@ class Ledger:
         # update). A row released between the two is inserted on the next attempt.
         for _ in range(3):
             now = utcnow()
-            values = {"holder": lease.holder, "acquired_at": now, "expires_at": _expiry(now)}
+            values = {"holder": lease.holder, "acquired_at": now, "expires_at": expiry(now)}
             try:
                 with self.engine.begin() as conn:
                     conn.execute(
@@ -346,17 +253,17 @@ class Ledger:
             with self.engine.begin() as conn:
                 if conn.execute(
                     update(leases)
-                    .where(_lease_key(lease) & (leases.c.expires_at < now))
+                    .where(lease_key(lease) & (leases.c.expires_at < now))
                     .values(**values)
                 ).rowcount:
                     return
                 current = conn.execute(
                     select(leases.c.holder, leases.c.acquired_at, leases.c.expires_at).where(
-                        _lease_key(lease)
+                        lease_key(lease)
                     )
                 ).first()
             if current is not None:
-                raise _busy(lease, current)
+                raise busy(lease, current)
         raise PartitionBusy(
             f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} changed "
             "hands between other runs while this run tried to take it; sync it again."
@@ -369,7 +276,7 @@ class Ledger:
         the location it had, so the redo overwrites what the first attempt wrote."""
         key = _batch_key(batch)
         with self.engine.begin() as conn:
-            _still_held(conn, lease)
+            still_held(conn, lease)
             recorded = conn.execute(select(batches.c.location).where(key)).first()
             if recorded is None:
                 conn.execute(
@@ -393,7 +300,7 @@ class Ledger:
         only if the run still holds the partition's lease."""
         now = utcnow()
         with self.engine.begin() as conn:
-            _still_held(conn, lease)
+            still_held(conn, lease)
             conn.execute(
                 update(batches)
                 .where(_batch_key(batch))
@@ -449,49 +356,6 @@ class Ledger:
                 conn.execute(
                     insert(partitions).values(integration=integration, hour=hour, **values)
                 )
-
-
-def _busy(lease: Lease, current) -> PartitionBusy:
-    return PartitionBusy(
-        f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} is being "
-        f"delivered by {current.holder} since {_utc(current.acquired_at):%Y-%m-%d %H:%M:%S} "
-        "UTC; this run left it alone (two runs at once would send the same rows twice). It is "
-        f"free when that run ends, or at {_utc(current.expires_at):%H:%M:%S} UTC if that run "
-        "died: sync it again then."
-    )
-
-
-def _expiry(now: datetime) -> datetime:
-    return now + timedelta(seconds=LEASE_SECONDS)
-
-
-def _lease_key(lease: Lease):
-    return (leases.c.integration == lease.integration) & (leases.c.hour == lease.hour)
-
-
-def _held_by(lease: Lease):
-    return leases.c.holder == lease.holder
-
-
-def _renew(conn, lease: Lease) -> bool:
-    """Push the lease's expiry on, if it is still ours (in the caller's transaction)."""
-    renewed = conn.execute(
-        update(leases)
-        .where(_lease_key(lease) & _held_by(lease))
-        .values(expires_at=_expiry(utcnow()))
-    ).rowcount
-    return renewed == 1
-
-
-def _still_held(conn, lease: Lease) -> None:
-    """Renew the lease in the caller's transaction, or raise (rolling that transaction back)."""
-    if not _renew(conn, lease):
-        raise LeaseLost(
-            f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
-            "taken over by another run after this run's lease ran out (this run stalled for "
-            f"over {LEASE_SECONDS:.0f} s). This run stopped; the batch it had open is redone "
-            "by the run that holds the partition now."
-        )
 
 
 def _partition(integration: str, hour: datetime):
