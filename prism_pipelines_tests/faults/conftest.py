@@ -118,10 +118,10 @@ class Harness:
     traffic: Traffic
     rng: random.Random
     results: Results
-    outputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list, repr=False)
     settings: dict = field(default_factory=dict)
-    extra_env: dict = field(default_factory=dict)
-    secrets_seen: set[str] = field(default_factory=set)
+    #: every secret value a command was given (kept out of the repr pytest prints on failure)
+    secrets_seen: set[str] = field(default_factory=set, repr=False)
 
     @property
     def integrations(self) -> Path:
@@ -150,7 +150,6 @@ class Harness:
             "PRISM_LEASE_SECONDS": str(LEASE_SECONDS),
             "PYTHONPATH": str(REPO),
             **self.destination.secrets,
-            **self.extra_env,
         }
 
     def start(self, *args: str) -> subprocess.Popen:

@@ -11,12 +11,16 @@ import time
 import pytest
 
 from prism_pipelines_tests.faults.conftest import SEED
-from prism_pipelines_tests.faults.matrix import BY_NAME
+from prism_pipelines_tests.faults.matrix import BY_NAME, cases
 
 ROWS = 8000
+FENCING = (
+    "no conditional write at publish yet (branch fencing): the woken run replaces the newer "
+    "file the run that took over wrote"
+)
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize("kind", cases("stall", {"local": FENCING, "s3": FENCING}))
 def test_stalled_run_woken_after_a_takeover_does_not_overwrite_the_newer_file(harness, kind):
     harness.configure(batch_rows=ROWS * 2)
     harness.traffic.add(ROWS)
