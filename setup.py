@@ -53,7 +53,12 @@ setup(
             "psutil>=6",
             "hypothesis>=6.100,<7",
             "ruff>=0.9",
+            "dagster-dg-cli==1.13.27",  # `dg check defs` on the example project
         ],
     },
-    entry_points={"console_scripts": ["prism-pipelines=prism_pipelines.cli:run"]},
+    entry_points={
+        "console_scripts": ["prism-pipelines=prism_pipelines.cli:run"],
+        # `dg list components` in a project that installs us shows prism_pipelines.PrismIntegrations
+        "dagster_dg_cli.registry_modules": ["prism_pipelines=prism_pipelines"],
+    },
 )

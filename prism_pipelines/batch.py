@@ -1,10 +1,15 @@
 """A batch: the unit a sink acknowledges and the ledger records.
 
 A batch is a range of the ingest sequence, ``(after_id, through_id]``, within one partition
-(hour). It is read from the source in chunks while the sink consumes it, so a batch of any size
-costs one chunk of memory. Its id, and so a storage file's name, comes from the integration, the
-partition and ``after_id``: a batch that was started and not recorded is redone under the same
-name, which is what makes storage exactly-once.
+(hour). Its id, and so a storage file's name, comes from the integration, the partition and
+``after_id``: a batch that was started and not recorded is redone under the same name, which is
+what makes storage exactly-once.
+
+The hand-off is explicit: the sync gives the batch its rows with ``read_from`` (chunks, read
+from the source lazily, so a batch of any size costs one chunk of memory); the sink reads them
+once through ``chunks()``, and the batch adds up what each ``Chunk`` says of its rows (range,
+counts, event times) as they pass; the sync then records the sink's answer with
+``acknowledge``, and the ledger reads the batch.
 """
 
 from __future__ import annotations
@@ -20,10 +25,17 @@ from prism_pipelines.records import Reject, encode_jsonl, encode_record
 
 @dataclass
 class Chunk:
-    """Some consecutive records of a batch, with their source ids (for rejects)."""
+    """Some consecutive rows of a batch: the records built from them with their source ids
+    (for rejects), and what the batch learns from them."""
 
     records: list[dict]
     ids: list[int]
+    #: the highest source id of the rows, rejected ones included
+    through_id: int
+    #: rows that could not become records (malformed), with the reason
+    rejects: list[Reject]
+    first_event: datetime
+    last_event: datetime
 
     @cached_property
     def lines(self) -> list[bytes]:
@@ -44,19 +56,41 @@ class Batch:
     #: the batch's position among its partition's batches (0, 1, …), the same on every redo:
     #: what a sink uses to keep batches apart at the destination (Datadog's metric seconds)
     ordinal: int = 0
-    #: the rest is filled in by the reader while the sink consumes the chunks
+    #: the end of the range: given for a redo (its recorded range), else learnt from the rows
     through_id: int | None = None
+    #: records read from the source so far (rows that became records)
+    records_read: int = 0
+    #: records the destination acknowledged (set by ``acknowledge``)
     records: int = 0
     rejects: list[Reject] = field(default_factory=list)
     first_event: datetime | None = None
     last_event: datetime | None = None
-    _chunks: Iterable[Chunk] = ()
+    _source: Iterable[Chunk] = field(default=(), repr=False)
 
     @property
     def id(self) -> str:
         key = f"{self.integration}|{self.partition.isoformat()}|{self.after_id}"
         return hashlib.sha1(key.encode()).hexdigest()[:12]
 
+    def read_from(self, chunks: Iterable[Chunk]) -> None:
+        """Give the batch its rows; they are read when the sink asks, through ``chunks()``."""
+        self._source = chunks
+
     def chunks(self) -> Iterator[Chunk]:
         """The batch's records, chunk by chunk; read once, by the sink."""
-        return iter(self._chunks)
+        for chunk in self._source:
+            self.through_id = max(self.through_id or 0, chunk.through_id)
+            self.records_read += len(chunk.records)
+            self.rejects.extend(chunk.rejects)
+            if self.first_event is None:
+                self.first_event, self.last_event = chunk.first_event, chunk.last_event
+            else:
+                self.first_event = min(self.first_event, chunk.first_event)
+                self.last_event = max(self.last_event, chunk.last_event)
+            yield chunk
+
+    def acknowledge(self, records: int, rejects: list[Reject], location: str | None) -> None:
+        """The destination's answer: what it acknowledged, refused for good, and where."""
+        self.records = records
+        self.rejects.extend(rejects)
+        self.location = location

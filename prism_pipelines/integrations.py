@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -26,10 +27,12 @@ from pydantic import (
     model_validator,
 )
 
+from prism_pipelines.database import PROJECT_ROOT
 from prism_pipelines.errors import CredentialsError, IntegrationsFileError
+from prism_pipelines.hours import floor_hour
 from prism_pipelines.records import EXPORTED_FIELDS
+from prism_pipelines.sinks.datadog.sites import SITE_ALIASES, site_domain
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SYNC_INTERVALS = (1, 2, 5, 10, 15, 30, 60)
 
 
@@ -62,11 +65,6 @@ def _secret_not_inline(value: Any) -> Any:
 SecretRef = Annotated[Secret, BeforeValidator(_secret_not_inline)]
 
 
-def _utc_hour(value: datetime) -> datetime:
-    value = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
 class History(BaseModel):
     """Historical data: ``none`` (only new traffic) or the hours to backfill from (and until)."""
 
@@ -86,7 +84,7 @@ class History(BaseModel):
     @field_validator("since", "until")
     @classmethod
     def _to_utc_hour(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc_hour(value)
+        return None if value is None else floor_hour(value)
 
     @model_validator(mode="after")
     def _until_after_since(self) -> History:
@@ -263,19 +261,6 @@ class PubSubIntegration(IntegrationBase):
     default_batch_rows: ClassVar[int] = 1_000
 
 
-DATADOG_SITES = {
-    "us1": "datadoghq.com",
-    "us3": "us3.datadoghq.com",
-    "us5": "us5.datadoghq.com",
-    "eu1": "datadoghq.eu",
-    "eu": "datadoghq.eu",
-    "ap1": "ap1.datadoghq.com",
-    "ap2": "ap2.datadoghq.com",
-    "us1-fed": "ddog-gov.com",
-    "gov": "ddog-gov.com",
-}
-
-
 class DatadogIntegration(IntegrationBase):
     type: Literal["datadog"]
     site: str = "datadoghq.com"
@@ -302,26 +287,61 @@ class DatadogIntegration(IntegrationBase):
     @field_validator("site")
     @classmethod
     def _known_site(cls, value: str) -> str:
-        site = DATADOG_SITES.get(value.lower(), value.lower())
-        if site not in DATADOG_SITES.values():
+        site = site_domain(value)
+        if site is None:
             raise ValueError(
                 f"unknown Datadog site '{value}'; use one of "
-                f"{', '.join(sorted(k.upper() for k in DATADOG_SITES))} or its domain"
+                f"{', '.join(sorted(k.upper() for k in SITE_ALIASES))} or its domain"
             )
         return site
 
 
+@dataclass(frozen=True)
+class Destination:
+    """One integration type, declared once: its settings, its sink, its Dagster kind."""
+
+    model: type[IntegrationBase]
+    #: ``module:Class``, imported only when an integration of the type is built, so loading the
+    #: code location does not import every cloud SDK
+    sink: str
+    #: the kind tag Dagster shows on the asset (one of Dagster's known kinds, for its icon)
+    kind: str
+    #: whether the type has a dashboard template (a ``<name>_dashboard`` job)
+    dashboard: bool = False
+
+    @property
+    def type(self) -> str:
+        return self.model.model_fields["type"].annotation.__args__[0]
+
+
+DESTINATIONS = {
+    d.type: d
+    for d in (
+        Destination(LocalIntegration, "prism_pipelines.sinks.storage.local:LocalSink", "file"),
+        Destination(S3Integration, "prism_pipelines.sinks.storage.s3:S3Sink", "s3"),
+        Destination(
+            AzureBlobIntegration, "prism_pipelines.sinks.storage.azure_blob:AzureBlobSink", "azure"
+        ),
+        Destination(GcsIntegration, "prism_pipelines.sinks.storage.gcs:GcsSink", "gcs"),
+        Destination(SqsIntegration, "prism_pipelines.sinks.sqs:SqsSink", "sqs"),
+        Destination(PubSubIntegration, "prism_pipelines.sinks.pubsub:PubSubSink", "pubsub"),
+        Destination(
+            DatadogIntegration,
+            "prism_pipelines.sinks.datadog.sink:DatadogSink",
+            "datadog",
+            dashboard=True,
+        ),
+    )
+}
+INTEGRATION_TYPES = tuple(DESTINATIONS)
 Integration = Annotated[
-    LocalIntegration
-    | S3Integration
-    | AzureBlobIntegration
-    | GcsIntegration
-    | SqsIntegration
-    | PubSubIntegration
-    | DatadogIntegration,
+    Union[tuple(d.model for d in DESTINATIONS.values())],  # noqa: UP007 - built from the registry
     Field(discriminator="type"),
 ]
-INTEGRATION_TYPES = ("local", "s3", "azure_blob", "gcs", "sqs", "pubsub", "datadog")
+
+
+def destination(integration: IntegrationBase) -> Destination:
+    return DESTINATIONS[integration.type]
 
 
 class SourceSettings(BaseModel):
@@ -364,26 +384,36 @@ def integrations_path() -> Path:
 def load_integrations(path: str | Path | None = None) -> IntegrationsFile:
     """Read and validate the integrations file; every problem is reported at once."""
     path = Path(path) if path else integrations_path()
+    return parse_integrations(read_integrations_file(path), str(path))
+
+
+def read_integrations_file(path: Path) -> Any:
+    """The file's YAML, not yet validated."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise IntegrationsFileError(
             str(path), ["file not found: create it or point PRISM_INTEGRATIONS at it"]
         ) from None
     except yaml.YAMLError as exc:
         raise IntegrationsFileError(str(path), [f"not valid YAML: {exc}"]) from None
+
+
+def parse_integrations(raw: Any, origin: str) -> IntegrationsFile:
+    """Validate what an integrations file (or a PrismIntegrations component's attributes) holds;
+    every problem is reported at once, under ``origin`` (the file it came from)."""
     problems = _shape_problems(raw)
     if problems:
-        raise IntegrationsFileError(str(path), problems)
+        raise IntegrationsFileError(origin, problems)
     try:
         parsed = _FILE.validate_python(raw)
     except ValidationError as exc:
-        raise IntegrationsFileError(str(path), _describe(exc, raw)) from None
+        raise IntegrationsFileError(origin, _describe(exc, raw)) from None
     names = [i.name for i in parsed.integrations]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise IntegrationsFileError(
-            str(path), [f"integration '{n}': name is used more than once" for n in duplicates]
+            origin, [f"integration '{n}': name is used more than once" for n in duplicates]
         )
     return parsed
 

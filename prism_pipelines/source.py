@@ -20,7 +20,7 @@ import io
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -40,9 +40,8 @@ from sqlalchemy import (
 
 from prism_pipelines.database import make_engine, source_url
 from prism_pipelines.errors import PrismError
+from prism_pipelines.hours import HOUR
 from prism_pipelines.records import EXPORTED_FIELDS, ROW_TIMESTAMP, format_timestamp
-
-HOUR = timedelta(hours=1)
 
 # Our column names, in the order the reader selects them (records.py indexes rows by position).
 COLUMN_TYPES = {

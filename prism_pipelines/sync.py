@@ -28,11 +28,12 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
+from prism_pipelines.hours import utc, utcnow
 from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch
 from prism_pipelines.records import (
     ROW_ID,
@@ -93,8 +94,8 @@ class SyncResult:
 
     def metadata(self, now: datetime | None = None) -> dict:
         """Plain values for the run's metadata (the Dagster layer types them)."""
-        now = now or datetime.now(UTC)
-        last = _utc(self.last_event)
+        now = now or utcnow()
+        last = utc(self.last_event)
         return {
             "records": self.records,
             "rejects": self.rejects,
@@ -172,6 +173,7 @@ def _deliver(
                 recorded.after_id,
                 location=recorded.location,
                 ordinal=bisect_left(starts, recorded.after_id),
+                through_id=recorded.through_id,
             )
             rows = source.stream_rows(
                 hour,
@@ -179,22 +181,13 @@ def _deliver(
                 through_id=recorded.through_id,
                 chunk_rows=CHUNK_ROWS,
             )
-            _send(
-                integration,
-                sink,
-                ledger,
-                lease,
-                batch,
-                rows,
-                result,
-                through_id=recorded.through_id,
-            )
+            _send(integration, sink, ledger, lease, batch, rows, result)
             result.redone_batches += 1
 
         # Redone batches lie below the cursor, and no other run moves it while this one holds
         # the lease: the cursor is still the one read at the start.
         cursor = result.cursor_before
-        settled_before = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
+        settled_before = (now or utcnow()) - timedelta(seconds=settle_seconds)
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
             hour, after_id=cursor, settled_before=settled_before, chunk_rows=chunk_rows
@@ -296,53 +289,41 @@ def _send(
     batch: Batch,
     row_chunks: Iterator[list[tuple]],
     result: SyncResult,
-    through_id: int | None = None,
 ) -> None:
-    batch._chunks = _chunks(batch, row_chunks, integration.fields)
+    batch.read_from(_chunks(row_chunks, integration.fields))
     ledger.start_batch(batch, sink.location_for(batch), lease)
     delivery = sink.deliver(batch)
-    if delivery.records + len(delivery.rejects) != batch.records:
+    if delivery.records + len(delivery.rejects) != batch.records_read:
         # The one guard that makes "nothing silently dropped" hold for every sink.
         raise DestinationError(
             f"integration '{integration.name}': the sink accounted for "
-            f"{delivery.records + len(delivery.rejects)} of {batch.records} records of batch "
+            f"{delivery.records + len(delivery.rejects)} of {batch.records_read} records of batch "
             f"{batch.id}; the batch is left open and will be redone"
         )
-    if through_id is not None:
-        batch.through_id = through_id
     if batch.through_id is None:
         return  # nothing was read: the batch stays open and unranged, like never started
-    batch.records = delivery.records
-    batch.rejects.extend(delivery.rejects)
-    batch.location = delivery.location
+    batch.acknowledge(delivery.records, delivery.rejects, delivery.location)
     ledger.finish_batch(batch, delivery.bytes, lease)
     result.add(batch, delivery)
     gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 
 
-def _chunks(batch: Batch, row_chunks: Iterator[list[tuple]], fields) -> Iterator[Chunk]:
-    """Rows → exported records, with the batch's range, counts and event times kept up to
-    date as the sink reads."""
+def _chunks(row_chunks: Iterator[list[tuple]], fields) -> Iterator[Chunk]:
+    """Rows → exported records, each chunk with its range, rejects and event times."""
     stamp = itemgetter(ROW_TIMESTAMP)
     for rows in row_chunks:
         records, ids, rejects = build_records(rows, fields)
-        batch.through_id = rows[-1][ROW_ID]
-        batch.records += len(records)
-        batch.rejects.extend(rejects)
         # The rows' timestamps are the record's text, which sorts as the times do.
-        first = datetime.fromisoformat(min(map(stamp, rows)))
-        last = datetime.fromisoformat(max(map(stamp, rows)))
-        batch.first_event = first if batch.first_event is None else min(batch.first_event, first)
-        batch.last_event = last if batch.last_event is None else max(batch.last_event, last)
-        yield Chunk(records, ids)
+        yield Chunk(
+            records,
+            ids,
+            through_id=rows[-1][ROW_ID],
+            rejects=rejects,
+            first_event=datetime.fromisoformat(min(map(stamp, rows))),
+            last_event=datetime.fromisoformat(max(map(stamp, rows))),
+        )
 
 
 def _reason_kind(reason: str) -> str:
     """Group rejects by the kind of reason (the text before the first colon)."""
     return reason.split(":", 1)[0]
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

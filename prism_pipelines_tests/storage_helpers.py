@@ -25,9 +25,9 @@ from azure.storage.blob import BlobServiceClient
 from botocore.awsrequest import AWSResponse
 from google.cloud.storage._media.requests.upload import ResumableUpload
 
-from prism_pipelines.sinks.azure_blob import AzureBlobArchive
-from prism_pipelines.sinks.gcs import GcsArchive
-from prism_pipelines.sinks.s3 import S3Archive
+from prism_pipelines.sinks.storage.azure_blob import AzureBlobSink
+from prism_pipelines.sinks.storage.gcs import GcsSink
+from prism_pipelines.sinks.storage.s3 import S3Sink
 from prism_pipelines_tests.services import AWS_REGION, AZURITE_ACCOUNT, gcs_client
 
 NAME = "archive"
@@ -99,7 +99,7 @@ class Store:
 class S3Store(Store):
     """A bucket on moto's S3 server, read back with boto3."""
 
-    sink_class = S3Archive
+    sink_class = S3Sink
 
     def __init__(self, moto_server, monkeypatch, region: str = AWS_REGION):
         super().__init__(unique_name())
@@ -148,7 +148,7 @@ class S3Store(Store):
     def fail_next_upload_once(self, monkeypatch) -> list[str]:
         """One 503 SlowDown, through botocore's ``before-send`` event."""
         injected: list[str] = []
-        connect = S3Archive._connect
+        connect = S3Sink._connect
 
         def slow_down(request, **_):
             if not injected:
@@ -164,7 +164,7 @@ class S3Store(Store):
             client.meta.events.register("before-send.s3.PutObject", slow_down)
             return client
 
-        monkeypatch.setattr(S3Archive, "_connect", connect_with_fault)
+        monkeypatch.setattr(S3Sink, "_connect", connect_with_fault)
         return injected
 
 
@@ -181,7 +181,7 @@ class _Raw:
 class AzureStore(Store):
     """A container on Azurite, read back with azure-storage-blob."""
 
-    sink_class = AzureBlobArchive
+    sink_class = AzureBlobSink
     bucket_field = "container"
 
     def __init__(self, azurite, monkeypatch):
@@ -232,7 +232,7 @@ class AzureStore(Store):
     def fail_next_upload_once(self, monkeypatch) -> list[str]:
         """One 503 ServerBusy, in front of the client's HTTP transport."""
         injected: list[str] = []
-        connect = AzureBlobArchive._connect
+        connect = AzureBlobSink._connect
 
         def connect_with_fault(sink, retries):
             container = connect(sink, retries)
@@ -252,14 +252,14 @@ class AzureStore(Store):
             transport.send = server_busy
             return container
 
-        monkeypatch.setattr(AzureBlobArchive, "_connect", connect_with_fault)
+        monkeypatch.setattr(AzureBlobSink, "_connect", connect_with_fault)
         return injected
 
 
 class GcsStore(Store):
     """A bucket on fake-gcs-server, read back with google-cloud-storage."""
 
-    sink_class = GcsArchive
+    sink_class = GcsSink
 
     def __init__(self, fake_gcs):
         super().__init__(unique_name())
@@ -314,7 +314,7 @@ class GcsStore(Store):
         """Answer the next upload request once with ``status`` and ``error``, in front of the
         client's HTTP session (fake-gcs-server neither checks permissions nor answers 5xx)."""
         injected: list[str] = []
-        connect = GcsArchive._connect
+        connect = GcsSink._connect
 
         def connect_with_fault(sink):
             client = connect(sink)
@@ -335,7 +335,7 @@ class GcsStore(Store):
             session.request = answer
             return client
 
-        monkeypatch.setattr(GcsArchive, "_connect", connect_with_fault)
+        monkeypatch.setattr(GcsSink, "_connect", connect_with_fault)
         return injected
 
     def fail_next_upload_once(self, monkeypatch) -> list[str]:

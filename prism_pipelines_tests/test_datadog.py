@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from prism_pipelines.records import EXPORTED_FIELDS
-from prism_pipelines.sinks import datadog_metrics
+from prism_pipelines.sinks.datadog import metrics as datadog_metrics
 from prism_pipelines.source import INSERT_COLUMNS
 from prism_pipelines_tests.datadog_intake import API_KEY, APP_KEY
 from prism_pipelines_tests.factories import gateway_rows

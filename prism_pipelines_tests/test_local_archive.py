@@ -20,7 +20,7 @@ from prism_pipelines.integrations import load_integrations
 from prism_pipelines.ledger import Ledger, leases
 from prism_pipelines.records import EXPORTED_FIELDS
 from prism_pipelines.sinks import build_sink
-from prism_pipelines.sinks.local import LocalArchive
+from prism_pipelines.sinks.storage.local import LocalSink
 from prism_pipelines.source import GatewaySource
 from prism_pipelines.sync import deliver_partition
 from prism_pipelines_tests.factories import gateway_rows
@@ -201,7 +201,7 @@ def test_crash_mid_partition_then_rerun_leaves_every_row_in_one_file(
     before the ledger records it — then rerun."""
     prism.configure(archive(tmp_path, batch_rows=100))
     gateway.insert_rows([gateway_rows(H, 550)])
-    target, method = (LocalArchive, "put") if crash_in == "upload" else (Ledger, "finish_batch")
+    target, method = (LocalSink, "put") if crash_in == "upload" else (Ledger, "finish_batch")
     real, calls = getattr(target, method), []
 
     def crash_on_third(self, *args, **kwargs):
@@ -230,14 +230,14 @@ def test_a_partition_is_delivered_by_one_run_at_a_time(prism, gateway, tmp_path,
     prism.configure(archive(tmp_path, batch_rows=100))
     gateway.insert_rows([gateway_rows(H, 250)])
     first_put, go_on = threading.Event(), threading.Event()
-    real_put = LocalArchive.put
+    real_put = LocalSink.put
 
     def put_then_stall(self, *args, **kwargs):
         first_put.set()
         go_on.wait(timeout=60)
         return real_put(self, *args, **kwargs)
 
-    monkeypatch.setattr(LocalArchive, "put", put_then_stall)
+    monkeypatch.setattr(LocalSink, "put", put_then_stall)
     integration = prism.config.integrations[0]
     with ThreadPoolExecutor(1) as pool:
         other = pool.submit(
@@ -296,7 +296,7 @@ def test_a_run_that_lost_its_lease_stops_without_moving_the_cursor(
     record the batch it had in flight: the new holder redoes it under the same name."""
     prism.configure(archive(tmp_path, batch_rows=100))
     gateway.insert_rows([gateway_rows(H, 250)])
-    real_put, puts = LocalArchive.put, []
+    real_put, puts = LocalSink.put, []
 
     def taken_over_during_second_put(self, *args, **kwargs):
         puts.append(1)
@@ -305,12 +305,12 @@ def test_a_run_that_lost_its_lease_stops_without_moving_the_cursor(
                 conn.execute(update(leases).values(holder="the run that took over"))
         return real_put(self, *args, **kwargs)
 
-    monkeypatch.setattr(LocalArchive, "put", taken_over_during_second_put)
+    monkeypatch.setattr(LocalSink, "put", taken_over_during_second_put)
     stopped = prism.sync("archive", KEY, raise_on_error=False)
     assert not stopped.success and "taken over by another run" in stopped.error
     assert prism.ledger.cursor("archive", H) == 100  # the first batch only
 
-    monkeypatch.setattr(LocalArchive, "put", real_put)
+    monkeypatch.setattr(LocalSink, "put", real_put)
     with prism.ledger.engine.begin() as conn:
         conn.execute(delete(leases))  # the run that took over ended
     assert prism.sync("archive", KEY).metadata["records"] == 150

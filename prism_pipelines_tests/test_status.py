@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.sinks.local import LocalArchive
-from prism_pipelines.status import ACTIVE, ERROR, SYNCING, integration_status
+from prism_pipelines.dagster_defs.status import ACTIVE, ERROR, SYNCING, integration_status
+from prism_pipelines.sinks.storage.local import LocalSink
 from prism_pipelines_tests.factories import gateway_rows
 
 # Status reads the look-back window behind "now" (pending rows, lag): the hour under test is
@@ -38,7 +38,6 @@ def status_of(prism, gateway, name: str = "archive"):
     return integration_status(
         prism.config.get(name),
         instance=prism.instance,
-        repository_def=prism.defs.get_repository_def(),
         ledger=prism.ledger,
         source=gateway,
     )
@@ -139,14 +138,14 @@ def test_s3_without_its_credentials_is_in_error_until_they_are_set(
 def test_integration_is_syncing_while_its_run_is_in_progress(prism, gateway, tmp_path, monkeypatch):
     gateway.insert_rows([gateway_rows(H, 30)])
     prism.configure(local(tmp_path / "bucket"))
-    entered, release, real_put = threading.Event(), threading.Event(), LocalArchive.put
+    entered, release, real_put = threading.Event(), threading.Event(), LocalSink.put
 
     def slow_put(self, *args, **kwargs):  # a slow destination, held until the test looked
         entered.set()
         assert release.wait(60)
         return real_put(self, *args, **kwargs)
 
-    monkeypatch.setattr(LocalArchive, "put", slow_put)
+    monkeypatch.setattr(LocalSink, "put", slow_put)
     runs = []
     worker = threading.Thread(target=lambda: runs.append(prism.sync("archive", KEY)))
     worker.start()

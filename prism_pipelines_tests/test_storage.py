@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import psutil
 import pytest
 
-from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE
+from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE
 from prism_pipelines.source import INSERT_COLUMNS
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.storage_helpers import (

@@ -55,7 +55,7 @@ def service_account_key(token_uri: str) -> str:
 def test_storage_emulator_host_is_honoured_without_endpoint_url(
     prism, gateway, gcs_store, monkeypatch
 ):
-    """No endpoint_url and no key: dagster-gcp's GCSResource builds the client, which follows
+    """No endpoint_url and no key: the client uses Application Default Credentials, and follows
     STORAGE_EMULATOR_HOST like every Google client."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_store.endpoint)
     prism.configure({k: v for k, v in gcs_store.integration().items() if k != "endpoint_url"})

@@ -22,32 +22,17 @@ from dagster import (
 from pydantic import Field
 
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.partitions import hours_in
+from prism_pipelines.dagster_defs.names import asset_key
+from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.dagster_defs.resources import PrismResource
+from prism_pipelines.hours import partition_key
+from prism_pipelines.integrations import destination
 from prism_pipelines.sinks import build_sink
 from prism_pipelines.sync import SyncError, deliver_partition
 
 GATEWAY_TABLE = AssetKey(["prism_gateway", "prism_request_logs"])
 #: hours per backfill run: one run start-up per day of history
 HOURS_PER_BACKFILL_RUN = 24
-KINDS = {
-    "local": "file",
-    "s3": "s3",
-    "azure_blob": "azure",
-    "gcs": "gcs",
-    "sqs": "sqs",
-    "pubsub": "pubsub",
-    "datadog": "datadog",
-}
-
-
-def asset_key(name: str) -> AssetKey:
-    return AssetKey(["prism", name])
-
-
-def partition_key(moment) -> str:
-    """The hourly partition key (Dagster's default format) of the hour ``moment`` falls in."""
-    return moment.strftime("%Y-%m-%d-%H:00")
 
 
 gateway_table = AssetSpec(
@@ -73,7 +58,7 @@ def integration_asset(integration, partitions_def):
         key=asset_key(name),
         partitions_def=partitions_def,
         deps=[GATEWAY_TABLE],
-        kinds={KINDS[integration.type]},
+        kinds={destination(integration).kind},
         tags={"prism/integration": name, "prism/type": integration.type},
         group_name="prism",
         backfill_policy=BackfillPolicy.multi_run(HOURS_PER_BACKFILL_RUN),
@@ -87,7 +72,7 @@ def integration_asset(integration, partitions_def):
         source, ledger = prism.source(), prism.ledger()
         failures = []
         try:
-            for hour in hours_in(context.partition_time_window):
+            for hour in hours_between(*context.partition_time_window):
                 hour = hour.astimezone(UTC)
                 try:
                     result = deliver_partition(

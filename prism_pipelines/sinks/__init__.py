@@ -1,7 +1,6 @@
-"""Destinations. One module per integration type, each with the same anatomy (see base.py).
-
-Modules are imported on demand, so loading the code location does not import every cloud SDK.
-"""
+"""Destinations: ``storage/`` (local, S3, Azure Blob, GCS), ``sqs``, ``pubsub``, ``datadog/``,
+each with the same anatomy (``base.py``) and the one retry machine (``retry.py``). Which sink
+serves which integration type is the registry's to say (``integrations.DESTINATIONS``)."""
 
 from __future__ import annotations
 
@@ -9,19 +8,13 @@ from importlib import import_module
 
 from prism_pipelines.sinks.base import Delivery, Sink
 
-SINK_CLASSES = {
-    "local": "prism_pipelines.sinks.local:LocalArchive",
-    "s3": "prism_pipelines.sinks.s3:S3Archive",
-    "azure_blob": "prism_pipelines.sinks.azure_blob:AzureBlobArchive",
-    "gcs": "prism_pipelines.sinks.gcs:GcsArchive",
-    "sqs": "prism_pipelines.sinks.sqs:SqsSink",
-    "pubsub": "prism_pipelines.sinks.pubsub:PubSubSink",
-    "datadog": "prism_pipelines.sinks.datadog:DatadogSink",
-}
-
 
 def build_sink(integration) -> Sink:
-    module, _, name = SINK_CLASSES[integration.type].partition(":")
+    """The sink of the integration's type, its module imported only now."""
+    # Imported here: the registry imports ``sinks.datadog.sites``, which runs this package.
+    from prism_pipelines.integrations import destination
+
+    module, _, name = destination(integration).sink.partition(":")
     return getattr(import_module(module), name)(integration)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from prism_pipelines.batch import Batch
 from prism_pipelines.records import Reject
+from prism_pipelines.sinks.retry import RetryCount
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Delivery:
     records: int = 0
     bytes: int = 0
     requests: int = 0
+    #: how much ``Sink.retries`` grew while the batch was delivered
     retries: int = 0
     location: str | None = None
     #: records the destination refused for good, each with the destination's reason
@@ -33,6 +35,8 @@ class Delivery:
 class Sink(ABC):
     def __init__(self, integration):
         self.integration = integration
+        #: every retry made for this sink, by ``RetryLogic`` or by its SDK (see retry.py)
+        self.retries = RetryCount()
 
     @abstractmethod
     def validate(self) -> str:

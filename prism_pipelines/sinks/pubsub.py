@@ -8,8 +8,10 @@ The anatomy every sink has:
   Pub/Sub's limits and its flow control to block, so memory stays bounded, and refuse a message
   over Pub/Sub's size limit before it is handed over;
 - service: the client publishes in background threads and retries transient errors itself
-  (google-api-core's retry, counted here). A batch is acknowledged only once every publish
-  future of it resolved; one failed future fails the batch, which the next run redoes.
+  (google-api-core's ``Retry``, set in ``_build_publisher``: the SDK's retry does the job;
+  its ``on_error`` hook counts into the sink's ``RetryCount``). A batch is acknowledged only
+  once every publish future of it resolved; one failed future fails the batch, which the next
+  run redoes.
 
 At least once: a crash re-sends at most the batch in flight.
 """
@@ -124,7 +126,6 @@ class PubSubSink(Sink):
         super().__init__(integration)
         self._publisher: _CountingPublisher | None = None
         self._lock = threading.Lock()
-        self._retries = 0
         self._attributes = {
             "source": integration.message_source,
             "event_type": integration.message_event_type,
@@ -200,8 +201,7 @@ class PubSubSink(Sink):
             ) from None
 
     def _count_retry(self, _exc: Exception) -> None:
-        with self._lock:
-            self._retries += 1
+        self.retries.add()
 
     def validate(self) -> str:
         self._check_ordering_field()
@@ -256,8 +256,7 @@ class PubSubSink(Sink):
         topic = self.integration.topic_path
         key_field = self.integration.ordering_key_field
         requests_before = publisher.publish_requests
-        with self._lock:
-            retries_before = self._retries
+        retries_before = self.retries.value
         rejects: list[Reject] = []
         futures = []
         sizes = []
@@ -308,8 +307,7 @@ class PubSubSink(Sink):
                 f"{error} ({len(failed)} of {len(futures)} message(s) of the batch failed; the "
                 f"batch will be redone by the next run)"
             )
-        with self._lock:
-            retries = self._retries - retries_before
+        retries = self.retries.value - retries_before
         return Delivery(
             records=len(futures),
             bytes=sum(sizes),

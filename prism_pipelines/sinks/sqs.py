@@ -8,8 +8,9 @@ The anatomy every sink has:
   attribute's name, type and value);
 - service: requests go out from a small pool of threads (boto3 clients are thread-safe), so a
   run is bounded by the service rather than by one round trip at a time. Throttling and 5xx
-  are retried by botocore's standard retry mode; entries that failed inside a successful call
-  are retried alone, with ``Backoff``, or rejected for good when SQS says the sender is at fault.
+  are retried by botocore's standard retry mode (``aws.py``); entries that failed inside a
+  successful call are retried alone through ``retry.RetryLogic`` (``PartFailed``), or rejected
+  for good when SQS says the sender is at fault.
 
 At least once: a batch is acknowledged only when every entry of it was sent or rejected, so a
 crash re-sends at most the batch in flight. On a FIFO queue the request id is the deduplication
@@ -26,21 +27,27 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     NoCredentialsError,
     PartialCredentialsError,
 )
-from dagster_aws.utils import construct_boto_client_retry_config
 
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError
 from prism_pipelines.records import EXPORTED_FIELDS, Reject
+from prism_pipelines.sinks.aws import KEY_REFUSED, NOT_ALLOWED, build_client, error_code
 from prism_pipelines.sinks.base import Delivery, Sink
-from prism_pipelines.sinks.retry import Backoff
+from prism_pipelines.sinks.retry import (
+    Action,
+    Backoff,
+    PartFailed,
+    RetryCount,
+    RetryLogic,
+    Verdict,
+    part_failed,
+)
 
 #: SendMessageBatch takes at most 10 entries.
 SQS_BATCH_ENTRIES = 10
@@ -71,21 +78,6 @@ VALIDATE_MAX_ATTEMPTS = 2
 #: Entries that failed inside a successful call (SenderFault false) are retried this way.
 ENTRY_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=20.0, attempts=8)
 
-_CREDENTIAL_CODES = {
-    "InvalidClientTokenId",
-    "UnrecognizedClientException",
-    "SignatureDoesNotMatch",
-    "IncompleteSignature",
-    "InvalidAccessKeyId",
-    "InvalidSecurity",
-    "MissingAuthenticationToken",
-    "ExpiredToken",
-    "RequestExpired",
-    "AccessDenied",
-    "AccessDeniedException",
-    "KMS.AccessDeniedException",
-    "KmsAccessDenied",
-}
 _MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 
@@ -106,16 +98,12 @@ class _Tally:
     sent: int = 0
     bytes: int = 0
     requests: int = 0
-    sdk_retries: int = 0
-    entry_retries: int = 0
     rejects: list[Reject] = field(default_factory=list)
 
     def add(self, other: _Tally) -> None:
         self.sent += other.sent
         self.bytes += other.bytes
         self.requests += other.requests
-        self.sdk_retries += other.sdk_retries
-        self.entry_retries += other.entry_retries
         self.rejects.extend(other.rejects)
 
 
@@ -132,6 +120,9 @@ class SqsSink(Sink):
             "event_type": _string(integration.message_event_type),
         }
         self._attributes_size = _attributes_size(self._attributes)
+        #: the two kinds of retry, each shown in the metadata; ``self.retries`` is their sum
+        self.sdk_retries = RetryCount()
+        self.entry_retries = RetryCount()
 
     # -- settings and healthcheck ----------------------------------------------------------------
 
@@ -143,23 +134,15 @@ class SqsSink(Sink):
             return self._client
 
     def _build_client(self, max_attempts: int = SDK_MAX_ATTEMPTS):
-        # dagster-aws 0.29.27 has resources for S3, ECR, EMR, Redshift, Secrets Manager... but
-        # none for SQS, so the client is built the way dagster_aws.s3.utils.construct_s3_client
-        # builds its own: a boto3 Session with the integration's keys (or the default credential
-        # chain) and dagster-aws's retry Config (botocore's standard mode), plus a connection
-        # pool as large as our pool of sender threads.
-        integration = self.integration
-        config = construct_boto_client_retry_config(max_attempts).merge(
-            Config(max_pool_connections=SEND_WORKERS, connect_timeout=10, read_timeout=60)
-        )
-        session = boto3.session.Session()
-        return session.client(
+        # A connection pool as large as our pool of sender threads.
+        return build_client(
             "sqs",
-            region_name=integration.region,
-            endpoint_url=integration.endpoint_url,
-            aws_access_key_id=integration.secret("access_key_id"),
-            aws_secret_access_key=integration.secret("secret_access_key"),
-            config=config,
+            self.integration,
+            max_attempts,
+            self.sdk_retries,
+            max_pool_connections=SEND_WORKERS,
+            connect_timeout=10,
+            read_timeout=60,
         )
 
     def validate(self) -> str:
@@ -288,6 +271,7 @@ class SqsSink(Sink):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="prism-sqs")
         tally = _Tally()
+        sdk_before, entries_before = self.sdk_retries.value, self.entry_retries.value
         previous: list[Future] = []
         submitted: list[Future] = []
         try:
@@ -310,17 +294,19 @@ class SqsSink(Sink):
             # After a failure, let the calls in flight finish before raising: no thread of
             # this batch may still be sending once the batch is reported failed.
             wait(previous + submitted)
-        retries = tally.sdk_retries + tally.entry_retries
+        sdk_retries = self.sdk_retries.value - sdk_before
+        entry_retries = self.entry_retries.value - entries_before
+        self.retries.add(sdk_retries + entry_retries)
         return Delivery(
             records=tally.sent,
             bytes=tally.bytes,
             requests=tally.requests,
-            retries=retries,
+            retries=sdk_retries + entry_retries,
             rejects=tally.rejects,
             counters={
                 "messages": tally.sent,
-                "sdk_retries": tally.sdk_retries,
-                "entry_retries": tally.entry_retries,
+                "sdk_retries": sdk_retries,
+                "entry_retries": entry_retries,
             },
         )
 
@@ -333,17 +319,18 @@ class SqsSink(Sink):
     def _send_request(self, client, entries: list[_Entry]) -> _Tally:
         """One SendMessageBatch; then only its failed entries again until none is left."""
         tally = _Tally()
-        attempt = 0
-        while entries:
+        left = entries
+
+        def attempt() -> None:
+            nonlocal left
             try:
                 response = client.send_message_batch(
-                    QueueUrl=self.integration.queue_url, Entries=[e.entry for e in entries]
+                    QueueUrl=self.integration.queue_url, Entries=[e.entry for e in left]
                 )
             except Exception as exc:  # every failure becomes one of our errors
                 raise self._error(exc, "sending messages") from None
             tally.requests += 1
-            tally.sdk_retries += response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-            by_id = {e.entry["Id"]: e for e in entries}
+            by_id = {e.entry["Id"]: e for e in left}
             for sent in response.get("Successful", ()):
                 entry = by_id.pop(sent["Id"])
                 tally.sent += 1
@@ -367,22 +354,26 @@ class SqsSink(Sink):
                     last_failure = failed
             # What is left failed on the service's side (or was not answered at all): again,
             # in its original order, so a FIFO group's retried messages stay in order.
-            entries = [e for e in entries if e.entry["Id"] in by_id]
-            if entries:
-                attempt += 1
-                if attempt >= ENTRY_BACKOFF.attempts:
-                    reason = (
-                        f"{last_failure.get('Code')}: {last_failure.get('Message', '')}"
-                        if last_failure
-                        else "entries missing from the response"
-                    )
-                    raise DestinationError(
-                        f"integration '{self.integration.name}': SQS failed {len(entries)} "
-                        f"message(s) {attempt} times ({reason}); the batch will be redone by "
-                        f"the next run"
-                    )
-                tally.entry_retries += len(entries)
-                ENTRY_BACKOFF.wait(attempt)
+            left = [e for e in left if e.entry["Id"] in by_id]
+            if left:
+                raise PartFailed(
+                    len(left),
+                    f"{last_failure.get('Code')}: {last_failure.get('Message', '')}"
+                    if last_failure
+                    else "entries missing from the response",
+                )
+
+        def classify(exc: Exception):
+            # Whole calls were retried by botocore already: what reaches here is final.
+            return part_failed(exc) or Verdict(Action.FATAL)
+
+        def give_up(tries: int, last) -> DestinationError:
+            return DestinationError(
+                f"integration '{self.integration.name}': SQS failed {len(left)} message(s) "
+                f"{tries} times ({last.reason}); the batch will be redone by the next run"
+            )
+
+        RetryLogic(ENTRY_BACKOFF, self.entry_retries).run(attempt, classify, give_up)
         return tally
 
     def _error(self, exc: Exception, doing: str) -> Exception:
@@ -398,14 +389,14 @@ class SqsSink(Sink):
             )
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
-            code = error.get("Code", "")
+            code = error_code(exc)
             message = self.integration.scrub(error.get("Message", ""))
             if code in _MISSING_QUEUE_CODES or error.get("QueryErrorCode") in _MISSING_QUEUE_CODES:
                 return DestinationError(
                     f"integration '{name}': queue {queue} does not exist (or is in another "
                     f"region than {self.integration.region}); create it or fix queue_url"
                 )
-            if code in _CREDENTIAL_CODES:
+            if code in KEY_REFUSED | NOT_ALLOWED:
                 return CredentialsError(
                     f"integration '{name}': AWS refused the credentials while {doing} "
                     f"({code}: {message}); check access_key_id and secret_access_key and that "

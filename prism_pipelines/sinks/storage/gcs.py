@@ -1,10 +1,9 @@
 """Google Cloud Storage: the archive as objects in one bucket.
 
-Without ``service_account_json`` and ``endpoint_url`` the client comes from dagster-gcp's
-``GCSResource``: Application Default Credentials (workload identity on GKE), or no credentials
-when ``STORAGE_EMULATOR_HOST`` names an emulator. ``GCSResource`` takes only a project, so with a
-service account key or a custom endpoint we build ``google.cloud.storage.Client`` the same way
-with those added; a custom endpoint without a key is taken for an emulator (no credentials).
+The client is ``google.cloud.storage.Client``: without ``service_account_json`` it uses
+Application Default Credentials (workload identity on GKE), or none when
+``STORAGE_EMULATOR_HOST`` names an emulator; a custom ``endpoint_url`` without a key is taken
+for an emulator too (no credentials).
 
 Retries are google-cloud-storage's own (429, 5xx, timeouts, dropped connections; exponential
 backoff with jitter), tuned below; its ``on_error`` hook, called before every retry, counts them
@@ -16,11 +15,9 @@ when the last chunk is in, so a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import threading
 from typing import BinaryIO
 
 import requests
-from dagster_gcp.gcs import GCSResource
 from google.api_core import exceptions as api
 from google.api_core.retry import Retry
 from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError
@@ -30,7 +27,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, ObjectStoreSink
+from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
 
 #: bytes per resumable-upload request (a multiple of 256 KiB, as the API requires)
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -48,13 +45,11 @@ TIMEOUT = (10, 120)
 _UNREACHABLE = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
 
 
-class GcsArchive(ObjectStoreSink):
+class GcsSink(StorageSink):
     def __init__(self, integration):
         super().__init__(integration)
         self._client: storage.Client | None = None
         self._deadline = EXPORT_RETRY_DEADLINE_SECONDS
-        self._retries = 0
-        self._retries_lock = threading.Lock()
 
     @property
     def bucket(self) -> storage.Bucket:
@@ -67,7 +62,7 @@ class GcsArchive(ObjectStoreSink):
         key = integration.secret("service_account_json")
         if key is None and integration.endpoint_url is None:
             try:
-                return GCSResource(project=integration.project_id).get_client()
+                return storage.Client(project=integration.project_id)
             except DefaultCredentialsError:
                 raise CredentialsError(
                     f"integration '{integration.name}': no service_account_json is set and no "
@@ -118,13 +113,11 @@ class GcsArchive(ObjectStoreSink):
         )
 
     def _count_retry(self, _exc: Exception) -> None:
-        with self._retries_lock:
-            self._retries += 1
+        self.retries.add()
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int) -> int:
-        before = self._retries
+    def put(self, key: str, data: BinaryIO, size: int) -> None:
         try:
             blob = self.bucket.blob(key, chunk_size=CHUNK_BYTES)
             blob.content_encoding = CONTENT_ENCODING
@@ -133,7 +126,6 @@ class GcsArchive(ObjectStoreSink):
             )
         except (api.GoogleAPIError, GoogleAuthError, InvalidResponse, *_UNREACHABLE) as exc:
             raise self._error(exc, f"write {self.describe(key)}") from None
-        return self._retries - before
 
     def remove(self, key: str) -> None:
         try:

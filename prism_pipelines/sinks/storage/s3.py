@@ -1,10 +1,9 @@
 """Amazon S3 and S3-compatible stores (MinIO, Cloudflare R2, …): the archive as S3 objects.
 
-The client comes from dagster-aws's ``S3Resource``: it carries everything this sink needs
-(region, ``endpoint_url``, the keys or else the default credential chain, and botocore's
-*standard* retry mode with ``max_attempts``). Throttling (503 SlowDown, 429), 5xx, timeouts and
-dropped connections are retried by botocore, with exponential backoff and full jitter; we only
-count those retries (``ResponseMetadata.RetryAttempts`` of every call) for the run's metadata.
+The client is built by ``sinks/aws.py`` (region, ``endpoint_url``, the keys or else the default
+credential chain). Throttling (503 SlowDown, 429), 5xx, timeouts and dropped connections are
+retried by botocore's standard mode, with exponential backoff and full jitter; ``aws.py``
+counts those retries for the run's metadata.
 
 A file goes up with ``upload_fileobj``: one PutObject below ``PART_BYTES``, else a multipart
 upload of ``PART_BYTES`` parts that becomes visible only when completed (and is aborted on
@@ -14,25 +13,16 @@ failure), so a reader never sees half a file.
 from __future__ import annotations
 
 import math
-import threading
 from typing import BinaryIO
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ReadTimeoutError,
-)
-from dagster_aws.s3 import S3Resource
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, ObjectStoreSink
+from prism_pipelines.sinks.aws import KEY_REFUSED, UNREACHABLE, build_client, error_code
+from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
 
 #: multipart threshold and part size (S3 takes 5 MiB to 5 GiB per part, 10,000 parts at most)
 PART_BYTES = 8 * 1024 * 1024
@@ -45,34 +35,18 @@ EXPORT_ATTEMPTS = 8
 #: Validate & Continue answers within seconds when the endpoint is wrong
 VALIDATE_ATTEMPTS = 2
 
-_KEY_REFUSED = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "TokenRefreshRequired",
-    "InvalidClientTokenId",
-}
 _WRONG_REGION = {
     "PermanentRedirect",
     "AuthorizationHeaderMalformed",
     "IllegalLocationConstraintException",
 }
-_UNREACHABLE = (
-    EndpointConnectionError,
-    ConnectTimeoutError,
-    ReadTimeoutError,
-    ConnectionClosedError,
-)
 
 
-class S3Archive(ObjectStoreSink):
+class S3Sink(StorageSink):
     def __init__(self, integration):
         super().__init__(integration)
         self._client = None
         self._attempts = EXPORT_ATTEMPTS
-        self._retries = 0
-        self._retries_lock = threading.Lock()
         self._kept_marker: str | None = None
 
     @property
@@ -82,35 +56,11 @@ class S3Archive(ObjectStoreSink):
         return self._client
 
     def _connect(self, max_attempts: int):
-        integration = self.integration
-        try:
-            client = S3Resource(
-                region_name=integration.region,
-                endpoint_url=integration.endpoint_url,
-                aws_access_key_id=integration.secret("access_key_id"),
-                aws_secret_access_key=integration.secret("secret_access_key"),
-                max_attempts=max_attempts,
-            ).get_client()
-        except (BotoCoreError, ValueError) as exc:  # a malformed region name or endpoint_url
-            raise DestinationError(
-                f"integration '{integration.name}': cannot set up the S3 client: {exc}; "
-                f"check region and endpoint_url"
-            ) from None
-        # Every call's response says how many retries botocore made for it (multipart parts
-        # run in threads, hence the lock).
-        client.meta.events.register("after-call.s3", self._count_retries)
-        return client
-
-    def _count_retries(self, parsed=None, **_) -> None:
-        retries = (parsed or {}).get("ResponseMetadata", {}).get("RetryAttempts", 0)
-        if retries:
-            with self._retries_lock:
-                self._retries += retries
+        return build_client("s3", self.integration, max_attempts, self.retries)
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int) -> int:
-        before = self._retries
+    def put(self, key: str, data: BinaryIO, size: int) -> None:
         config = TransferConfig(
             multipart_threshold=PART_BYTES,
             multipart_chunksize=max(PART_BYTES, math.ceil(size / MAX_PARTS)),
@@ -128,13 +78,12 @@ class S3Archive(ObjectStoreSink):
             )
         except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
             raise self._error(exc, f"write {self.describe(key)}") from None
-        return self._retries - before
 
     def remove(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.integration.bucket, Key=key)
         except ClientError as exc:
-            if _is_marker(key) and _code(exc) == "AccessDenied":
+            if _is_marker(key) and error_code(exc) == "AccessDenied":
                 # The export needs only s3:PutObject (the spec's permission): a validation
                 # marker we may not delete is reported, not a failed validation.
                 self._kept_marker = key
@@ -196,7 +145,7 @@ class S3Archive(ObjectStoreSink):
                 f"{where}: no AWS credentials were found; set access_key_id and "
                 f"secret_access_key (as {{env: VAR}}) or give the process an AWS role"
             )
-        if isinstance(exc, _UNREACHABLE):
+        if isinstance(exc, UNREACHABLE):
             if not integration.endpoint_url and integration.region not in _aws_regions():
                 return DestinationError(
                     f"{where}: region '{integration.region}' is not an AWS region; set region "
@@ -209,10 +158,10 @@ class S3Archive(ObjectStoreSink):
             )
         if not isinstance(exc, ClientError):
             return DestinationError(f"{where}: {type(exc).__name__}: {exc}")
-        code = _code(exc)
+        code = error_code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         said = exc.response.get("Error", {}).get("Message") or code
-        if code in _KEY_REFUSED:
+        if code in KEY_REFUSED:
             keys = ", ".join(
                 f"{field} (from ${ref.env})" if (ref := getattr(integration, field)) else field
                 for field in ("access_key_id", "secret_access_key")
@@ -243,10 +192,6 @@ class S3Archive(ObjectStoreSink):
             f"{where}: S3 answered {status} {code} ({said}) after {self._attempts} attempts; "
             f"the batch is redone on the next run"
         )
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _aws_regions() -> set[str]:

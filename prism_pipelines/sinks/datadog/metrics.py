@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from prism_pipelines.sinks.datadog_logs import tag
+from prism_pipelines.sinks.datadog.logs import tag
 
 COUNT = 1  # MetricIntakeType.COUNT
 GAUGE = 3  # MetricIntakeType.GAUGE

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prism_pipelines.errors import DestinationError
-from prism_pipelines.sinks.storage import ObjectStoreSink
+from prism_pipelines.sinks.storage.base import StorageSink
 
 
-class LocalArchive(ObjectStoreSink):
+class LocalSink(StorageSink):
     @property
     def folder(self) -> Path:
         return self.integration.folder
@@ -36,7 +36,7 @@ class LocalArchive(ObjectStoreSink):
         finally:
             temporary.unlink(missing_ok=True)  # put() renamed it away, unless the batch failed
 
-    def put(self, key: str, data: BinaryIO, size: int) -> int:
+    def put(self, key: str, data: BinaryIO, size: int) -> None:
         target = self.folder / key
         staged = Path(getattr(data, "name", "") or "")
         temporary = staged if staged.parent == target.parent else _temporary_beside(target)
@@ -54,7 +54,6 @@ class LocalArchive(ObjectStoreSink):
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             raise self._cannot_write(target, exc) from None
-        return 0
 
     def remove(self, key: str) -> None:
         (self.folder / key).unlink(missing_ok=True)

@@ -15,7 +15,6 @@ reader never sees half a file.
 
 from __future__ import annotations
 
-import threading
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
@@ -30,7 +29,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient, ContentSettings, ExponentialRetry
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.sinks.storage import CONTENT_ENCODING, CONTENT_TYPE, ObjectStoreSink
+from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
 
 #: block size, and the largest file sent in one Put Blob (Azure allows 50,000 blocks per blob)
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -58,13 +57,11 @@ _NOT_ALLOWED = {
 }
 
 
-class AzureBlobArchive(ObjectStoreSink):
+class AzureBlobSink(StorageSink):
     def __init__(self, integration):
         super().__init__(integration)
         self._container: ContainerClient | None = None
         self._retries_allowed = EXPORT_RETRIES
-        self._retries = 0
-        self._retries_lock = threading.Lock()
 
     @property
     def container(self) -> ContainerClient:
@@ -104,13 +101,11 @@ class AzureBlobArchive(ObjectStoreSink):
             ) from None
 
     def _count_retry(self, **_) -> None:
-        with self._retries_lock:
-            self._retries += 1
+        self.retries.add()
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int) -> int:
-        before = self._retries
+    def put(self, key: str, data: BinaryIO, size: int) -> None:
         try:
             self.container.upload_blob(
                 key,
@@ -125,7 +120,6 @@ class AzureBlobArchive(ObjectStoreSink):
             )
         except (AzureError, ValueError) as exc:
             raise self._error(exc, f"write {self.describe(key)}") from None
-        return self._retries - before
 
     def remove(self, key: str) -> None:
         try:

@@ -37,32 +37,34 @@ def object_key(prefix: str, partition: datetime, batch_id: str) -> str:
     return f"{prefix}/{path}" if prefix else path
 
 
-class ObjectStoreSink(Sink):
+class StorageSink(Sink):
     def location_for(self, batch: Batch) -> str:
         return object_key(self.integration.prefix, batch.partition, batch.id)
 
     def deliver(self, batch: Batch) -> Delivery:
         key = batch.location or self.location_for(batch)
-        uncompressed = 0
+        retries_before = self.retries.value
+        uncompressed = records = 0
         with self.staging(key) as spool:
             with _GzipWriter(spool) as gzip:
                 for chunk in batch.chunks():
                     data = chunk.jsonl()
+                    records += len(chunk.records)
                     uncompressed += len(data)
                     gzip.write(data)
-            if batch.records == 0:
+            if records == 0:
                 # No rows, no file; and a redo that now has none removes what an earlier
                 # attempt may have written under this name.
                 self.remove(key)
                 return Delivery(location=None)
             size = spool.tell()
             spool.seek(0)
-            retries = self.put(key, spool, size)
+            self.put(key, spool, size)
         return Delivery(
-            records=batch.records,
+            records=records,
             bytes=size,
             requests=1,
-            retries=retries,
+            retries=self.retries.value - retries_before,
             location=key,
             counters={"uncompressed_bytes": uncompressed, "files": 1},
         )
@@ -84,9 +86,9 @@ class ObjectStoreSink(Sink):
         return SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
 
     @abstractmethod
-    def put(self, key: str, data: BinaryIO, size: int) -> int:
-        """Store ``data`` under ``key`` atomically (with the gzip JSONL content headers).
-        Returns how many retries the SDK needed; raises our errors with actionable text."""
+    def put(self, key: str, data: BinaryIO, size: int) -> None:
+        """Store ``data`` under ``key`` atomically (with the gzip JSONL content headers), the
+        SDK's retries counted into ``self.retries``; raises our errors with actionable text."""
 
     @abstractmethod
     def remove(self, key: str) -> None:

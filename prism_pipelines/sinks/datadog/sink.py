@@ -1,8 +1,8 @@
 """Datadog: every record as a log entry, the batch's traffic as metrics, and a dashboard template.
 
 Anatomy, as for every sink: settings and the health check (``validate``), encoding
-(``datadog_logs``: log entries and requests; ``datadog_metrics``: windows and series payloads;
-``datadog_dashboard``: the template), and the service below, which sends through the official
+(``logs``: log entries and requests; ``metrics``: windows and series payloads; ``dashboard``:
+the template; ``sites``: the regions), and the service below, which sends through the official
 ``datadog-api-client`` and maps Datadog's answers:
 
 - 202 → acknowledged;
@@ -11,7 +11,7 @@ Anatomy, as for every sink: settings and the health check (``validate``), encodi
 - 400 → split the same way down to the entries Datadog refuses, which become rejects with
   Datadog's error text (one bad entry does not take its 499 neighbours with it);
 - 429 → wait until the rate limit resets (``X-RateLimit-Reset``, else ``Retry-After``), retry;
-- 408, 5xx, connection failures → retry with ``retry.Backoff`` (a ``Retry-After`` wins);
+- 408, 5xx, connection failures → retry (a ``Retry-After`` wins);
 - 401, 403 → ``CredentialsError``: the run fails, the cursor stays.
 
 Why our retries and not the client's (``Configuration.enable_retry``, datadog-api-client
@@ -19,12 +19,12 @@ Why our retries and not the client's (``Configuration.enable_retry``, datadog-ap
 501 and 505, which will not get better, and when it gives up it raises urllib3's
 ``MaxRetryError`` instead of the ``ApiException`` carrying Datadog's status and text; nor can
 it report how many retries a batch needed. So the client's retry stays off (its default) and
-``Backoff`` does the timing.
+the shared ``retry.RetryLogic`` runs each call with ``_classify`` below.
 
 Logs are sent while the batch is read; the metrics of the batch go last, and ``deliver``
 returns only when both were accepted, so the ledger moves only then. A redone batch re-sends
 its logs (at least once, as the design says for Datadog) and re-writes its metric points on the
-same seconds (see ``datadog_metrics``), so metrics are not counted twice.
+same seconds (see ``metrics``), so metrics are not counted twice.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 import email.utils
 import re
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 
 import urllib3
 from datadog_api_client import ApiClient, Configuration
@@ -46,50 +46,37 @@ from datadog_api_client.v2.model.metric_content_encoding import MetricContentEnc
 
 from prism_pipelines.batch import Batch
 from prism_pipelines.errors import CredentialsError, DestinationError
+from prism_pipelines.hours import utcnow
 from prism_pipelines.sinks.base import Delivery, Sink
-from prism_pipelines.sinks.datadog_dashboard import dashboard_template, dashboard_title
-from prism_pipelines.sinks.datadog_logs import (
+from prism_pipelines.sinks.datadog.dashboard import dashboard_template, dashboard_title
+from prism_pipelines.sinks.datadog.logs import (
     Entry,
     LogEncoder,
     LogRequests,
     halves,
     request_size,
 )
-from prism_pipelines.sinks.datadog_metrics import (
+from prism_pipelines.sinks.datadog.metrics import (
     MetricWindows,
     build_series,
     payload_size,
     payloads,
 )
-from prism_pipelines.sinks.retry import Backoff
+from prism_pipelines.sinks.datadog.sites import APP_HOSTS, SITE_NAMES
+from prism_pipelines.sinks.retry import Action, Backoff, RetryLogic, Verdict
 
 #: connect and read timeouts of one request, in seconds
 REQUEST_TIMEOUT = (10, 60)
 RETRYABLE = {408, 429} | set(range(500, 600))
+EXPORT_BACKOFF = Backoff()
 #: Validate & Continue answers within seconds, even when the endpoint is unreachable
 VALIDATE_BACKOFF = Backoff(attempts=3)
-#: the web app of each site, for the dashboard's address
-APP_HOSTS = {
-    "datadoghq.com": "app.datadoghq.com",
-    "datadoghq.eu": "app.datadoghq.eu",
-    "ddog-gov.com": "app.ddog-gov.com",
-}
-SITE_NAMES = {
-    "datadoghq.com": "US1",
-    "us3.datadoghq.com": "US3",
-    "us5.datadoghq.com": "US5",
-    "datadoghq.eu": "EU1",
-    "ap1.datadoghq.com": "AP1",
-    "ap2.datadoghq.com": "AP2",
-    "ddog-gov.com": "US1-FED",
-}
 _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
 
 
 class DatadogSink(Sink):
     def __init__(self, integration):
         super().__init__(integration)
-        self.backoff = Backoff()
         self._api: ApiClient | None = None
 
     # -- settings ------------------------------------------------------------------------------
@@ -169,7 +156,8 @@ class DatadogSink(Sink):
     def deliver(self, batch: Batch) -> Delivery:
         self._check_namespace()
         integration = self.integration
-        now = datetime.now(UTC)
+        now = utcnow()
+        retries_before = self.retries.value
         delivery = Delivery(
             counters=Counter(
                 log_requests=0,
@@ -202,6 +190,7 @@ class DatadogSink(Sink):
         counters["logs_sent_with_current_time"] += encoder.sent_late
         counters["logs_trimmed_over_1mb"] += encoder.trimmed
         delivery.counters = {k: v for k, v in counters.items() if v or k in _ALWAYS_SHOWN}
+        delivery.retries = self.retries.value - retries_before
         return delivery
 
     def _send_logs(self, entries: list[Entry], delivery: Delivery) -> None:
@@ -328,42 +317,42 @@ class DatadogSink(Sink):
         call,
         delivery: Delivery | None = None,
         app_key: bool = False,
-        backoff: Backoff | None = None,
+        backoff: Backoff = EXPORT_BACKOFF,
     ):
-        """``call()`` with Datadog's transient answers retried; 401/403 raise
-        ``CredentialsError``; other refusals are re-raised for the caller to map."""
-        backoff = backoff or self.backoff
-        attempt = 0
-        while True:
-            attempt += 1
+        """``call()`` through the retry machine with Datadog's answers classified: 401/403
+        raise ``CredentialsError``; other refusals are re-raised for the caller to map."""
+
+        def attempt():
             if delivery is not None:
                 delivery.requests += 1
-            try:
-                return call()
-            except ApiException as exc:
+            return call()
+
+        def classify(exc: Exception) -> Verdict:
+            if isinstance(exc, ApiException):
                 if exc.status in (401, 403):
-                    raise CredentialsError(
-                        self._refused_text(exc.status, exc.reason, what, _error_text(exc), app_key)
-                    ) from None
+                    text = self._refused_text(
+                        exc.status, exc.reason, what, _error_text(exc), app_key
+                    )
+                    return Verdict(Action.FATAL, error=CredentialsError(text))
                 if exc.status not in RETRYABLE and exc.status != 0:
-                    raise
-                problem = f"{exc.status} {exc.reason}" if exc.status else str(exc.reason)
-                wait = _retry_after(exc.headers)
+                    return Verdict(Action.REJECT)  # the caller splits, rejects or maps it
                 if exc.status == 429 and delivery is not None:
                     delivery.counters["throttled_429"] += 1
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                problem = f"cannot connect: {type(exc).__name__}: {exc}"
-                wait = None
-            if attempt >= backoff.attempts:
-                raise DestinationError(
-                    f"integration '{self.integration.name}': {what} to Datadog at "
-                    f"{self._url('api')} failed {attempt} times, last with {problem}; check "
-                    "the site, endpoint_url and network, or Datadog's status page. Nothing is "
-                    "lost: the batch stays open and the next run sends it again"
-                )
-            if delivery is not None:
-                delivery.retries += 1
-            backoff.wait(attempt, wait)
+                problem = f"{exc.status} {exc.reason}" if exc.status else str(exc.reason)
+                return Verdict(Action.RETRY, problem, retry_after=_retry_after(exc.headers))
+            if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+                return Verdict(Action.RETRY, f"cannot connect: {type(exc).__name__}: {exc}")
+            return Verdict(Action.FATAL)
+
+        def give_up(tries: int, last: Verdict) -> DestinationError:
+            return DestinationError(
+                f"integration '{self.integration.name}': {what} to Datadog at "
+                f"{self._url('api')} failed {tries} times, last with {last.reason}; check "
+                "the site, endpoint_url and network, or Datadog's status page. Nothing is "
+                "lost: the batch stays open and the next run sends it again"
+            )
+
+        return RetryLogic(backoff, self.retries).run(attempt, classify, give_up)
 
     def _refused_text(
         self, status: int, reason: str, what: str, detail: str, app_key: bool = False
@@ -432,7 +421,7 @@ def _retry_after(headers: dict | None) -> float | None:
             when = email.utils.parsedate_to_datetime(after)
         except (TypeError, ValueError):
             return None
-        return (when - datetime.now(UTC)).total_seconds()
+        return (when - utcnow()).total_seconds()
 
 
 def _error_text(exc: ApiException) -> str:
