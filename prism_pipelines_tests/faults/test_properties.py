@@ -118,6 +118,11 @@ def _sqs_sink(fifo: bool, max_message_bytes: int) -> SqsSink:
     return sink
 
 
+def _chunk(records: list[dict]) -> Chunk:
+    now = datetime.now(UTC)
+    return Chunk(records, list(range(1, len(records) + 1)), len(records), [], now, now)
+
+
 _record = st.fixed_dictionaries(
     {
         "request_id": st.one_of(st.text(min_size=1, max_size=200), st.just("req_1")),
@@ -138,7 +143,7 @@ def test_sqs_requests_keep_to_the_service_limits_and_account_for_every_record(
     records, fifo, max_message_bytes
 ):
     sink = _sqs_sink(fifo, max_message_bytes)
-    chunk = Chunk(records, list(range(1, len(records) + 1)))
+    chunk = _chunk(records)
     rejects = []
     entries = sink._entries(chunk, rejects)
     requests = list(sink._requests(entries))
@@ -171,5 +176,5 @@ def test_sqs_limits_are_the_services():
     """256 KiB for a queue at the old default, 1 MiB at most since August 2025."""
     sink = _sqs_sink(False, 256 * KIB)
     big = {"request_id": "req_big", "error_message": "x" * (200 * KIB)}
-    entries = sink._entries(Chunk([big] * 3, [1, 2, 3]), [])
+    entries = sink._entries(_chunk([big] * 3), [])
     assert [len(r) for r in sink._requests(entries)] == [1, 1, 1]
