@@ -46,6 +46,8 @@ def test_kill_9_mid_sync_loses_nothing_and_duplicates_at_most_the_batch_in_fligh
         if killed:
             harness.let_leases_run_out()
         harness.traffic.add(harness.rng.randint(20, 120))
+        if not harness.destination.storage:
+            harness.destination.received()  # a consumer reading along keeps moto's queue short
     ran = harness.sync()
     assert ran.code == 0, f"clean sync after {landed} kills (seed {SEED}): {ran.output}"
     duplicates = harness.assert_delivered(landed, f"{kind}: after {landed} kills")
