@@ -84,8 +84,11 @@ class Traffic:
     def since(self) -> str:
         return f"{self.now - timedelta(hours=1):%Y-%m-%dT%H:00:00Z}"
 
-    def add(self, count: int) -> list[str]:
+    def add(self, count: int, hour: datetime | None = None) -> list[str]:
+        """``count`` new rows in the last 45 minutes, or all within ``hour`` (a past hour)."""
         start, end = self.now - timedelta(minutes=45), self.now - timedelta(minutes=1)
+        if hour is not None:
+            start, end = hour + timedelta(minutes=1), hour + timedelta(minutes=59)
         hour = start.replace(minute=0, second=0)
         rows = gateway_rows(hour, count, start=len(self.ids))
         columns = list(_insert_columns())

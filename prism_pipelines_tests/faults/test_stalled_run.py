@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -23,7 +24,10 @@ FENCING = (
 @pytest.mark.parametrize("kind", cases("stall", {"local": FENCING, "s3": FENCING}))
 def test_stalled_run_woken_after_a_takeover_does_not_overwrite_the_newer_file(harness, kind):
     harness.configure(batch_rows=ROWS * 2)
-    harness.traffic.add(ROWS)
+    # One partition holds every row, so the batch the run is stopped in is a big one (still
+    # being read and written), whatever the time of the hour.
+    hour = (harness.traffic.now - timedelta(hours=1)).replace(minute=0, second=0)
+    harness.traffic.add(ROWS, hour)
     stalled = harness.start_sync()
     deadline = time.monotonic() + 60
     while harness.batches_recorded() == 0:  # the batch is open: it is being read and sent
@@ -32,7 +36,7 @@ def test_stalled_run_woken_after_a_takeover_does_not_overwrite_the_newer_file(ha
     os.killpg(stalled.pid, signal.SIGSTOP)
     try:
         harness.let_leases_run_out()
-        harness.traffic.add(harness.rng.randint(100, 300))
+        harness.traffic.add(harness.rng.randint(100, 300), hour)
         took_over = harness.sync()
     finally:
         os.killpg(stalled.pid, signal.SIGCONT)
