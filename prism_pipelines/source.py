@@ -277,6 +277,11 @@ class GatewaySource:
                 cursor.execute(compiled.string, compiled.params)
                 while rows := cursor.fetchmany(chunk_rows):
                     yield rows
+        except self.engine.dialect.loaded_dbapi.Error:
+            # The connection died mid-read (a restart, pg_terminate_backend): drop it rather
+            # than hand it back, where the pool's reset would fail and print a traceback.
+            raw.invalidate()
+            raise
         finally:
             raw.close()  # back to the pool, rolled back: the read's transaction ends here
 

@@ -136,6 +136,8 @@ class Harness:
 
     def configure(self, endpoint_url: str | None = None, **settings) -> Harness:
         self.settings = settings
+        # The traffic's hours are history to the integration (a sync with --since names them).
+        settings.setdefault("history", {"since": self.traffic.since})
         entry = self.destination.integration(endpoint_url, **settings)
         self.integrations.write_text(
             yaml.safe_dump({"integrations": [entry], "source": {"settle_seconds": 2}})

@@ -11,13 +11,8 @@ import pytest
 from prism_pipelines_tests.faults.conftest import SEED
 from prism_pipelines_tests.faults.matrix import BY_NAME, cases
 
-SQS_403 = (
-    "no fix yet: the SQS sink reads a 403 whose body is not SQS's JSON error (moto's IAM check "
-    "answers XML) as 'SQS answered 403', not as refused credentials"
-)
 
-
-@pytest.mark.parametrize("kind", cases("credentials", {"sqs": SQS_403}))
+@pytest.mark.parametrize("kind", cases("credentials"))
 def test_refused_credentials_put_the_integration_in_error_and_move_no_cursor(harness, kind):
     harness.configure(batch_rows=100)
     harness.traffic.add(300)
