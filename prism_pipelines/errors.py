@@ -23,3 +23,9 @@ class CredentialsError(PrismError):
 class DestinationError(PrismError):
     """The destination cannot take the data (missing bucket, queue, topic; unreachable endpoint;
     retries exhausted). The batch is not recorded, so the next run redoes it."""
+
+
+class Superseded(PrismError):
+    """The destination refused a batch's file because it no longer holds what this run was to
+    replace: a run that took the partition over published meanwhile. Nothing was overwritten and
+    the cursor does not move; like a lost lease, it is not the partition's failure."""
