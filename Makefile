@@ -25,7 +25,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 ## demo: fresh demo traffic in the embedded SQLite gateway, synced to ./archive through Dagster
 demo: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml clean-demo
 	$(BIN)/prism-pipelines seed-demo --rows 200000 --hours 24
-	$(BIN)/prism-pipelines sync local_archive --since "$$($(BIN)/python -c 'import datetime as d; print((d.datetime.now(d.timezone.utc) - d.timedelta(hours=24)).isoformat())')" 2>/dev/null
+	$(BIN)/prism-pipelines sync local_archive --since "$$($(BIN)/python -c 'import datetime as d; print((d.datetime.now(d.timezone.utc) - d.timedelta(hours=24)).isoformat())')"
 	@echo
 	@echo "Archive files: $(CURDIR)/archive/prism/demo/logs/YYYY/MM/DD/hour=HH/batch_*.jsonl.gz"
 	@echo "Open the UI:   make ui   (then http://127.0.0.1:3000: asset prism/local_archive, its partitions and runs)"

@@ -52,7 +52,12 @@ setup(
             "duckdb>=1.2",
             "psutil>=6",
             "ruff>=0.9",
+            "dagster-dg-cli==1.13.27",  # `dg check defs` on the example project
         ],
     },
-    entry_points={"console_scripts": ["prism-pipelines=prism_pipelines.cli:run"]},
+    entry_points={
+        "console_scripts": ["prism-pipelines=prism_pipelines.cli:run"],
+        # `dg list components` in a project that installs us shows prism_pipelines.PrismIntegrations
+        "dagster_dg_cli.registry_modules": ["prism_pipelines=prism_pipelines"],
+    },
 )

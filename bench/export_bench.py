@@ -822,13 +822,13 @@ def child_dagster(scope: str, table: str, out: Path, args: dict) -> dict:
     os.environ.update(
         PRISM_INTEGRATIONS=str(config_path), PRISM_SOURCE_URL=SOURCE_URL, PRISM_STATE_URL=STATE_URL
     )
-    ledger = _fresh_ledger()
+    _fresh_ledger()
     keys = [h.strftime("%Y-%m-%d-%H:%M") for h in _hours(scope, table)]
     per_run = 24
     with tempfile.TemporaryDirectory() as home:
         instance = DagsterInstance.local_temp(home)
         started = time.perf_counter()
-        defs = build_definitions(load_integrations(config_path), ledger)
+        defs = build_definitions(load_integrations(config_path))
         job = defs.resolve_job_def(f"{INTEGRATION}_sync")
         defs_seconds = time.perf_counter() - started
         records = runs = 0

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import click
 
 from prism_pipelines.database import PROJECT_ROOT, redact
 from prism_pipelines.errors import PrismError
-
-HOUR = timedelta(hours=1)
+from prism_pipelines.hours import HOUR, floor_hour, parse_time, partition_key, utcnow
 
 
 def _dagster_home() -> str:
@@ -30,9 +30,17 @@ def _dagster_home() -> str:
 
 
 def _hour(value: str) -> datetime:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    try:
+        return floor_hour(parse_time(value))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO time, e.g. 2026-11-22T14:00Z") from None
+
+
+def _prism(config):
+    """The code location's own resource: the same source and ledger the assets use."""
+    from prism_pipelines.dagster_defs.resources import PrismResource
+
+    return PrismResource.from_settings(config.source)
 
 
 @click.group()
@@ -44,8 +52,14 @@ def main() -> None:
 @click.option("--rows", default=200_000, show_default=True, help="How many requests to create.")
 @click.option("--hours", default=24, show_default=True, help="Spread over this many past hours.")
 @click.option("--seed", default=7, show_default=True, help="Same seed, same traffic.")
-def seed_demo(rows: int, hours: int, seed: int) -> None:
-    """Fill the gateway table (PRISM_SOURCE_URL, else the embedded SQLite) with demo traffic."""
+@click.option("--live", is_flag=True, help="Instead: keep inserting current traffic until Ctrl-C.")
+@click.option("--rate", default=3.0, show_default=True, help="With --live: requests a second.")
+@click.option("--minutes", type=float, help="With --live: stop after this many minutes.")
+def seed_demo(
+    rows: int, hours: int, seed: int, live: bool, rate: float, minutes: float | None
+) -> None:
+    """Fill the gateway table (PRISM_SOURCE_URL, else the embedded SQLite) with demo traffic;
+    with --live, keep it coming, as a gateway in use would (watch it with `make ui`)."""
     from tqdm import tqdm
 
     from prism_pipelines.demo import generate_rows
@@ -53,7 +67,10 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
 
     source = GatewaySource()
     source.create_table()
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    if live:
+        _live_traffic(source, rate, minutes, seed)
+        return
+    end = floor_hour(utcnow())
     start = end - hours * HOUR
     with tqdm(total=rows, unit="rows", desc="seeding demo traffic", unit_scale=True) as bar:
 
@@ -69,6 +86,42 @@ def seed_demo(rows: int, hours: int, seed: int) -> None:
     )
 
 
+def _live_traffic(source, rate: float, minutes: float | None, seed: int) -> None:
+    """Every second, the requests of the second just gone (about ``rate`` of them)."""
+    import time
+
+    import numpy as np
+
+    from prism_pipelines.demo import generate_rows
+
+    if rate <= 0:
+        raise click.BadParameter(f"--rate must be above 0, got {rate}")
+    rng = np.random.default_rng(seed)
+    stop = time.monotonic() + minutes * 60 if minutes else None
+    click.echo(
+        f"inserting about {rate:g} requests a second into {redact(source.url)}"
+        f"{f' for {minutes:g} min' if minutes else ''}; Ctrl-C stops"
+    )
+    inserted, tick = 0, 0
+    try:
+        while stop is None or time.monotonic() < stop:
+            time.sleep(1)
+            now, tick = utcnow(), tick + 1
+            count = int(rng.poisson(rate))
+            if count:
+                # a new seed each second: new request ids, the same realistic mix
+                batches = generate_rows(
+                    count, start=now - timedelta(seconds=1), end=now, seed=seed * 1_000_003 + tick
+                )
+                source.insert_rows(batches)
+                inserted += count
+            if tick % 60 == 0:
+                click.echo(f"{now:%H:%M:%S} UTC: {inserted:,} requests inserted")
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"{inserted:,} live requests inserted")
+
+
 @main.command()
 @click.argument("name")
 @click.option("--partition", "partitions", multiple=True, help="Hour key, e.g. 2026-11-22-14:00.")
@@ -82,19 +135,22 @@ def sync(
     _dagster_home()
     from dagster import DagsterInstance
 
-    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, asset_key, partition_key
+    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
+    from prism_pipelines.dagster_defs.names import asset_key, sync_job_name, sync_run_config
     from prism_pipelines.definitions import defs
 
     keys = list(partitions)
     if since:
-        hour, end = _hour(since), _hour(until) if until else datetime.now(UTC)
+        hour, end = _hour(since), _hour(until) if until else utcnow()
         while hour <= end:
             keys.append(partition_key(hour))
             hour += HOUR
     if not keys:
-        keys = [partition_key(datetime.now(UTC))]
-    job = defs.resolve_job_def(f"{name}_sync")
-    run_config = {"ops": {f"prism__{name}": {"config": {"full_redelivery": full}}}}
+        keys = [partition_key(utcnow())]
+    job = defs.resolve_job_def(sync_job_name(name))
+    # Dagster's step-by-step DEBUG log is the UI's business; warnings and errors still show.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    run_config = {**sync_run_config(name, full), **quiet}
     failed = False
     with DagsterInstance.get() as instance:
         for i in range(0, len(keys), HOURS_PER_BACKFILL_RUN):
@@ -145,10 +201,18 @@ def validate(name: str) -> None:
 @click.option("--limit", default=50, show_default=True)
 def rejects(name: str, partition: str | None, limit: int) -> None:
     """List records NAME's destination refused for good, with the reason."""
-    from prism_pipelines.ledger import Ledger
+    from prism_pipelines.hours import hour_of_key
+    from prism_pipelines.integrations import load_integrations
 
-    hour = datetime.strptime(partition, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC) if partition else None
-    found = Ledger().rejects(name, hour, limit)
+    config = load_integrations()
+    config.get(name)
+    try:
+        hour = hour_of_key(partition) if partition else None
+    except ValueError:
+        raise click.BadParameter(
+            f"{partition!r} is not a partition key, e.g. 2026-11-22-14:00"
+        ) from None
+    found = _prism(config).ledger().rejects(name, hour, limit)
     for reject in found:
         click.echo(f"{reject['hour']:%Y-%m-%d-%H:%M}  {reject['request_id']}  {reject['reason']}")
     if not found:
@@ -214,15 +278,13 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
 
 
 def _operations():
-    """The integrations file, the Definitions and the Dagster instance, for the commands below."""
+    """The integrations file and the Dagster instance, for the commands below."""
     _dagster_home()
     from dagster import DagsterInstance
 
-    from prism_pipelines.dagster_defs.definitions import build_definitions
     from prism_pipelines.integrations import load_integrations
 
-    config = load_integrations()
-    return config, build_definitions(config), DagsterInstance.get()
+    return load_integrations(), DagsterInstance.get()
 
 
 @main.command()
@@ -232,21 +294,18 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
     """Status of every integration (or NAMES): Active, Syncing, Paused or Error, and why."""
     import json
 
-    from prism_pipelines.ledger import Ledger
-    from prism_pipelines.source import GatewaySource
-    from prism_pipelines.status import ERROR, integration_status
+    from prism_pipelines.dagster_defs.status import ERROR, integration_status
 
-    config, defs, instance = _operations()
+    config, instance = _operations()
     chosen = [config.get(n) for n in names] if names else config.integrations
-    ledger = Ledger()
-    source = GatewaySource(table=config.source.table, columns=config.source.columns)
-    now = datetime.now(UTC)
+    prism = _prism(config)
+    ledger, source = prism.ledger(), prism.source()
+    now = utcnow()
     with instance:
         found = [
             integration_status(
                 integration,
                 instance=instance,
-                repository_def=defs.get_repository_def(),
                 ledger=ledger,
                 source=source,
                 now=now,
@@ -299,21 +358,23 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
 
 
 def _pause(name: str, paused: bool) -> None:
-    from prism_pipelines.status import set_paused
+    from prism_pipelines.dagster_defs.status import set_paused
 
-    config, defs, instance = _operations()
-    config.get(name)  # a clear message for an unknown name
+    config, instance = _operations()
+    integration = config.get(name)  # a clear message for an unknown name
     with instance:
-        set_paused(instance, defs.get_repository_def(), name, paused)
+        locations = ", ".join(set_paused(instance, integration, paused))
     if paused:
         click.echo(
-            f"{name}: Paused (schedule {name}_schedule and sensor {name}_late_data stopped). "
-            f"Nothing is lost: `prism-pipelines resume {name}` catches up every hour."
+            f"{name}: Paused (schedule {name}_schedule and sensor {name}_late_data stopped in "
+            f"code location {locations}). Nothing is lost: `prism-pipelines resume {name}` "
+            "catches up every hour."
         )
     else:
         click.echo(
-            f"{name}: resumed (schedule {name}_schedule and sensor {name}_late_data running); "
-            "the next syncs catch up the hours that accrued while paused."
+            f"{name}: resumed (schedule {name}_schedule and sensor {name}_late_data running in "
+            f"code location {locations}); the next syncs catch up the hours that accrued while "
+            "paused."
         )
 
 
@@ -339,9 +400,9 @@ def history(name: str, limit: int, as_json: bool) -> None:
     """Sync history of NAME: the last runs, their partitions, records, rejects and errors."""
     import json
 
-    from prism_pipelines.status import sync_history
+    from prism_pipelines.dagster_defs.status import sync_history
 
-    config, _, instance = _operations()
+    config, instance = _operations()
     config.get(name)
     with instance:
         runs = sync_history(instance, name, limit)
@@ -352,7 +413,7 @@ def history(name: str, limit: int, as_json: bool) -> None:
     if not runs:
         click.echo(f"{name}: no sync has run yet")
         return
-    now = datetime.now(UTC)
+    now = utcnow()
     rows = [
         [
             "FINISHED (UTC)",
@@ -387,7 +448,13 @@ def history(name: str, limit: int, as_json: bool) -> None:
 
 
 def run() -> None:
-    """Entry point: a PrismError is a message for the user, not a stack trace."""
+    """Entry point: a PrismError is a message for the user, not a stack trace. Dagster's
+    beta/preview warnings are about the code location's definitions (the docs name them once),
+    not news to whoever runs a command."""
+    from dagster import BetaWarning, PreviewWarning
+
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
     try:
         main(standalone_mode=False)
     except PrismError as exc:

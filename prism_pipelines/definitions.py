@@ -1,6 +1,8 @@
-"""The code location: ``dagster dev`` (workspace.yaml) loads ``defs`` from here."""
+"""The code location: ``dagster dev`` (workspace.yaml) loads ``defs`` from here, the integrations
+file built by the same component a Dagster project declares in its ``defs.yaml``."""
 
-from prism_pipelines.dagster_defs.definitions import build_definitions
-from prism_pipelines.integrations import load_integrations
+import dagster as dg
 
-defs = build_definitions(load_integrations())
+from prism_pipelines.component import PrismIntegrations
+
+defs = dg.build_defs_for_component(PrismIntegrations.from_file())

@@ -384,26 +384,36 @@ def integrations_path() -> Path:
 def load_integrations(path: str | Path | None = None) -> IntegrationsFile:
     """Read and validate the integrations file; every problem is reported at once."""
     path = Path(path) if path else integrations_path()
+    return parse_integrations(read_integrations_file(path), str(path))
+
+
+def read_integrations_file(path: Path) -> Any:
+    """The file's YAML, not yet validated."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise IntegrationsFileError(
             str(path), ["file not found: create it or point PRISM_INTEGRATIONS at it"]
         ) from None
     except yaml.YAMLError as exc:
         raise IntegrationsFileError(str(path), [f"not valid YAML: {exc}"]) from None
+
+
+def parse_integrations(raw: Any, origin: str) -> IntegrationsFile:
+    """Validate what an integrations file (or a PrismIntegrations component's attributes) holds;
+    every problem is reported at once, under ``origin`` (the file it came from)."""
     problems = _shape_problems(raw)
     if problems:
-        raise IntegrationsFileError(str(path), problems)
+        raise IntegrationsFileError(origin, problems)
     try:
         parsed = _FILE.validate_python(raw)
     except ValidationError as exc:
-        raise IntegrationsFileError(str(path), _describe(exc, raw)) from None
+        raise IntegrationsFileError(origin, _describe(exc, raw)) from None
     names = [i.name for i in parsed.integrations]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise IntegrationsFileError(
-            str(path), [f"integration '{n}': name is used more than once" for n in duplicates]
+            origin, [f"integration '{n}': name is used more than once" for n in duplicates]
         )
     return parsed
 

@@ -28,9 +28,9 @@ from datetime import UTC, datetime, timedelta
 import requests
 from sqlalchemy import insert, select, update
 
+from prism_pipelines.backlog import ledger_errors
 from prism_pipelines.errors import PrismError
 from prism_pipelines.ledger import Ledger, notified
-from prism_pipelines.status import ledger_errors
 
 REMIND_AFTER = timedelta(hours=1)
 TIMEOUT_SECONDS = 10

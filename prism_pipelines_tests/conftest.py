@@ -13,6 +13,7 @@ from dagster import DagsterInstance, instance_for_test
 from sqlalchemy import create_engine, text
 
 from prism_pipelines.dagster_defs.definitions import build_definitions
+from prism_pipelines.dagster_defs.names import sync_run_config
 from prism_pipelines.integrations import load_integrations
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
@@ -76,7 +77,7 @@ class Prism:
     def configure(self, *integrations: dict, **top_level) -> Prism:
         self.path.write_text(yaml.safe_dump({"integrations": list(integrations), **top_level}))
         self.config = load_integrations(self.path)
-        self.defs = build_definitions(self.config, self.ledger)
+        self.defs = build_definitions(self.config)
         return self
 
     def job(self, name: str):
@@ -106,7 +107,7 @@ class Prism:
     def _run(self, name, selection, full, raise_on_error, keys=None) -> dict[str, SyncRun]:
         result = self.job(f"{name}_sync").execute_in_process(
             instance=self.instance,
-            run_config={"ops": {f"prism__{name}": {"config": {"full_redelivery": full}}}},
+            run_config=sync_run_config(name, full),
             raise_on_error=False,
             **selection,
         )

@@ -15,10 +15,15 @@ from prism_pipelines.ledger import batches, partitions
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_late_data_sensor import hours_ago, tick
 from prism_pipelines_tests.test_late_data_sensor import key as key_of
-from prism_pipelines_tests.test_status import local
+from prism_pipelines_tests.test_status import local as local_from_now
 
 H = datetime(2026, 11, 22, 14, tzinfo=UTC)
 KEY = "2026-11-22-14:00"
+
+
+def local(path, name: str = "archive", **settings) -> dict:
+    """A local integration whose partitions reach back to this file's fixed hours."""
+    return local_from_now(path, name, **{"history": {"since": "2026-11-21T00:00:00Z"}, **settings})
 
 
 def evaluation(prism, check: str, partition: str):

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import yaml
 from dagster import build_schedule_context, build_sensor_context
 from sqlalchemy import text
 
-from prism_pipelines.status import ACTIVE, PAUSED
+from prism_pipelines.dagster_defs.status import ACTIVE, PAUSED
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_status import cli, status_of
 
@@ -45,6 +49,38 @@ def tick(prism, cursor: str | None = None, name: str = "archive_late_data"):
         instance=prism.instance, cursor=cursor, repository_def=repository
     )
     return repository.get_sensor_def(name).evaluate_tick(context)
+
+
+def serve(prism, location: str = "prism_export", name: str = "archive") -> None:
+    """What a user's toggles in the UI do: stop the integration's schedule and sensor through
+    ``dagster`` (a separate process loading the code location from a workspace whose location
+    is not named as in the project's workspace.yaml), so the instance holds their states."""
+    workspace = prism.folder / "workspace.yaml"
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "prism_pipelines.definitions",
+                            "location_name": location,
+                        }
+                    }
+                ]
+            }
+        )
+    )
+    dagster = str(Path(sys.executable).parent / "dagster")
+    env = {**os.environ, "DAGSTER_HOME": str(prism.instance.root_directory)}
+    for kind, instigator in (("schedule", f"{name}_schedule"), ("sensor", f"{name}_late_data")):
+        done = subprocess.run(
+            [dagster, kind, "stop", instigator, "-w", str(workspace)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def delivered_ids(folder: Path) -> Counter:
@@ -143,6 +179,10 @@ def test_paused_integration_catches_up_every_hour_after_resume(prism, gateway, t
     prism.configure(archive(tmp_path), source={"settle_seconds": 0})
     gateway.insert_rows([gateway_rows(hours_ago(5), 10)])
     prism.sync("archive", key(hours_ago(5)))
+    serve(prism)  # stopped in the UI, in a location not named as in workspace.yaml
+    assert status_of(prism, gateway).status == PAUSED
+    assert "code location prism_export" in cli(prism, "resume", "archive")
+    assert status_of(prism, gateway).status == ACTIVE
 
     assert "Paused" in cli(prism, "pause", "archive")
     assert status_of(prism, gateway).status == PAUSED
@@ -180,3 +220,39 @@ def test_paused_integration_catches_up_every_hour_after_resume(prism, gateway, t
     assert sum(ids.values()) == 10 + 15 + 12 + 5
     assert tick(prism, caught_up.cursor).run_requests == []
     assert status_of(prism, gateway).pending_rows == 0
+
+
+def test_historical_data_is_requested_once_and_again_when_since_moves_earlier(prism, tmp_path):
+    """No manual backfill: the hours from ``history.since`` to where the late-data sensor's
+    look-back begins, in runs of at most a day, requested once."""
+    prism.configure(archive(tmp_path, history={"since": hours_ago(100).isoformat()}))
+    first = tick(prism, name="archive_history")
+    end = (datetime.now(UTC) - timedelta(minutes=15)).replace(minute=0, second=0, microsecond=0)
+    end -= timedelta(hours=48)
+
+    def ranges(result) -> list[tuple[str, str]]:
+        assert all(r.tags["prism/trigger"] == "history" for r in result.run_requests)
+        return [
+            (
+                r.tags["dagster/asset_partition_range_start"],
+                r.tags["dagster/asset_partition_range_end"],
+            )
+            for r in result.run_requests
+        ]
+
+    requested = ranges(first)
+    assert requested[0][0] == key(hours_ago(100))
+    assert requested[-1][1] == key(end - timedelta(hours=1))
+    hours = [datetime.strptime(k, "%Y-%m-%d-%H:%M") for pair in requested for k in pair]
+    assert all(b - a <= timedelta(hours=23) for a, b in zip(hours[::2], hours[1::2], strict=True))
+    assert all(b - a == timedelta(hours=1) for a, b in zip(hours[1::2], hours[2::2], strict=False))
+    assert tick(prism, first.cursor, name="archive_history").run_requests == []
+
+    # Moved earlier: only the new hours, once.
+    prism.configure(archive(tmp_path, history={"since": hours_ago(130).isoformat()}))
+    earlier = tick(prism, first.cursor, name="archive_history")
+    assert ranges(earlier) == [
+        (key(hours_ago(130)), key(hours_ago(107))),
+        (key(hours_ago(106)), key(hours_ago(101))),
+    ]
+    assert tick(prism, earlier.cursor, name="archive_history").run_requests == []

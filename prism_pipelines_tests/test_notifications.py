@@ -13,13 +13,21 @@ from dagster import build_sensor_context
 from sqlalchemy import update
 
 from prism_pipelines.dagster_defs import checks
+from prism_pipelines.dagster_defs.status import ERROR
 from prism_pipelines.notifications import notified
-from prism_pipelines.status import ERROR
 from prism_pipelines_tests.factories import gateway_rows
-from prism_pipelines_tests.test_status import local, status_of
+from prism_pipelines_tests.test_status import local as local_from_now
+from prism_pipelines_tests.test_status import status_of
 
 H = datetime(2026, 11, 22, 14, tzinfo=UTC)
 KEY = "2026-11-22-14:00"
+
+
+def local(path, name: str = "archive", **settings) -> dict:
+    """A local integration whose partitions reach back to this file's fixed hours."""
+    return local_from_now(path, name, **{"history": {"since": "2026-11-21T00:00:00Z"}, **settings})
+
+
 TOKEN = "T000/B000/s3cr3t-webhook-token"
 
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs import checks
+from prism_pipelines.dagster_defs.status import ACTIVE, ERROR, SYNCING, integration_status
 from prism_pipelines.sinks.storage.local import LocalSink
-from prism_pipelines.status import ACTIVE, ERROR, SYNCING, integration_status
 from prism_pipelines_tests.factories import gateway_rows
 
 # Status reads the look-back window behind "now" (pending rows, lag): the hour under test is
@@ -38,7 +38,6 @@ def status_of(prism, gateway, name: str = "archive"):
     return integration_status(
         prism.config.get(name),
         instance=prism.instance,
-        repository_def=prism.defs.get_repository_def(),
         ledger=prism.ledger,
         source=gateway,
     )

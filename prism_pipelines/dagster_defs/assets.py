@@ -22,8 +22,10 @@ from dagster import (
 from pydantic import Field
 
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.partitions import hours_in
+from prism_pipelines.dagster_defs.names import asset_key
+from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.dagster_defs.resources import PrismResource
+from prism_pipelines.hours import partition_key
 from prism_pipelines.integrations import destination
 from prism_pipelines.sinks import build_sink
 from prism_pipelines.sync import SyncError, deliver_partition
@@ -31,15 +33,6 @@ from prism_pipelines.sync import SyncError, deliver_partition
 GATEWAY_TABLE = AssetKey(["prism_gateway", "prism_request_logs"])
 #: hours per backfill run: one run start-up per day of history
 HOURS_PER_BACKFILL_RUN = 24
-
-
-def asset_key(name: str) -> AssetKey:
-    return AssetKey(["prism", name])
-
-
-def partition_key(moment) -> str:
-    """The hourly partition key (Dagster's default format) of the hour ``moment`` falls in."""
-    return moment.strftime("%Y-%m-%d-%H:00")
 
 
 gateway_table = AssetSpec(
@@ -79,7 +72,7 @@ def integration_asset(integration, partitions_def):
         source, ledger = prism.source(), prism.ledger()
         failures = []
         try:
-            for hour in hours_in(context.partition_time_window):
+            for hour in hours_between(*context.partition_time_window):
                 hour = hour.astimezone(UTC)
                 try:
                     result = deliver_partition(

@@ -21,9 +21,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -34,16 +35,13 @@ from dagster import (
     PartitionsDefinition,
     PreviewWarning,
 )
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
-from dagster._core.storage.asset_check_execution_record import (
-    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
-)
 
 from prism_pipelines.alerts import AlertResult, alert_names, evaluate_alerts
-from prism_pipelines.dagster_defs import assets
+from prism_pipelines.backlog import ledger_errors
+from prism_pipelines.dagster_defs.names import asset_key
+from prism_pipelines.hours import partition_key, utcnow
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
-from prism_pipelines.status import ledger_errors
 from prism_pipelines.sync import SyncResult
 
 RECONCILIATION, STATUS, FRESHNESS = "reconciliation", "status", "freshness"
@@ -60,7 +58,7 @@ SEVERITY = {"WARN": AssetCheckSeverity.WARN, "ERROR": AssetCheckSeverity.ERROR}
 
 
 def check_specs(integration, partitions_def: PartitionsDefinition) -> list[AssetCheckSpec]:
-    key = assets.asset_key(integration.name)
+    key = asset_key(integration.name)
     with warnings.catch_warnings():
         # Partitioned checks are a preview in 1.13 (see the module docstring); the docs say so
         # once, rather than a warning per integration at every load of the code location.
@@ -133,7 +131,7 @@ def reconcile(source: GatewaySource, ledger: Ledger, name: str, hour: datetime) 
 
 
 def reconciliation_evaluation(name: str, hour: datetime, r: Reconciliation):
-    key = assets.partition_key(hour)
+    key = partition_key(hour)
     if r.passed:
         description = (
             f"{r.source_rows} source rows up to the cursor = {r.delivered} delivered + "
@@ -147,7 +145,7 @@ def reconciliation_evaluation(name: str, hour: datetime, r: Reconciliation):
             f"(prism-pipelines sync {name} --partition {key} --full)"
         )
     return AssetCheckEvaluation(
-        asset_key=assets.asset_key(name),
+        asset_key=asset_key(name),
         check_name=RECONCILIATION,
         passed=r.passed,
         severity=AssetCheckSeverity.ERROR,
@@ -169,12 +167,12 @@ def reconciliation_evaluation(name: str, hour: datetime, r: Reconciliation):
 
 def _alert_evaluation(name: str, hour: datetime, alert: AlertResult):
     return AssetCheckEvaluation(
-        asset_key=assets.asset_key(name),
+        asset_key=asset_key(name),
         check_name=alert.name,
         passed=alert.passed,
         severity=SEVERITY[alert.severity],
         description=alert.description,
-        partition=assets.partition_key(hour),
+        partition=partition_key(hour),
         metadata={
             k: MetadataValue.json(v) if isinstance(v, list | dict) else v
             for k, v in alert.metadata.items()
@@ -215,8 +213,7 @@ def partition_checks(
                     yield _alert_evaluation(name, hour, alert)
     except Exception as exc:  # a check that cannot run must not undo a delivered sync
         context.log.warning(
-            f"partition {assets.partition_key(hour)}: checks not evaluated: "
-            f"{type(exc).__name__}: {exc}"
+            f"partition {partition_key(hour)}: checks not evaluated: {type(exc).__name__}: {exc}"
         )
 
 
@@ -230,7 +227,7 @@ def status_result(integration, ledger: Ledger, failures: list[str]) -> AssetChec
             metadata={"status": "Active"},
         )
     errors = ledger_errors(ledger, integration.name)
-    since = errors.error_since or datetime.now(UTC)
+    since = errors.error_since or utcnow()
     return AssetCheckResult(
         check_name=STATUS,
         passed=False,
@@ -249,7 +246,7 @@ def freshness_evaluation(
     integration, ledger: Ledger, now: datetime | None = None
 ) -> AssetCheckEvaluation:
     """Fresh when the last successful sync (of any hour) is within twice the interval."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     allowed = timedelta(minutes=2 * integration.sync_interval_minutes)
     last = ledger_errors(ledger, integration.name).last_success_at
     passed = last is not None and now - last <= allowed
@@ -267,7 +264,7 @@ def freshness_evaluation(
             f"more than twice the {integration.sync_interval_minutes}-minute interval"
         )
     return AssetCheckEvaluation(
-        asset_key=assets.asset_key(integration.name),
+        asset_key=asset_key(integration.name),
         check_name=FRESHNESS,
         passed=passed,
         severity=AssetCheckSeverity.WARN,
@@ -299,12 +296,12 @@ def run_checks(
 
 
 def latest_evaluation(instance, name: str, check: str) -> tuple[AssetCheckEvaluation, str] | None:
-    """The latest stored evaluation of a check and the id of its run ("" for a runless one)."""
-    key = AssetCheckKey(assets.asset_key(name), check)
-    records = instance.event_log_storage.get_asset_check_execution_history(
-        key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
-    )
-    if not records or records[0].event is None or records[0].event.dagster_event is None:
-        return None
-    data = records[0].event.dagster_event.event_specific_data
-    return (data, records[0].run_id) if isinstance(data, AssetCheckEvaluation) else None
+    """The latest completed evaluation of a check and the id of its run ("" for a runless one).
+    A planned one (its run still going) is passed over."""
+    key = AssetCheckKey(asset_key(name), check)
+    for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=10):
+        event = record.event.dagster_event if record.event else None
+        data = event.event_specific_data if event else None
+        if isinstance(data, AssetCheckEvaluation):
+            return data, record.run_id
+    return None

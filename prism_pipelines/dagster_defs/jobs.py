@@ -3,14 +3,14 @@
 
 from dagster import Failure, JobDefinition, OpExecutionContext, define_asset_job, job, op
 
-from prism_pipelines.dagster_defs.assets import asset_key
+from prism_pipelines.dagster_defs.names import asset_key, sync_job_name
 from prism_pipelines.errors import PrismError
 from prism_pipelines.sinks import build_sink
 
 
 def sync_job(integration):
     return define_asset_job(
-        f"{integration.name}_sync",
+        sync_job_name(integration.name),
         selection=[asset_key(integration.name)],
         tags={"prism/integration": integration.name},
         description=f"Sync integration '{integration.name}' ({integration.type}) for the "

@@ -11,7 +11,8 @@ from dagster import (
     schedule,
 )
 
-from prism_pipelines.dagster_defs.assets import partition_key
+from prism_pipelines.dagster_defs.names import schedule_name
+from prism_pipelines.hours import partition_key
 
 
 def cron_for(minutes: int) -> str:
@@ -22,7 +23,7 @@ def sync_schedule(integration, sync_job, partitions_def):
     grace = timedelta(minutes=integration.grace_minutes)
 
     @schedule(
-        name=f"{integration.name}_schedule",
+        name=schedule_name(integration.name),
         cron_schedule=cron_for(integration.sync_interval_minutes),
         job=sync_job,
         execution_timezone="UTC",

@@ -1,4 +1,5 @@
-"""Sensors: ``<name>_late_data`` per integration, and ``prism_sync_failures`` for all of them.
+"""Sensors: ``<name>_late_data`` and ``<name>_history`` per integration (``history_sensor``
+says how the second requests the historical data once), and ``prism_sync_failures`` for all.
 
 ``<name>_late_data`` finds closed hours (older than the grace period, within the partitions)
 whose source rows are not all in the ledger — rows that arrived after the schedule stopped
@@ -23,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
@@ -35,28 +38,49 @@ from dagster import (
     run_failure_sensor,
     sensor,
 )
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
-from dagster._core.definitions.asset_checks.asset_check_spec import AssetCheckSeverity
 
+from prism_pipelines.backlog import backlog, first_configured, lookback
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.assets import asset_key, partition_key
+from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
+from prism_pipelines.dagster_defs.names import (
+    asset_key,
+    history_sensor_name,
+    late_data_sensor_name,
+)
+from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.dagster_defs.resources import PrismResource
+from prism_pipelines.dagster_defs.status import (
+    integration_of_run,
+    is_paused,
+    is_sync_run,
+    run_failure_message,
+)
+from prism_pipelines.errors import PrismError
+from prism_pipelines.hours import floor_hour, partition_key, utcnow
 from prism_pipelines.integrations import IntegrationsFile
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.notifications import Failure, NotificationError, notify_failure
-from prism_pipelines.status import (
-    backlog,
-    code_location_handle,
-    first_configured,
-    floor_hour,
-    is_paused,
-    lookback,
-    run_failure_message,
-)
 
 #: a requested hour that is still behind after this long is requested again (its run failed)
 RETRY_AFTER = timedelta(hours=1)
-MIN_INTERVAL_SECONDS = 300
+DEFAULT_INTERVAL_SECONDS = 300
+
+
+def late_data_interval_seconds() -> int:
+    """``PRISM_LATE_DATA_INTERVAL_SECONDS`` (default 300), read when the definitions load."""
+    value = os.environ.get("PRISM_LATE_DATA_INTERVAL_SECONDS", "").strip()
+    if not value:
+        return DEFAULT_INTERVAL_SECONDS
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise PrismError(
+            f"PRISM_LATE_DATA_INTERVAL_SECONDS must be a whole number of seconds >= 1, "
+            f"got {value!r}"
+        )
+    return seconds
 
 
 @dataclass
@@ -98,9 +122,9 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
     grace = timedelta(minutes=integration.grace_minutes)
 
     @sensor(
-        name=f"{name}_late_data",
+        name=late_data_sensor_name(name),
         job=sync_job,
-        minimum_interval_seconds=max(MIN_INTERVAL_SECONDS, 60 * integration.sync_interval_minutes),
+        minimum_interval_seconds=late_data_interval_seconds(),
         default_status=DefaultSensorStatus.STOPPED
         if integration.paused
         else DefaultSensorStatus.RUNNING,
@@ -108,15 +132,15 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
         "arrivals, paused periods, failed runs).",
     )
     def _late_data(context: SensorEvaluationContext):
-        now = datetime.now(UTC)
-        handle = code_location_handle(context.code_location_origin, context.repository_name)
-        if context.repository_def is not None and is_paused(
-            context.instance, context.repository_def, name, handle
-        ):
+        now = utcnow()
+        origin = context.code_location_origin  # None in build_sensor_context
+        if is_paused(context.instance, integration, origin.location_name if origin else None):
             return SkipReason(f"'{name}' is paused (its schedule is stopped); resume to catch up")
         cursor = LateDataCursor.parse(context.cursor)
         source, ledger = prism.source(), prism.ledger()
         try:
+            if integration.history.since is None:  # records the partitions' start (read at load)
+                ledger.first_configured(name, now=partitions_def.start)
             end = floor_hour(now - grace)  # hours before this one are closed and past grace
             if integration.history.until:
                 end = min(end, integration.history.until)
@@ -164,11 +188,80 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
     return _late_data
 
 
+def history_sensor(integration, sync_job, partitions_def):
+    """``<name>_history``: the historical data of ``history.since``, requested once, without a
+    manual backfill.
+
+    When ``since`` is new, or moved earlier than what was already requested, it requests the
+    hours from ``since`` up to where the late-data sensor's look-back begins (that sensor takes
+    the recent hours), as runs of ``HOURS_PER_BACKFILL_RUN`` hours each, the way a backfill with
+    the asset's policy splits them. Its cursor is the earliest hour requested, so each hour is
+    asked for once; the runs queue behind the integration's run limit (dagster.yaml). Dagster
+    1.13 has no public way for a sensor to launch a backfill object
+    (``RunRequest.for_asset_graph_subset`` is documented private), so these are runs: the
+    asset's partitions view shows the hours filling in."""
+    name = integration.name
+    grace = timedelta(minutes=integration.grace_minutes)
+
+    @sensor(
+        name=history_sensor_name(name),
+        job=sync_job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.STOPPED
+        if integration.paused
+        else DefaultSensorStatus.RUNNING,
+        description=f"Sync the historical data of '{name}' (history.since) once, when it is "
+        "new or moved earlier.",
+    )
+    def _history(context: SensorEvaluationContext):
+        since = integration.history.since
+        if since is None:
+            return SkipReason(f"'{name}' has no historical data (history: none)")
+        origin = context.code_location_origin  # None in build_sensor_context
+        if is_paused(context.instance, integration, origin.location_name if origin else None):
+            return SkipReason(f"'{name}' is paused (its schedule is stopped)")
+        now = utcnow()
+        start = floor_hour(since)
+        requested_from = datetime.fromisoformat(context.cursor) if context.cursor else None
+        end = floor_hour(now - grace) - lookback()  # the late-data sensor's look-back begins
+        if integration.history.until:
+            end = min(end, floor_hour(integration.history.until))
+        if requested_from is not None:
+            end = min(end, requested_from)
+        if start >= end:
+            return SensorResult(
+                cursor=min(start, requested_from or start).isoformat(),
+                skip_reason=f"the historical data of '{name}' from {start:%Y-%m-%d %H:%M} UTC "
+                "is requested already or recent enough for the late-data sensor",
+            )
+        keys = [partition_key(hour) for hour in hours_between(start, end)]
+        requests = []
+        for i in range(0, len(keys), HOURS_PER_BACKFILL_RUN):
+            first, last = keys[i], keys[min(i + HOURS_PER_BACKFILL_RUN, len(keys)) - 1]
+            requests.append(
+                RunRequest(
+                    run_key=f"history:{first}:{last}",
+                    tags={
+                        "dagster/asset_partition_range_start": first,
+                        "dagster/asset_partition_range_end": last,
+                        "prism/trigger": "history",
+                    },
+                )
+            )
+        context.log.info(
+            f"historical data of '{name}': {len(keys)} hours from {keys[0]} to {keys[-1]} in "
+            f"{len(requests)} runs"
+        )
+        return SensorResult(run_requests=requests, cursor=start.isoformat())
+
+    return _history
+
+
 def _report_freshness(context, integration, ledger: Ledger, now: datetime) -> None:
     """Record the freshness check when its outcome changed since its last evaluation."""
     evaluation = checks.freshness_evaluation(integration, ledger, now)
     if "last_success_at" not in evaluation.metadata:  # never synced successfully
-        configured = first_configured(ledger, integration.name)
+        configured = first_configured(integration.name, ledger.url)
         allowed = timedelta(minutes=2 * integration.sync_interval_minutes)
         if configured is None or now - configured <= allowed:
             return  # just configured: the schedule has not had its chance yet
@@ -205,9 +298,9 @@ def failure_sensor(config: IntegrationsFile):
     )
     def _failures(context: RunFailureSensorContext):
         run = context.dagster_run
-        name = run.tags.get("prism/integration")
+        name = integration_of_run(run)
         integration = integrations.get(name)
-        if integration is None or run.job_name != f"{name}_sync":
+        if integration is None or not is_sync_run(run, name):
             return
         error = run_failure_message(context.instance, run.run_id) or context.failure_event.message
         error = integration.scrub(error or "the run failed")

@@ -1,0 +1,406 @@
+"""The status of an integration, as the spec names it: Active, Syncing, Paused, Error.
+
+Derived, never stored: from the Dagster instance (is the schedule running, is a sync run in
+progress, how did the last one end) and from the ledger (backlog.py: the last success, the errors
+since).
+
+- **Syncing**: a run of ``<name>_sync`` is queued or in progress.
+- **Paused**: the schedule ``<name>_schedule`` is stopped (in the UI, or ``prism-pipelines
+  pause``; ``paused: true`` in the integrations file is its default).
+- **Error**: the latest sync attempt failed: a partition's error is newer than the last
+  success, or the last run failed before any partition was attempted. A successful sync clears it.
+- **Active**: otherwise.
+
+Schedule and sensor state are the instance's instigator states, found by the schedule's and the
+sensor's names in whatever code location serves them (the daemon records a running one on its
+first tick, the UI's toggles record theirs): nothing here rebuilds a location's identity, so a
+deployment that names its location differently, or serves it from a gRPC code server, reads
+and toggles the same state as the UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from prism_pipelines.backlog import (
+    delivered_since,
+    first_configured,
+    first_delivery,
+    ledger_errors,
+    newest_delivered_event,
+    pending_rows,
+)
+from prism_pipelines.dagster_defs.names import (
+    asset_key,
+    late_data_sensor_name,
+    schedule_name,
+    sync_job_name,
+)
+from prism_pipelines.errors import PrismError
+from prism_pipelines.hours import PARTITION_KEY_FORMAT, utc, utcnow
+from prism_pipelines.ledger import Ledger
+from prism_pipelines.source import GatewaySource
+
+ACTIVE, SYNCING, PAUSED, ERROR = "Active", "Syncing", "Paused", "Error"
+IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+
+
+def _from_timestamp(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+# -- the schedule and sensors, as the UI and the daemon know them --------------------------------
+
+
+def instigator_states(instance: DagsterInstance, name: str, location: str | None = None) -> list:
+    """The stored states of the schedule or sensor ``name`` in every code location that has one
+    (only ``location``'s when given and it has one)."""
+    found = [state for state in instance.all_instigator_state() if state.name == name]
+    own = [state for state in found if state.selector.location_name == location]
+    return own or found
+
+
+def location_of(state) -> str:
+    return state.selector.location_name
+
+
+def is_paused(instance: DagsterInstance, integration, location: str | None = None) -> bool:
+    """Its schedule is stopped; with no stored state, the file's ``paused`` (the default status
+    in code) decides."""
+    states = instigator_states(instance, schedule_name(integration.name), location)
+    if not states:
+        return integration.paused
+    return not any(state.is_running for state in states)
+
+
+class NotServed(PrismError):
+    """No code location on the instance has recorded the integration's schedule."""
+
+
+def set_paused(instance: DagsterInstance, integration, paused: bool) -> list[str]:
+    """Pause: stop the schedule and the late-data sensor (what the UI's toggles do), in every
+    code location that serves them; resume: start both, and the next syncs and the sensor catch
+    up the hours that accrued meanwhile. Returns the locations."""
+    name = integration.name
+    schedules = instigator_states(instance, schedule_name(name))
+    if not schedules:
+        raise NotServed(
+            f"'{name}': no code location on this Dagster instance ({instance.root_directory}) "
+            f"has recorded schedule {schedule_name(name)} yet. Start the code location with its "
+            "daemon (`make ui`, or the deployment's dagster-daemon) and try again, or toggle "
+            "the schedule in the UI (Automation)."
+        )
+    status = "STOPPED" if paused else "RUNNING"
+    for state in schedules + instigator_states(instance, late_data_sensor_name(name)):
+        # dagster does not export InstigatorStatus: the stored state's own enum names it
+        instance.update_instigator_state(state.with_status(type(state.status)[status]))
+    return sorted({location_of(state) for state in schedules})
+
+
+def _paused_since(instance: DagsterInstance, name: str) -> datetime | None:
+    """Dagster keeps no stop time: the last tick is when it last ran on schedule."""
+    ticks = [
+        tick
+        for state in instigator_states(instance, schedule_name(name))
+        for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+    ]
+    return _from_timestamp(max(tick.timestamp for tick in ticks)) if ticks else None
+
+
+def _started_at(instance: DagsterInstance, name: str) -> datetime | None:
+    """When the schedule was last started (the UI's toggle or ``resume``)."""
+    started = [
+        getattr(state.instigator_data, "start_timestamp", None)
+        for state in instigator_states(instance, schedule_name(name))
+        if state.status.value == "RUNNING"
+    ]
+    started = [value for value in started if value]
+    return _from_timestamp(max(started)) if started else None
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def run_failure_message(instance: DagsterInstance, run_id: str) -> str | None:
+    """What a failed run says: its step failures' descriptions, else the run failure's text."""
+    messages = []
+    for record in instance.get_records_for_run(
+        run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+    ).records:
+        event = record.event_log_entry.dagster_event
+        if event.event_type == DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                messages.append(data.user_failure_data.description)
+            elif data.error:
+                error = data.error
+                while error.cause is not None:  # Dagster's wrapper → the user code's exception
+                    error = error.cause
+                message = error.message.strip()
+                if error.cls_name and not message.startswith(error.cls_name):
+                    message = f"{error.cls_name}: {message}"
+                messages.append(message)
+        elif not messages and event.message:
+            messages.append(event.message)
+    return "\n".join(messages) or None
+
+
+#: how many of the latest backfills are searched for the integration's asset
+BACKFILLS_SEARCHED = 50
+
+
+def sync_run_records(
+    instance: DagsterInstance, name: str, statuses: list[DagsterRunStatus], limit: int
+) -> list:
+    """The integration's sync runs, newest first: runs of ``<name>_sync`` and the runs of
+    backfills of its asset launched from the UI, which Dagster runs as its asset job without the
+    integration's tag (found by the backfill's asset selection)."""
+    records = list(
+        instance.get_run_records(
+            RunsFilter(job_name=sync_job_name(name), statuses=statuses), limit=limit
+        )
+    )
+    key = asset_key(name)
+    for backfill in instance.get_backfills(limit=BACKFILLS_SEARCHED):
+        if key not in (backfill.asset_selection or []):
+            continue
+        records += [
+            record
+            for record in instance.get_run_records(
+                RunsFilter(tags={"dagster/backfill": backfill.backfill_id}, statuses=statuses),
+                limit=limit,
+            )
+            if record.dagster_run.job_name != sync_job_name(name)
+            and key in (record.dagster_run.asset_selection or {key})
+        ]
+    records.sort(key=lambda record: record.create_timestamp, reverse=True)
+    return records[:limit]
+
+
+def integration_of_run(run) -> str | None:
+    """The integration a run syncs: its tag, else the one prism asset it selects (a backfill
+    launched from the UI)."""
+    if run.tags.get("prism/integration"):
+        return run.tags["prism/integration"]
+    names = {
+        key.path[1]
+        for key in run.asset_selection or ()
+        if len(key.path) == 2 and key.path[0] == asset_key("").path[0]
+    }
+    return names.pop() if len(names) == 1 else None
+
+
+def is_sync_run(run, name: str) -> bool:
+    """A run of ``<name>_sync``, or an untagged backfill run of the integration's asset (not its
+    validate or dashboard job)."""
+    if run.job_name == sync_job_name(name):
+        return True
+    return "prism/integration" not in run.tags and integration_of_run(run) == name
+
+
+# -- the status ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntegrationStatus:
+    name: str
+    type: str
+    status: str
+    since: datetime | None
+    last_success_at: datetime | None
+    lag_seconds: float | None
+    pending_rows: int
+    delivered_today: int
+    rejects_today: int
+    error: str | None = None
+    error_partition: str | None = None
+    failing_partitions: int = 0
+    run_id: str | None = None
+
+    def as_dict(self) -> dict:
+        values = asdict(self)
+        for key in ("since", "last_success_at"):
+            values[key] = values[key].isoformat() if values[key] else None
+        return values
+
+
+def integration_status(
+    integration,
+    *,
+    instance: DagsterInstance,
+    ledger: Ledger,
+    source: GatewaySource | None = None,
+    now: datetime | None = None,
+) -> IntegrationStatus:
+    """The integration's status now; ``source`` adds lag and pending rows (two cheap queries)."""
+    now = now or utcnow()
+    name = integration.name
+    job = sync_job_name(name)
+    in_progress = sync_run_records(instance, name, IN_PROGRESS, limit=1)
+    finished = sync_run_records(instance, name, FINISHED, limit=1)
+    errors = ledger_errors(ledger, name)
+
+    error, error_since, error_partition = errors.error, errors.error_since, errors.error_partition
+    last_run = finished[0] if finished else None
+    if (
+        error is None
+        and last_run is not None
+        and last_run.dagster_run.status == DagsterRunStatus.FAILURE
+        and (
+            errors.last_success_at is None or last_run.end_time > errors.last_success_at.timestamp()
+        )
+    ):
+        # The run failed before the ledger saw any partition (e.g. the process died).
+        error = run_failure_message(instance, last_run.dagster_run.run_id) or "the last run failed"
+        error_since = _from_timestamp(last_run.end_time)
+        error_partition = None
+
+    run_id = None
+    if in_progress:
+        record = in_progress[0]
+        status, run_id = SYNCING, record.dagster_run.run_id
+        since = _from_timestamp(record.start_time) or utc(record.create_timestamp)
+    elif is_paused(instance, integration):
+        status, since = PAUSED, _paused_since(instance, name)
+    elif error is not None:
+        status, since = ERROR, error_since
+    else:
+        status, since = ACTIVE, _active_since(instance, job, ledger, name)
+
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    delivered, rejected = delivered_since(ledger, name, today)
+    lag = pending = None
+    if source is not None:
+        newest = newest_delivered_event(source, ledger, name)
+        lag = round((now - newest).total_seconds(), 1) if newest else None
+        pending = pending_rows(source, ledger, name, now)
+    return IntegrationStatus(
+        name=name,
+        type=integration.type,
+        status=status,
+        since=since,
+        last_success_at=errors.last_success_at,
+        lag_seconds=lag,
+        pending_rows=pending or 0,
+        delivered_today=delivered,
+        rejects_today=rejected,
+        error=error,
+        error_partition=error_partition.strftime(PARTITION_KEY_FORMAT) if error_partition else None,
+        failing_partitions=errors.failing_partitions,
+        run_id=run_id,
+    )
+
+
+def _active_since(instance, job: str, ledger: Ledger, name: str) -> datetime | None:
+    """When it last recovered from a failed run, else when its schedule was started, else when
+    the integration was first configured."""
+    failed = instance.get_run_records(
+        RunsFilter(job_name=job, statuses=[DagsterRunStatus.FAILURE]), limit=1
+    )
+    if failed and failed[0].end_time:
+        recovered = instance.get_run_records(
+            RunsFilter(
+                job_name=job,
+                statuses=[DagsterRunStatus.SUCCESS],
+                created_after=_from_timestamp(failed[0].end_time),
+            ),
+            limit=1,
+            ascending=True,
+        )
+        if recovered and recovered[0].end_time:
+            return _from_timestamp(recovered[0].end_time)
+    return (
+        _started_at(instance, name)
+        or first_delivery(ledger, name)
+        or first_configured(name, ledger.url)
+    )
+
+
+# -- sync history --------------------------------------------------------------------------------
+
+#: what a sink counts as its unit of delivery, in the run metadata
+UNIT_KEYS = ("files", "messages", "log_requests")
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    """One run of ``<name>_sync``, summed over the partitions it materialized."""
+
+    run_id: str
+    status: str
+    finished_at: datetime | None
+    partitions: list[str]
+    partitions_label: str
+    records: int
+    rejects: int
+    units: int
+    bytes: int
+    seconds: float | None
+    trigger: str
+    error: str | None
+
+    def as_dict(self) -> dict:
+        values = asdict(self)
+        values["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        return values
+
+
+def _partitions_label(tags, keys: list[str]) -> str:
+    if tags.get("dagster/partition"):
+        return tags["dagster/partition"]
+    start = tags.get("dagster/asset_partition_range_start")
+    end = tags.get("dagster/asset_partition_range_end")
+    if start and end:
+        return start if start == end else f"{start} … {end}"
+    return ", ".join(keys) or "-"
+
+
+def sync_history(instance: DagsterInstance, name: str, limit: int = 20) -> list[SyncRun]:
+    """The last ``limit`` finished runs of ``<name>_sync``, newest first, from the instance:
+    each run's materialization events (one per partition, with the sync's metadata) summed,
+    and, for a failed run, its error."""
+    history = []
+    for record in sync_run_records(instance, name, FINISHED, limit):
+        run = record.dagster_run
+        totals = {"records": 0, "rejects": 0, "units": 0, "bytes": 0}
+        keys = []
+        for event_record in instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        ).records:
+            materialization = event_record.asset_materialization
+            if materialization is None:
+                continue
+            meta = {k: v.value for k, v in materialization.metadata.items()}
+            keys.append(materialization.partition)
+            totals["records"] += int(meta.get("records") or 0)
+            totals["rejects"] += int(meta.get("rejects") or 0)
+            totals["bytes"] += int(meta.get("bytes") or 0)
+            totals["units"] += sum(int(meta.get(k) or 0) for k in UNIT_KEYS)
+        seconds = (
+            record.end_time - record.start_time if record.end_time and record.start_time else None
+        )
+        failed = run.status == DagsterRunStatus.FAILURE
+        history.append(
+            SyncRun(
+                run_id=run.run_id,
+                status=run.status.value,
+                finished_at=_from_timestamp(record.end_time),
+                partitions=keys,
+                partitions_label=_partitions_label(run.tags, keys),
+                seconds=round(seconds, 3) if seconds is not None else None,
+                trigger=run.tags.get("prism/trigger")
+                or ("schedule" if run.tags.get("dagster/schedule_name") else "manual"),
+                error=run_failure_message(instance, run.run_id) if failed else None,
+                **totals,
+            )
+        )
+    return history

@@ -1,0 +1,88 @@
+"""The Dagster layer as an operator meets it: only public Dagster API, read-only loading, the
+run limit per integration, the late-data interval, and pause without a served code location."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from dagster import DagsterInstance
+from sqlalchemy import create_engine, inspect
+
+from prism_pipelines.cli import main
+from prism_pipelines.dagster_defs.definitions import build_definitions
+from prism_pipelines.errors import PrismError
+from prism_pipelines.integrations import load_integrations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_package_uses_no_private_dagster_module():
+    private = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in (ROOT / "prism_pipelines").rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"dagster\._", line)
+    ]
+    assert private == []
+
+
+def test_project_instance_runs_three_syncs_per_integration_at_once(tmp_path):
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert limits == [
+        {"key": "prism/integration", "value": {"applyLimitPerUniqueValue": True}, "limit": 3}
+    ]
+
+
+def _integrations(tmp_path, monkeypatch, **entry) -> Path:
+    path = tmp_path / "integrations.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"integrations": [{"name": "files", "type": "local", "path": str(tmp_path), **entry}]}
+        )
+    )
+    monkeypatch.setenv("PRISM_INTEGRATIONS", str(path))
+    return path
+
+
+def test_loading_the_definitions_writes_nothing_to_the_state_database(tmp_path, monkeypatch):
+    state = tmp_path / "state.db"
+    monkeypatch.setenv("PRISM_STATE_URL", f"sqlite:///{state}")
+    path = _integrations(tmp_path, monkeypatch, history="none")
+    defs = build_definitions(load_integrations(path))
+    assert defs.resolve_job_def("files_sync")
+    assert (
+        not state.exists() or inspect(create_engine(f"sqlite:///{state}")).get_table_names() == []
+    )
+
+
+def test_late_data_interval_is_read_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRISM_STATE_URL", f"sqlite:///{tmp_path}/state.db")
+    path = _integrations(tmp_path, monkeypatch)
+
+    def interval() -> int:
+        repository = build_definitions(load_integrations(path)).get_repository_def()
+        return repository.get_sensor_def("files_late_data").minimum_interval_seconds
+
+    assert interval() == 300
+    monkeypatch.setenv("PRISM_LATE_DATA_INTERVAL_SECONDS", "45")
+    assert interval() == 45
+    monkeypatch.setenv("PRISM_LATE_DATA_INTERVAL_SECONDS", "soon")
+    with pytest.raises(PrismError, match="PRISM_LATE_DATA_INTERVAL_SECONDS .* got 'soon'"):
+        interval()
+
+
+def test_pause_says_so_when_no_code_location_serves_the_integration(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRISM_STATE_URL", f"sqlite:///{tmp_path}/state.db")
+    _integrations(tmp_path, monkeypatch)
+    home = tmp_path / "dagster_home"
+    result = CliRunner().invoke(main, ["pause", "files"], env={"DAGSTER_HOME": str(home)})
+    assert result.exit_code != 0
+    assert "no code location on this Dagster instance" in str(result.exception)
+    assert "files_schedule" in str(result.exception)
