@@ -47,9 +47,9 @@ def make_engine(url: str) -> Engine:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL lets Dagster's run processes read the ledger while another writes it. FULL syncs the
-    # WAL at every commit: with NORMAL a power loss may drop the last commits, and a batch the
-    # ledger recorded (its cursor moved) must stay recorded once its file is on disk, and a
-    # batch must never be recorded without its file (the sinks fsync before it is).
+    # WAL at every commit (NORMAL may lose the last commits on power loss): a recorded batch
+    # stays recorded, and since the sinks fsync a file before it is recorded, the ledger never
+    # records a file that is not on disk.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")

@@ -11,7 +11,10 @@ A sync of hour H, in order:
    ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
 
 All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
-time.
+time. First, what crashed runs left in the hour (temporary files, unfinished uploads) is
+removed (``Sink.clean_up``). Each batch's file is published only if the destination still holds
+what the batch may replace (``Batch.replaces``), so a run that stalled past its lease cannot
+replace what the run that took over published (fencing, sinks/storage/base.py).
 
 The cyclic garbage collector is paused while a partition is delivered: the export makes
 millions of plain objects without cycles, which reference counting frees, and the collector
