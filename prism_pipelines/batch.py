@@ -34,8 +34,9 @@ class Chunk:
     through_id: int
     #: rows that could not become records (malformed), with the reason
     rejects: list[Reject]
-    first_event: datetime
-    last_event: datetime
+    #: None when every row's time was no time (each of them rejected)
+    first_event: datetime | None
+    last_event: datetime | None
 
     @cached_property
     def lines(self) -> list[bytes]:
@@ -88,11 +89,9 @@ class Batch:
             self.through_id = max(self.through_id or 0, chunk.through_id)
             self.records_read += len(chunk.records)
             self.rejects.extend(chunk.rejects)
-            if self.first_event is None:
-                self.first_event, self.last_event = chunk.first_event, chunk.last_event
-            else:
-                self.first_event = min(self.first_event, chunk.first_event)
-                self.last_event = max(self.last_event, chunk.last_event)
+            if chunk.first_event is not None:
+                self.first_event = min(filter(None, (self.first_event, chunk.first_event)))
+                self.last_event = max(filter(None, (self.last_event, chunk.last_event)))
             yield chunk
 
     def acknowledge(

@@ -6,8 +6,9 @@ A sync of hour H, in order:
    out of sequence order below the cursor). They are re-read by their recorded range and sent
    under their recorded location, so storage files are rewritten, not duplicated. With
    ``full=True`` every recorded batch is redone this way.
-2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay,
-   streamed in batches of the integration's ``rows_per_batch``. A batch is opened in the
+2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay
+   (by the gateway database's clock; a row stamped in the future is not waited for), streamed in
+   batches of the integration's ``rows_per_batch``. A batch is opened in the
    ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
 
 All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
@@ -31,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
@@ -78,6 +79,7 @@ class SyncResult:
     held_back: bool = False
     seconds: float = 0.0
     counters: Counter = field(default_factory=Counter)
+    refused: Counter = field(default_factory=Counter)
     locations: list[str] = field(default_factory=list)
 
     def add(self, batch: Batch, delivery) -> None:
@@ -89,6 +91,7 @@ class SyncResult:
         self.requests += delivery.requests
         self.retries += delivery.retries
         self.counters.update(delivery.counters)
+        self.refused.update(delivery.refused)
         if delivery.location:
             self.locations.append(delivery.location)
         if batch.first_event is not None:
@@ -103,6 +106,7 @@ class SyncResult:
             "records": self.records,
             "rejects": self.rejects,
             "reject_reasons": dict(self.reject_reasons),
+            "refused_by_destination": dict(self.refused) or None,
             "batches": self.batches,
             "redone_batches": self.redone_batches,
             "files": self.counters.get("files", 0),
@@ -143,24 +147,19 @@ def deliver_partition(
     *,
     full: bool = False,
     settle_seconds: float = 5.0,
-    now: datetime | None = None,
     who: str | None = None,
 ) -> SyncResult:
     """Deliver hour ``hour`` of the gateway's logs to ``sink``; see the module docstring.
     ``who`` names the run for other runs' messages (``PartitionBusy``)."""
     try:
         with ledger.lease(integration.name, hour, who) as lease:
-            return _deliver(
-                integration, sink, source, ledger, hour, lease, full, settle_seconds, now
-            )
+            return _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds)
     except (LeaseError, Superseded) as exc:
         # Not the partition's failure (another run is delivering it): not recorded as its error.
         raise SyncError(integration.scrub(str(exc))) from None
 
 
-def _deliver(
-    integration, sink, source, ledger, hour, lease, full, settle_seconds, now
-) -> SyncResult:
+def _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds) -> SyncResult:
     started = time.monotonic()
     name = integration.name
     recorded_batches = ledger.batches(name, hour)
@@ -192,10 +191,9 @@ def _deliver(
         # Redone batches lie below the cursor, and no other run moves it while this one holds
         # the lease: the cursor is still the one read at the start.
         cursor = result.cursor_before
-        settled_before = (now or utcnow()) - timedelta(seconds=settle_seconds)
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
-            hour, after_id=cursor, settled_before=settled_before, chunk_rows=chunk_rows
+            hour, after_id=cursor, settle_seconds=settle_seconds, chunk_rows=chunk_rows
         )
         with closing(stream):
             settled = _until_unsettled(stream, result)
@@ -298,7 +296,7 @@ def _send(
     result: SyncResult,
     recorded: RecordedBatch | None = None,
 ) -> None:
-    batch.read_from(_chunks(row_chunks, integration.fields))
+    batch.read_from(_chunks(row_chunks, integration.fields, result.counters))
     location = (recorded and recorded.location) or sink.location_for(batch)
     if recorded is not None:
         # What the batch may replace: the version the ledger recorded for it, or else (an
@@ -327,19 +325,21 @@ def _send(
     gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 
 
-def _chunks(row_chunks: Iterator[list[tuple]], fields) -> Iterator[Chunk]:
+def _chunks(row_chunks: Iterator[list[tuple]], fields, counters: Counter) -> Iterator[Chunk]:
     """Rows → exported records, each chunk with its range, rejects and event times."""
     stamp = itemgetter(ROW_TIMESTAMP)
     for rows in row_chunks:
-        records, ids, rejects = build_records(rows, fields)
-        # The rows' timestamps are the record's text, which sorts as the times do.
+        records, ids, rejects = build_records(rows, fields, counters)
+        # The rows' timestamps are the record's text, which sorts as the times do (None: a
+        # time that is no time, its row rejected).
+        stamps = list(filter(None, map(stamp, rows)))
         yield Chunk(
             records,
             ids,
             through_id=rows[-1][ROW_ID],
             rejects=rejects,
-            first_event=datetime.fromisoformat(min(map(stamp, rows))),
-            last_event=datetime.fromisoformat(max(map(stamp, rows))),
+            first_event=datetime.fromisoformat(min(stamps)) if stamps else None,
+            last_event=datetime.fromisoformat(max(stamps)) if stamps else None,
         )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import http.client
 import io
 import itertools
 import json
@@ -106,12 +107,12 @@ def free_port() -> int:
 
 
 def _answers(url: str) -> bool:
-    """True once anything answers HTTP at url; proxies are bypassed since the target is local."""
+    """True once anything answers at url; proxies are bypassed since the target is local."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         opener.open(url, timeout=2).close()
-    except urllib.error.HTTPError:
-        return True  # an error status still proves the server is up
+    except (urllib.error.HTTPError, http.client.HTTPException):
+        return True  # an error status, or a reply that is not HTTP/1 (gRPC), proves it is up
     except OSError:
         return False
     return True

@@ -9,6 +9,7 @@ the batch stays open in the ledger, to be redone.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,6 +34,9 @@ class Delivery:
     rejects: list[Reject] = field(default_factory=list)
     #: sink-specific counters (summed over a run into the metadata)
     counters: dict[str, int] = field(default_factory=dict)
+    #: what the destination refused for good that is no record of the batch (Datadog's metric
+    #: points), as a count per reason, for the run's metadata
+    refused: Counter = field(default_factory=Counter)
 
 
 class Sink(ABC):
