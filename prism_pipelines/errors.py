@@ -30,3 +30,9 @@ class UnknownIntegrationError(PrismError, KeyError):
 
     def __str__(self) -> str:  # KeyError's would quote the message
         return str(self.args[0])
+
+
+class Superseded(PrismError):
+    """The destination refused a batch's file because it no longer holds what this run was to
+    replace: a run that took the partition over published meanwhile. Nothing was overwritten and
+    the cursor does not move; like a lost lease, it is not the partition's failure."""

@@ -12,7 +12,10 @@ A sync of hour H, in order:
    ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
 
 All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
-time.
+time. First, what crashed runs left in the hour (temporary files, unfinished uploads) is
+removed (``Sink.clean_up``). Each batch's file is published only if the destination still holds
+what the batch may replace (``Batch.replaces``), so a run that stalled past its lease cannot
+replace what the run that took over published (fencing, sinks/storage/base.py).
 
 The cyclic garbage collector is paused while a partition is delivered: the export makes
 millions of plain objects without cycles, which reference counting frees, and the collector
@@ -33,9 +36,9 @@ from datetime import datetime
 from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
-from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
+from prism_pipelines.errors import CredentialsError, DestinationError, PrismError, Superseded
 from prism_pipelines.hours import utc, utcnow
-from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch
+from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch, lease_seconds
 from prism_pipelines.records import (
     ROW_ID,
     ROW_TIMESTAMP,
@@ -151,7 +154,7 @@ def deliver_partition(
     try:
         with ledger.lease(integration.name, hour, who) as lease:
             return _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds)
-    except LeaseError as exc:
+    except (LeaseError, Superseded) as exc:
         # Not the partition's failure (another run is delivering it): not recorded as its error.
         raise SyncError(integration.scrub(str(exc))) from None
 
@@ -164,7 +167,9 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
     # Batches only ever join a partition past its cursor, so a batch's position among the
     # recorded ones never changes.
     starts = [b.after_id for b in recorded_batches if b.through_id is not None]
+    by_start = {b.after_id: b for b in recorded_batches}
     try:
+        sink.clean_up(hour, lease_seconds())
         for recorded in _batches_to_redo(source, recorded_batches, hour, full):
             batch = Batch(
                 name,
@@ -180,7 +185,7 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                 through_id=recorded.through_id,
                 chunk_rows=CHUNK_ROWS,
             )
-            _send(integration, sink, ledger, lease, batch, rows, result)
+            _send(integration, sink, ledger, lease, batch, rows, result, recorded)
             result.redone_batches += 1
 
         # Redone batches lie below the cursor, and no other run moves it while this one holds
@@ -195,10 +200,12 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
             ordinal = bisect_left(starts, cursor)
             for batch_rows in _batches_of(settled, integration.rows_per_batch):
                 batch = Batch(name, hour, after_id=cursor, ordinal=ordinal)
-                _send(integration, sink, ledger, lease, batch, batch_rows, result)
+                # An open batch at the cursor is an attempt that never recorded its range.
+                recorded = by_start.get(cursor)
+                _send(integration, sink, ledger, lease, batch, batch_rows, result, recorded)
                 cursor = batch.through_id
                 ordinal += 1
-    except LeaseError:
+    except (LeaseError, Superseded):
         raise
     except PrismError as exc:
         message = integration.scrub(str(exc))
@@ -287,9 +294,19 @@ def _send(
     batch: Batch,
     row_chunks: Iterator[list[tuple]],
     result: SyncResult,
+    recorded: RecordedBatch | None = None,
 ) -> None:
     batch.read_from(_chunks(row_chunks, integration.fields, result.counters))
-    ledger.start_batch(batch, sink.location_for(batch), lease)
+    location = (recorded and recorded.location) or sink.location_for(batch)
+    if recorded is not None:
+        # What the batch may replace: the version the ledger recorded for it, or else (an
+        # attempt that published and never recorded) what the destination holds now. Looked up
+        # before start_batch confirms the lease, so it cannot be the file of a run that took
+        # the partition over since: a stalled run's publish then fails (fencing).
+        batch.replaces = (recorded.finished and recorded.published_version) or (
+            location and sink.published_version(location)
+        )
+    ledger.start_batch(batch, location, lease)
     delivery = sink.deliver(batch)
     if delivery.records + len(delivery.rejects) != batch.records_read:
         # The one guard that makes "nothing silently dropped" hold for every sink.
@@ -300,7 +317,9 @@ def _send(
         )
     if batch.through_id is None:
         return  # nothing was read: the batch stays open and unranged, like never started
-    batch.acknowledge(delivery.records, delivery.rejects, delivery.location)
+    batch.acknowledge(
+        delivery.records, delivery.rejects, delivery.location, delivery.published_version
+    )
     ledger.finish_batch(batch, delivery.bytes, lease)
     result.add(batch, delivery)
     gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch

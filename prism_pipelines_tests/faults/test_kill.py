@@ -15,23 +15,9 @@ from prism_pipelines_tests.faults.destinations import TYPES
 
 KILLS = 2
 BATCH_ROWS = 40
-CLEANUP = (
-    "no temp-file cleanup yet (branch fencing): a kill -9 mid-write leaves the local archive's "
-    "temporary file behind"
-)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        # Not strict: it fails only when a seeded kill lands while a file is being written; the
-        # test below makes that moment certain.
-        pytest.param(kind, marks=pytest.mark.xfail(strict=False, reason=CLEANUP))
-        if kind == "local"
-        else kind
-        for kind in TYPES
-    ],
-)
+@pytest.mark.parametrize("kind", TYPES)
 def test_kill_9_mid_sync_loses_nothing_and_duplicates_at_most_the_batch_in_flight(harness, kind):
     harness.configure(batch_rows=BATCH_ROWS)
     harness.traffic.add(400)
@@ -56,7 +42,6 @@ def test_kill_9_mid_sync_loses_nothing_and_duplicates_at_most_the_batch_in_fligh
     )
 
 
-@pytest.mark.xfail(strict=True, reason=CLEANUP)
 def test_kill_9_while_a_file_is_written_leaves_no_temporary_file(harness):
     """The kill lands while the local archive's temporary file exists (it is watched for), so
     what a crash mid-write leaves behind is seen every time, not only when the dice say so."""

@@ -15,13 +15,9 @@ from prism_pipelines_tests.faults.conftest import SEED
 from prism_pipelines_tests.faults.matrix import BY_NAME, cases
 
 ROWS = 8000
-FENCING = (
-    "no conditional write at publish yet (branch fencing): the woken run replaces the newer "
-    "file the run that took over wrote"
-)
 
 
-@pytest.mark.parametrize("kind", cases("stall", {"local": FENCING, "s3": FENCING}))
+@pytest.mark.parametrize("kind", cases("stall"))
 def test_stalled_run_woken_after_a_takeover_does_not_overwrite_the_newer_file(harness, kind):
     harness.configure(batch_rows=ROWS * 2)
     # One partition holds every row, so the batch the run is stopped in is a big one (still
