@@ -72,7 +72,7 @@ FAULTS = (
         "stall",
         "sync stopped (SIGSTOP) past its lease; another sync takes over and delivers more",
         ("local", "s3"),
-        Expect("0", "the stalled run's late write must not replace the newer file (fencing)"),
+        Expect("0", "the destination refuses the stalled run's late write (fencing)"),
         None,
         Operator("1 for the woken run, 0 for the one that took over", None, "taken over"),
     ),
