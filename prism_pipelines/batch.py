@@ -34,8 +34,9 @@ class Chunk:
     through_id: int
     #: rows that could not become records (malformed), with the reason
     rejects: list[Reject]
-    first_event: datetime
-    last_event: datetime
+    #: None when every row's time was no time (each of them rejected)
+    first_event: datetime | None
+    last_event: datetime | None
 
     @cached_property
     def lines(self) -> list[bytes]:
@@ -53,6 +54,12 @@ class Batch:
     after_id: int
     #: where an earlier attempt of this batch went (storage key), so a redo overwrites it
     location: str | None = None
+    #: the destination's version of the file this batch may replace (None: the location must
+    #: be free); a run that took the partition over has changed it, so a stalled run cannot
+    #: replace its file (fencing, sinks/storage/base.py)
+    replaces: str | None = None
+    #: the destination's version of the file the batch published (set by ``acknowledge``)
+    published_version: str | None = None
     #: the batch's position among its partition's batches (0, 1, …), the same on every redo:
     #: what a sink uses to keep batches apart at the destination (Datadog's metric seconds)
     ordinal: int = 0
@@ -82,15 +89,21 @@ class Batch:
             self.through_id = max(self.through_id or 0, chunk.through_id)
             self.records_read += len(chunk.records)
             self.rejects.extend(chunk.rejects)
-            if self.first_event is None:
-                self.first_event, self.last_event = chunk.first_event, chunk.last_event
-            else:
-                self.first_event = min(self.first_event, chunk.first_event)
-                self.last_event = max(self.last_event, chunk.last_event)
+            if chunk.first_event is not None:
+                self.first_event = min(filter(None, (self.first_event, chunk.first_event)))
+                self.last_event = max(filter(None, (self.last_event, chunk.last_event)))
             yield chunk
 
-    def acknowledge(self, records: int, rejects: list[Reject], location: str | None) -> None:
-        """The destination's answer: what it acknowledged, refused for good, and where."""
+    def acknowledge(
+        self,
+        records: int,
+        rejects: list[Reject],
+        location: str | None,
+        published_version: str | None = None,
+    ) -> None:
+        """The destination's answer: what it acknowledged, refused for good, where, and the
+        version of the file it published there."""
         self.records = records
         self.rejects.extend(rejects)
         self.location = location
+        self.published_version = published_version

@@ -16,7 +16,7 @@ import click
 
 from prism_pipelines.database import PROJECT_ROOT, redact
 from prism_pipelines.errors import PrismError
-from prism_pipelines.hours import HOUR, floor_hour, parse_time, partition_key, utcnow
+from prism_pipelines.hours import HOUR, floor_hour, hour_of_key, parse_time, partition_key, utcnow
 
 
 def _dagster_home() -> str:
@@ -36,6 +36,28 @@ def _hour(value: str) -> datetime:
         raise click.BadParameter(f"{value!r} is not an ISO time, e.g. 2026-11-22T14:00Z") from None
 
 
+def _partition_keys(_ctx, param, value):
+    """``--partition``: hour keys as Dagster writes them, checked before anything runs."""
+    for key in value if isinstance(value, tuple) else (value,) if value else ():
+        try:
+            hour_of_key(key)
+        except ValueError:
+            raise click.BadParameter(
+                f"{key!r} is not a partition key, e.g. 2026-11-22-14:00", param=param
+            ) from None
+    return value
+
+
+def _failure_text(data) -> str:
+    """A failed step's message: ours (a ``Failure``) as is, anything else as its first line,
+    never a traceback."""
+    if data.user_failure_data and data.user_failure_data.description:
+        return data.user_failure_data.description
+    if data.error:
+        return f"{data.error.cls_name}: {data.error.message.strip().splitlines()[0]}"
+    return "the sync failed; see the run in the Dagster UI"
+
+
 def _prism(config):
     """The code location's own resource: the same source and ledger the assets use."""
     from prism_pipelines.dagster_defs.resources import PrismResource
@@ -49,8 +71,20 @@ def main() -> None:
 
 
 @main.command("seed-demo")
-@click.option("--rows", default=200_000, show_default=True, help="How many requests to create.")
-@click.option("--hours", default=24, show_default=True, help="Spread over this many past hours.")
+@click.option(
+    "--rows",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many requests to create.",
+)
+@click.option(
+    "--hours",
+    default=24,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Spread over this many past hours.",
+)
 @click.option("--seed", default=7, show_default=True, help="Same seed, same traffic.")
 @click.option("--live", is_flag=True, help="Instead: keep inserting current traffic until Ctrl-C.")
 @click.option("--rate", default=3.0, show_default=True, help="With --live: requests a second.")
@@ -124,7 +158,13 @@ def _live_traffic(source, rate: float, minutes: float | None, seed: int) -> None
 
 @main.command()
 @click.argument("name")
-@click.option("--partition", "partitions", multiple=True, help="Hour key, e.g. 2026-11-22-14:00.")
+@click.option(
+    "--partition",
+    "partitions",
+    multiple=True,
+    callback=_partition_keys,
+    help="Hour key, e.g. 2026-11-22-14:00.",
+)
 @click.option("--since", help="Sync every hour from this ISO time ...")
 @click.option("--until", help="... up to (not including) this ISO time; default: now.")
 @click.option("--full", is_flag=True, help="Re-deliver everything, not only what is new.")
@@ -132,6 +172,9 @@ def sync(
     name: str, partitions: tuple[str, ...], since: str | None, until: str | None, full: bool
 ) -> None:
     """Sync hours of integration NAME now (the UI's "Materialize"), through Dagster."""
+    from prism_pipelines.integrations import load_integrations
+
+    load_integrations().get(name)  # a wrong name is told before Dagster loads
     _dagster_home()
     from dagster import DagsterInstance
 
@@ -148,8 +191,16 @@ def sync(
     if not keys:
         keys = [partition_key(utcnow())]
     job = defs.resolve_job_def(sync_job_name(name))
-    # Dagster's step-by-step DEBUG log is the UI's business; warnings and errors still show.
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    outside = [k for k in keys if k not in set(job.partitions_def.get_partition_keys())]
+    if outside:
+        raise click.BadParameter(
+            f"{', '.join(outside[:3])}{' …' if len(outside) > 3 else ''}: not an hour of "
+            f"integration '{name}' (its hours run from its history.since to now)",
+            param_hint="'--partition' / '--since'",
+        )
+    # Dagster's console log is the UI's business (its errors carry stack traces); the run's
+    # summary and each failure's message are printed below.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     run_config = {**sync_run_config(name, full), **quiet}
     failed = False
     with DagsterInstance.get() as instance:
@@ -172,8 +223,8 @@ def sync(
             if not result.success:
                 failed = True
                 for event in result.all_events:
-                    if event.is_step_failure and event.step_failure_data.user_failure_data:
-                        click.echo(event.step_failure_data.user_failure_data.description, err=True)
+                    if event.is_step_failure:
+                        click.echo(_failure_text(event.step_failure_data), err=True)
     sys.exit(1 if failed else 0)
 
 
@@ -198,7 +249,7 @@ def validate(name: str) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--partition", help="Only this hour, e.g. 2026-11-22-14:00.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 def rejects(name: str, partition: str | None, limit: int) -> None:
     """List records NAME's destination refused for good, with the reason."""
     from prism_pipelines.hours import hour_of_key
@@ -394,7 +445,13 @@ def resume(name: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--limit", default=20, show_default=True, help="How many runs, newest first.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many runs, newest first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 def history(name: str, limit: int, as_json: bool) -> None:
     """Sync history of NAME: the last runs, their partitions, records, rejects and errors."""
@@ -448,10 +505,12 @@ def history(name: str, limit: int, as_json: bool) -> None:
 
 
 def run() -> None:
-    """Entry point: a PrismError is a message for the user, not a stack trace. Dagster's
+    """Entry point: a PrismError is a message for the user, not a stack trace; so is a database
+    that cannot be reached. Dagster's
     beta/preview warnings are about the code location's definitions (the docs name them once),
     not news to whoever runs a command."""
     from dagster import BetaWarning, PreviewWarning
+    from sqlalchemy.exc import DBAPIError
 
     warnings.filterwarnings("ignore", category=BetaWarning)
     warnings.filterwarnings("ignore", category=PreviewWarning)
@@ -459,6 +518,15 @@ def run() -> None:
         main(standalone_mode=False)
     except PrismError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except DBAPIError as exc:
+        # The driver's first line: never the URL's password nor the failing statement.
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        click.echo(
+            f"error: a database could not be used: {detail}. Check PRISM_SOURCE_URL (the gateway "
+            "database) and PRISM_STATE_URL (the ledger) and that the server is reachable",
+            err=True,
+        )
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from prism_pipelines.errors import PrismError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = PROJECT_ROOT / ".prism"
@@ -28,7 +31,16 @@ def make_engine(url: str) -> Engine:
     SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which we do not install;
     psycopg2 is what dagster-postgres uses too, so we name it explicitly.
     """
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        # Never the URL itself in the message: it may hold a password.
+        raise PrismError(
+            "a database URL (PRISM_SOURCE_URL or PRISM_STATE_URL) is not one SQLAlchemy can use: "
+            "write it like postgresql://user:password@host:5432/database or "
+            "sqlite:////absolute/path.db"
+        ) from None
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
     if parsed.get_backend_name() == "sqlite":
@@ -46,10 +58,13 @@ def make_engine(url: str) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # WAL lets Dagster's run processes read the ledger while another writes it.
+    # WAL lets Dagster's run processes read the ledger while another writes it. FULL syncs the
+    # WAL at every commit (NORMAL may lose the last commits on power loss): a recorded batch
+    # stays recorded, and since the sinks fsync a file before it is recorded, the ledger never
+    # records a file that is not on disk.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
 

@@ -23,3 +23,16 @@ class CredentialsError(PrismError):
 class DestinationError(PrismError):
     """The destination cannot take the data (missing bucket, queue, topic; unreachable endpoint;
     retries exhausted). The batch is not recorded, so the next run redoes it."""
+
+
+class UnknownIntegrationError(PrismError, KeyError):
+    """No integration has the name asked for (a ``KeyError`` too: a lookup that failed)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0])
+
+
+class Superseded(PrismError):
+    """The destination refused a batch's file because it no longer holds what this run was to
+    replace: a run that took the partition over published meanwhile. Nothing was overwritten and
+    the cursor does not move; like a lost lease, it is not the partition's failure."""

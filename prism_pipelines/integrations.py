@@ -28,10 +28,11 @@ from pydantic import (
 )
 
 from prism_pipelines.database import PROJECT_ROOT
-from prism_pipelines.errors import CredentialsError, IntegrationsFileError
+from prism_pipelines.errors import CredentialsError, IntegrationsFileError, UnknownIntegrationError
 from prism_pipelines.hours import floor_hour
 from prism_pipelines.records import EXPORTED_FIELDS
 from prism_pipelines.sinks.datadog.sites import SITE_ALIASES, site_domain
+from prism_pipelines.source import unknown_columns_problem
 
 SYNC_INTERVALS = (1, 2, 5, 10, 15, 30, 60)
 
@@ -354,6 +355,14 @@ class SourceSettings(BaseModel):
         5.0, ge=0, description="rows younger than this are held back (out-of-order commits)"
     )
 
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        problem = unknown_columns_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
 
 class Notifications(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -371,7 +380,7 @@ class IntegrationsFile(BaseModel):
             if integration.name == name:
                 return integration
         known = ", ".join(i.name for i in self.integrations) or "none"
-        raise KeyError(f"no integration named '{name}' (configured: {known})")
+        raise UnknownIntegrationError(f"no integration named '{name}' (configured: {known})")
 
 
 _FILE = TypeAdapter(IntegrationsFile)
@@ -390,13 +399,24 @@ def load_integrations(path: str | Path | None = None) -> IntegrationsFile:
 def read_integrations_file(path: Path) -> Any:
     """The file's YAML, not yet validated."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IntegrationsFileError(
             str(path), ["file not found: create it or point PRISM_INTEGRATIONS at it"]
         ) from None
+    except IsADirectoryError:
+        raise IntegrationsFileError(
+            str(path), ["is a folder: point PRISM_INTEGRATIONS at the YAML file itself"]
+        ) from None
+    except OSError as exc:
+        raise IntegrationsFileError(str(path), [f"cannot be read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise IntegrationsFileError(
+            str(path), [f"line {line} is not UTF-8 text: save the file as UTF-8"]
+        ) from None
     except yaml.YAMLError as exc:
-        raise IntegrationsFileError(str(path), [f"not valid YAML: {exc}"]) from None
+        raise IntegrationsFileError(str(path), [_yaml_problem(exc)]) from None
 
 
 def parse_integrations(raw: Any, origin: str) -> IntegrationsFile:
@@ -416,6 +436,16 @@ def parse_integrations(raw: Any, origin: str) -> IntegrationsFile:
             origin, [f"integration '{n}': name is used more than once" for n in duplicates]
         )
     return parsed
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where the YAML is wrong and what is wrong, never the offending text (PyYAML's own message
+    quotes the line, which may hold a secret written inline)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "cannot be parsed"
+    context = getattr(exc, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def _shape_problems(raw: Any) -> list[str]:

@@ -4,11 +4,14 @@ This is the hot path of every export. The reader (``source.GatewaySource.stream_
 over rows already in the record's shape: the exported fields in order, ``timestamp`` already
 formatted, ``cost`` already a float, then the source id. So a record is one ``dict(zip())``, a
 C-level call, and only the few rows that need it (guardrail results to parse, a required value
-missing) cost any per-row Python.
+missing, a cost that is not a finite number) cost any per-row Python; the checks that find them
+are per chunk, at C speed. What happens to which bad row is in docs/reliability.md, "Bad rows".
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import compress, repeat
@@ -52,7 +55,27 @@ ROW_ID = len(EXPORTED_FIELDS)
 ROW_UNSETTLED = ROW_ID + 1
 ROW_TIMESTAMP = EXPORTED_FIELDS.index("timestamp")
 _ROW_GUARDRAILS = EXPORTED_FIELDS.index("guardrail_results")
-_ROW_REQUIRED = tuple((EXPORTED_FIELDS.index(f), f) for f in ("request_id", "model", "provider"))
+_ROW_COST = EXPORTED_FIELDS.index("cost")
+_ROW_REQUIRED = tuple(
+    (EXPORTED_FIELDS.index(f), problem)
+    for f, problem in (
+        ("request_id", "request_id is null"),
+        ("model", "model is null"),
+        ("provider", "provider is null"),
+        ("timestamp", "timestamp is null or not a valid time"),
+    )
+)
+#: the run-metadata counter of costs sent as null (JSON has no NaN or Infinity)
+COSTS_NOT_FINITE = "costs_not_finite_sent_as_null"
+
+
+class MalformedRows(list):
+    """A chunk of reader rows some of which could not be read whole (text that is not UTF-8):
+    ``malformed`` maps a row's position to what is wrong; ``build_records`` rejects them."""
+
+    def __init__(self):
+        super().__init__()
+        self.malformed: dict[int, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +99,11 @@ def format_timestamp(value: datetime) -> str:
 
 
 def build_records(
-    rows: list[tuple], fields: tuple[str, ...] | None = None
+    rows: list[tuple], fields: tuple[str, ...] | None = None, counters: Counter | None = None
 ) -> tuple[list[dict], list[int], list[Reject]]:
     """Exported records for a chunk of reader rows, with their source ids, and the rows that
-    cannot be exported (a required value missing, unreadable guardrail results) as rejects."""
+    cannot be exported (a required value missing, unreadable text or guardrail results) as
+    rejects. A cost that is NaN or infinite is sent as null, counted in ``counters``."""
     # A dict display: a third faster than dict(zip(EXPORTED_FIELDS, row)), in the same order.
     records = [
         {
@@ -111,12 +135,22 @@ def build_records(
         for r in rows
     ]
     ids = [row[ROW_ID] for row in rows]
-    bad: dict[int, str] = {}
+    bad = {i: f"malformed row: {problem}" for i, problem in getattr(rows, "malformed", {}).items()}
     if any(None in map(itemgetter(position), rows) for position, _ in _ROW_REQUIRED):
         for i, row in enumerate(rows):
-            missing = [name for position, name in _ROW_REQUIRED if row[position] is None]
-            if missing:
-                bad[i] = f"malformed row: {', '.join(missing)} is null"
+            missing = [problem for position, problem in _ROW_REQUIRED if row[position] is None]
+            if missing and i not in bad:
+                bad[i] = f"malformed row: {', '.join(missing)}"
+    # NaN and infinities make the sum non-finite: one C-level pass finds whether to look.
+    if not math.isfinite(sum(filter(None, map(itemgetter(_ROW_COST), rows)))):
+        not_finite = 0
+        for record in records:
+            cost = record["cost"]
+            if cost is not None and not math.isfinite(cost):
+                record["cost"] = None
+                not_finite += 1
+        if counters is not None and not_finite:
+            counters[COSTS_NOT_FINITE] += not_finite
     guardrails = [row[_ROW_GUARDRAILS] for row in rows]
     loads = orjson.loads
     for i in compress(range(len(rows)), map(is_not, guardrails, repeat(None))):

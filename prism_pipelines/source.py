@@ -6,9 +6,16 @@ the gateway's as its name, so the rest of the code only ever says ``table.c.time
 
 The reader is the export's hot path. It hands over rows already in the exported record's shape
 (``records.EXPORTED_FIELDS`` in order, then ``id``), with the database doing what it does
-faster than Python: PostgreSQL formats ``timestamp`` and the rows come from a server-side cursor
-as plain tuples (SQLAlchemy's per-row processing bypassed), the next chunk fetched in a thread
-while the caller works on this one.
+faster than Python: the database formats ``timestamp``, and on PostgreSQL the rows come from a
+server-side cursor as plain tuples (SQLAlchemy's per-row processing bypassed), the next chunk
+fetched in a thread while the caller works on this one.
+
+SQLite has no time type: writers store text, and not all the same text (SQLAlchemy's
+``2026-11-29 17:30:00.000000``, ISO's ``2026-11-29T17:30:00``, with ``Z`` or ``+00:00``).
+``sqlite_utc`` reads every such form as UTC, and the export, the reconciliation and the
+late-data sensor all place a row in its hour through ``row_hour`` (the one definition of a
+row's partition), so none of them can disagree about where a row belongs. See
+docs/reliability.md, "Bad rows", for what happens to rows that cannot be read.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import io
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -31,17 +38,21 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    String,
     Table,
     Text,
+    and_,
     cast,
     func,
+    literal,
     select,
 )
+from sqlalchemy.exc import OperationalError
 
 from prism_pipelines.database import make_engine, source_url
 from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import HOUR
-from prism_pipelines.records import EXPORTED_FIELDS, ROW_TIMESTAMP, format_timestamp
+from prism_pipelines.records import EXPORTED_FIELDS, ROW_ID, MalformedRows
 
 # Our column names, in the order the reader selects them (records.py indexes rows by position).
 COLUMN_TYPES = {
@@ -79,6 +90,34 @@ DEFAULTS = {"routing_strategy": "", "event_type": "request"}
 #: ``timestamp`` as the exported record has it, formatted by PostgreSQL (``to_char`` truncates
 #: to milliseconds, as ``records.format_timestamp`` does)
 PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
+#: the same from SQLite's ``strftime`` (which rounds to the millisecond)
+SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%fZ"
+#: SQLite's canonical UTC text: what ``sqlite_utc`` makes of every text form, and sorts as time
+SQLITE_UTC_FORMAT = "%Y-%m-%d %H:%M:%f"
+_SQLITE_HOUR_FORMAT = "%Y-%m-%d %H:00:00"
+#: the error sqlite3 raises for text that is not UTF-8 (its message quotes the row's text)
+_SQLITE_NOT_UTF8 = "Could not decode to UTF-8"
+
+
+def sqlite_utc(column):
+    """A SQLite time stored as text in any common form, as canonical UTC text
+    (``SQLITE_UTC_FORMAT``); NULL when the text is no valid time."""
+    return func.strftime(SQLITE_UTC_FORMAT, column)
+
+
+def _sqlite_hour_text(hour: datetime) -> str:
+    return hour.astimezone(UTC).strftime(_SQLITE_HOUR_FORMAT)
+
+
+def unknown_columns_problem(columns: Mapping[str, str]) -> str | None:
+    """What is wrong with a mapping of our column names to the gateway's, if anything."""
+    unknown = set(columns) - set(COLUMNS)
+    if not unknown:
+        return None
+    return (
+        f"unknown column name(s) {', '.join(sorted(unknown))}: the keys are our names, one of "
+        f"{', '.join(COLUMNS)}"
+    )
 
 
 def gateway_table(
@@ -88,12 +127,9 @@ def gateway_table(
 ) -> Table:
     """The gateway table under its real names (``columns`` maps ours to theirs)."""
     columns = dict(columns or {})
-    unknown = set(columns) - set(COLUMNS)
-    if unknown:
-        raise PrismError(
-            f"source.columns names unknown column(s) {', '.join(sorted(unknown))}; "
-            f"ours are: {', '.join(COLUMNS)}"
-        )
+    problem = unknown_columns_problem(columns)
+    if problem:
+        raise PrismError(f"source.columns: {problem}")
     return Table(
         name,
         metadata or MetaData(),
@@ -138,15 +174,63 @@ class GatewaySource:
             exported["timestamp"] = func.to_char(
                 func.timezone("UTC", c.timestamp), PG_TIMESTAMP_FORMAT
             )
+        else:  # NULL for text that is no time: the row is rejected (records.build_records)
+            exported["timestamp"] = func.strftime(
+                SQLITE_TIMESTAMP_FORMAT, c.timestamp, type_=String
+            )
         self._select = select(*exported.values(), c.id)
+
+    @property
+    def _postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def row_hour(self):
+        """The hour a row belongs to (its partition), as the database computes it. On SQLite
+        (text): the UTC hour of its ``timestamp`` in any text form, else, for text that is no
+        valid time but starts with one's date and hour (``2026-11-29 14:75:00``), that hour: so
+        the row is read, and rejected, there instead of belonging to none."""
+        ts = self.table.c.timestamp
+        if self._postgresql:
+            return func.date_trunc("hour", ts)
+        named = func.strftime(_SQLITE_HOUR_FORMAT, func.substr(ts, 1, 13, type_=String) + ":00:00")
+        return func.coalesce(func.strftime(_SQLITE_HOUR_FORMAT, ts), named)
+
+    def _in_hours(self, start: datetime, end: datetime):
+        """Rows whose ``row_hour`` lies in ``[start, end)`` (hours)."""
+        ts = self.table.c.timestamp
+        if self._postgresql:
+            return (ts >= start) & (ts < end)
+        # The raw text first, so SQLite's index on timestamp narrows the scan: every text form
+        # starts with a date, at most a day from the UTC one (offsets are under 15 hours).
+        day = timedelta(days=1)
+        return and_(
+            ts >= literal(f"{start - day:%Y-%m-%d}"),
+            ts < literal(f"{end + day:%Y-%m-%d}"),
+            self.row_hour() >= _sqlite_hour_text(start),
+            self.row_hour() < _sqlite_hour_text(end),
+        )
+
+    def _unsettled(self, settle_seconds: float):
+        """Whether a row was ingested within ``settle_seconds`` of now by the database's own
+        clock (the host's may differ). A row stamped further in the future than that is not
+        waited for (a wrong clock or value would hold the rest of its hour back): it is visible,
+        so committed, and a row committed below it is found by the redo (``sync``)."""
+        ingested = self.table.c.ingested_at
+        if self._postgresql:
+            settle = timedelta(seconds=settle_seconds)
+            now = func.statement_timestamp(type_=DateTime(timezone=True))
+            return (ingested > now - settle) & (ingested <= now + settle)
+        ingested = sqlite_utc(ingested)
+        return (
+            ingested > func.strftime(SQLITE_UTC_FORMAT, "now", f"-{settle_seconds} seconds")
+        ) & (ingested <= func.strftime(SQLITE_UTC_FORMAT, "now", f"+{settle_seconds} seconds"))
 
     def create_table(self) -> None:
         """Create the table (demo, tests, benchmark); production reads the gateway's own."""
         self.table.metadata.create_all(self.engine)
 
     def _in_hour(self, hour: datetime):
-        ts = self.table.c.timestamp
-        return (ts >= hour) & (ts < hour + HOUR)
+        return self._in_hours(hour, hour + HOUR)
 
     def stream_rows(
         self,
@@ -155,17 +239,18 @@ class GatewaySource:
         after_id: int,
         through_id: int | None = None,
         before_id: int | None = None,
-        settled_before: datetime | None = None,
+        settle_seconds: float | None = None,
         chunk_rows: int = 5_000,
     ) -> Iterator[list[tuple]]:
         """Rows of ``hour`` with ``after_id < id [<= through_id] [< before_id]``, by id, in chunks.
 
         Each row is a tuple of ``records.EXPORTED_FIELDS`` (``timestamp`` formatted as the
-        record has it, ``cost`` a float) followed by ``id`` and, with ``settled_before``,
-        whether the row was ingested after it (the caller stops there: see
-        ``sync._until_unsettled``; one snapshot, so no row can slip in between a check and the
-        read). One query per call, read through a server-side cursor on PostgreSQL, so memory
-        holds a couple of chunks whatever the size of the hour.
+        record has it, None if the row's is no valid time; ``cost`` a float) followed by ``id``
+        and, with ``settle_seconds``, whether the row is younger than that by the database's
+        clock (``_unsettled``; the caller stops there: see ``sync._until_unsettled``; one
+        snapshot, so no row can slip in between a check and the read). One query per call, read
+        through a server-side cursor on PostgreSQL, so memory holds a couple of chunks whatever
+        the size of the hour.
         """
         c = self.table.c
         where = self._in_hour(hour) & (c.id > after_id)
@@ -174,13 +259,13 @@ class GatewaySource:
         if before_id is not None:
             where &= c.id < before_id
         statement = self._select
-        if settled_before is not None:
-            statement = statement.add_columns(c.ingested_at > settled_before)
+        if settle_seconds is not None:
+            statement = statement.add_columns(self._unsettled(settle_seconds))
         statement = statement.where(where).order_by(c.id)
         _keep_freed_memory_for_reuse()
-        if self.engine.dialect.name == "postgresql":
+        if self._postgresql:
             return _read_ahead(self._fetch_postgresql(statement, chunk_rows))
-        return self._fetch_formatting_timestamps(statement, chunk_rows)
+        return self._fetch_sqlite(statement, chunk_rows)
 
     def _fetch_postgresql(self, statement, chunk_rows: int) -> Iterator[list[tuple]]:
         """psycopg2's own tuples from a named (server-side) cursor."""
@@ -198,18 +283,71 @@ class GatewaySource:
                 cursor.execute(compiled.string, compiled.params)
                 while rows := cursor.fetchmany(chunk_rows):
                     yield rows
+        except self.engine.dialect.loaded_dbapi.Error:
+            # The connection died mid-read (a restart, pg_terminate_backend): drop it rather
+            # than hand it back, where the pool's reset would fail and print a traceback.
+            raw.invalidate()
+            raise
         finally:
             raw.close()  # back to the pool, rolled back: the read's transaction ends here
 
-    def _fetch_formatting_timestamps(self, statement, chunk_rows: int) -> Iterator[list[tuple]]:
-        """Other databases (SQLite): timestamps come back as datetimes, formatted here."""
-        t = ROW_TIMESTAMP
+    def _fetch_sqlite(self, statement, chunk_rows: int) -> Iterator[list[tuple]]:
+        """SQLite, through SQLAlchemy (which makes its 0/1 booleans bools).
+
+        SQLite keeps whatever bytes a writer stored as text; the driver fails the whole read at
+        the first value that is not UTF-8. Then the chunk from there is read again as bytes
+        (``_fetch_undecodable``), its rows that are not text handed on as malformed, and the
+        strict (fast) read resumes after it.
+        """
+        c = self.table.c
+        after = None
+
+        def resumed():
+            return statement if after is None else statement.where(c.id > after)
+
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    result = conn.execution_options(
+                        stream_results=True, yield_per=chunk_rows
+                    ).execute(resumed())
+                    for rows in result.partitions():
+                        yield rows
+                        after = rows[-1][ROW_ID]
+                return
+            except OperationalError as exc:
+                if _SQLITE_NOT_UTF8 not in str(exc.orig):
+                    raise
+            rows = self._fetch_undecodable(resumed().limit(chunk_rows))
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][ROW_ID]
+
+    def _fetch_undecodable(self, statement) -> MalformedRows:
+        """One chunk read with text as bytes: each row whose text is not UTF-8 is marked
+        malformed, naming the column (never quoting the bytes, which may be anything)."""
         with self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
-                statement
-            )
-            for rows in result.partitions():
-                yield [(*row[:t], format_timestamp(row[t]), *row[t + 1 :]) for row in rows]
+            driver = conn.connection.driver_connection
+            driver.text_factory = bytes
+            try:
+                raw = conn.execute(statement).all()
+            finally:
+                driver.text_factory = str
+        rows = MalformedRows()
+        for row in raw:
+            values, bad = list(row), []
+            for i, value in enumerate(values):
+                if isinstance(value, bytes):  # text columns are all exported fields
+                    try:
+                        values[i] = value.decode()
+                    except UnicodeDecodeError:
+                        bad.append(EXPORTED_FIELDS[i])
+                        values[i] = value.decode(errors="replace")
+            if bad:
+                rows.malformed[len(rows)] = f"{', '.join(bad)} is not UTF-8 text"
+            rows.append(tuple(values))
+        return rows
 
     def count_rows(self, hour: datetime, after_id: int = 0, through_id: int | None = None) -> int:
         c = self.table.c
@@ -222,13 +360,10 @@ class GatewaySource:
     def hour_summaries(self, start: datetime, end: datetime) -> dict[datetime, tuple[int, int]]:
         """Per hour in ``[start, end)``: (row count, highest id). One grouped query."""
         c = self.table.c
-        if self.engine.dialect.name == "postgresql":
-            hour = func.date_trunc("hour", c.timestamp)
-        else:
-            hour = func.strftime("%Y-%m-%d %H:00:00", c.timestamp)
+        hour = self.row_hour()
         statement = (
             select(hour.label("hour"), func.count(), func.max(c.id))
-            .where((c.timestamp >= start) & (c.timestamp < end))
+            .where(self._in_hours(start, end))
             .group_by(hour)
         )
         with self.engine.connect() as conn:
@@ -245,7 +380,7 @@ class GatewaySource:
     ) -> int:
         """Bulk-insert row tuples (demo traffic, tests, benchmark): COPY on PostgreSQL."""
         total = 0
-        if self.engine.dialect.name == "postgresql":
+        if self._postgresql:
             names = ", ".join(f'"{self.table.c[k].name}"' for k in columns)
             copy = f'COPY "{self.table.name}" ({names}) FROM STDIN'
             raw = self.engine.raw_connection()

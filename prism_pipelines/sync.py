@@ -6,12 +6,16 @@ A sync of hour H, in order:
    out of sequence order below the cursor). They are re-read by their recorded range and sent
    under their recorded location, so storage files are rewritten, not duplicated. With
    ``full=True`` every recorded batch is redone this way.
-2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay,
-   streamed in batches of the integration's ``rows_per_batch``. A batch is opened in the
+2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay
+   (by the gateway database's clock; a row stamped in the future is not waited for), streamed in
+   batches of the integration's ``rows_per_batch``. A batch is opened in the
    ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
 
 All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
-time.
+time. First, what crashed runs left in the hour (temporary files, unfinished uploads) is
+removed (``Sink.clean_up``). Each batch's file is published only if the destination still holds
+what the batch may replace (``Batch.replaces``), so a run that stalled past its lease cannot
+replace what the run that took over published (fencing, sinks/storage/base.py).
 
 The cyclic garbage collector is paused while a partition is delivered: the export makes
 millions of plain objects without cycles, which reference counting frees, and the collector
@@ -28,13 +32,13 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from operator import itemgetter
 
 from prism_pipelines.batch import Batch, Chunk
-from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
+from prism_pipelines.errors import CredentialsError, DestinationError, PrismError, Superseded
 from prism_pipelines.hours import utc, utcnow
-from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch
+from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch, lease_seconds
 from prism_pipelines.records import (
     ROW_ID,
     ROW_TIMESTAMP,
@@ -75,6 +79,7 @@ class SyncResult:
     held_back: bool = False
     seconds: float = 0.0
     counters: Counter = field(default_factory=Counter)
+    refused: Counter = field(default_factory=Counter)
     locations: list[str] = field(default_factory=list)
 
     def add(self, batch: Batch, delivery) -> None:
@@ -86,6 +91,7 @@ class SyncResult:
         self.requests += delivery.requests
         self.retries += delivery.retries
         self.counters.update(delivery.counters)
+        self.refused.update(delivery.refused)
         if delivery.location:
             self.locations.append(delivery.location)
         if batch.first_event is not None:
@@ -100,6 +106,7 @@ class SyncResult:
             "records": self.records,
             "rejects": self.rejects,
             "reject_reasons": dict(self.reject_reasons),
+            "refused_by_destination": dict(self.refused) or None,
             "batches": self.batches,
             "redone_batches": self.redone_batches,
             "files": self.counters.get("files", 0),
@@ -140,24 +147,19 @@ def deliver_partition(
     *,
     full: bool = False,
     settle_seconds: float = 5.0,
-    now: datetime | None = None,
     who: str | None = None,
 ) -> SyncResult:
     """Deliver hour ``hour`` of the gateway's logs to ``sink``; see the module docstring.
     ``who`` names the run for other runs' messages (``PartitionBusy``)."""
     try:
         with ledger.lease(integration.name, hour, who) as lease:
-            return _deliver(
-                integration, sink, source, ledger, hour, lease, full, settle_seconds, now
-            )
-    except LeaseError as exc:
+            return _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds)
+    except (LeaseError, Superseded) as exc:
         # Not the partition's failure (another run is delivering it): not recorded as its error.
         raise SyncError(integration.scrub(str(exc))) from None
 
 
-def _deliver(
-    integration, sink, source, ledger, hour, lease, full, settle_seconds, now
-) -> SyncResult:
+def _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds) -> SyncResult:
     started = time.monotonic()
     name = integration.name
     recorded_batches = ledger.batches(name, hour)
@@ -165,7 +167,9 @@ def _deliver(
     # Batches only ever join a partition past its cursor, so a batch's position among the
     # recorded ones never changes.
     starts = [b.after_id for b in recorded_batches if b.through_id is not None]
+    by_start = {b.after_id: b for b in recorded_batches}
     try:
+        sink.clean_up(hour, lease_seconds())
         for recorded in _batches_to_redo(source, recorded_batches, hour, full):
             batch = Batch(
                 name,
@@ -181,26 +185,27 @@ def _deliver(
                 through_id=recorded.through_id,
                 chunk_rows=CHUNK_ROWS,
             )
-            _send(integration, sink, ledger, lease, batch, rows, result)
+            _send(integration, sink, ledger, lease, batch, rows, result, recorded)
             result.redone_batches += 1
 
         # Redone batches lie below the cursor, and no other run moves it while this one holds
         # the lease: the cursor is still the one read at the start.
         cursor = result.cursor_before
-        settled_before = (now or utcnow()) - timedelta(seconds=settle_seconds)
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
-            hour, after_id=cursor, settled_before=settled_before, chunk_rows=chunk_rows
+            hour, after_id=cursor, settle_seconds=settle_seconds, chunk_rows=chunk_rows
         )
         with closing(stream):
             settled = _until_unsettled(stream, result)
             ordinal = bisect_left(starts, cursor)
             for batch_rows in _batches_of(settled, integration.rows_per_batch):
                 batch = Batch(name, hour, after_id=cursor, ordinal=ordinal)
-                _send(integration, sink, ledger, lease, batch, batch_rows, result)
+                # An open batch at the cursor is an attempt that never recorded its range.
+                recorded = by_start.get(cursor)
+                _send(integration, sink, ledger, lease, batch, batch_rows, result, recorded)
                 cursor = batch.through_id
                 ordinal += 1
-    except LeaseError:
+    except (LeaseError, Superseded):
         raise
     except PrismError as exc:
         message = integration.scrub(str(exc))
@@ -289,9 +294,19 @@ def _send(
     batch: Batch,
     row_chunks: Iterator[list[tuple]],
     result: SyncResult,
+    recorded: RecordedBatch | None = None,
 ) -> None:
-    batch.read_from(_chunks(row_chunks, integration.fields))
-    ledger.start_batch(batch, sink.location_for(batch), lease)
+    batch.read_from(_chunks(row_chunks, integration.fields, result.counters))
+    location = (recorded and recorded.location) or sink.location_for(batch)
+    if recorded is not None:
+        # What the batch may replace: the version the ledger recorded for it, or else (an
+        # attempt that published and never recorded) what the destination holds now. Looked up
+        # before start_batch confirms the lease, so it cannot be the file of a run that took
+        # the partition over since: a stalled run's publish then fails (fencing).
+        batch.replaces = (recorded.finished and recorded.published_version) or (
+            location and sink.published_version(location)
+        )
+    ledger.start_batch(batch, location, lease)
     delivery = sink.deliver(batch)
     if delivery.records + len(delivery.rejects) != batch.records_read:
         # The one guard that makes "nothing silently dropped" hold for every sink.
@@ -302,25 +317,29 @@ def _send(
         )
     if batch.through_id is None:
         return  # nothing was read: the batch stays open and unranged, like never started
-    batch.acknowledge(delivery.records, delivery.rejects, delivery.location)
+    batch.acknowledge(
+        delivery.records, delivery.rejects, delivery.location, delivery.published_version
+    )
     ledger.finish_batch(batch, delivery.bytes, lease)
     result.add(batch, delivery)
     gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 
 
-def _chunks(row_chunks: Iterator[list[tuple]], fields) -> Iterator[Chunk]:
+def _chunks(row_chunks: Iterator[list[tuple]], fields, counters: Counter) -> Iterator[Chunk]:
     """Rows → exported records, each chunk with its range, rejects and event times."""
     stamp = itemgetter(ROW_TIMESTAMP)
     for rows in row_chunks:
-        records, ids, rejects = build_records(rows, fields)
-        # The rows' timestamps are the record's text, which sorts as the times do.
+        records, ids, rejects = build_records(rows, fields, counters)
+        # The rows' timestamps are the record's text, which sorts as the times do (None: a
+        # time that is no time, its row rejected).
+        stamps = list(filter(None, map(stamp, rows)))
         yield Chunk(
             records,
             ids,
             through_id=rows[-1][ROW_ID],
             rejects=rejects,
-            first_event=datetime.fromisoformat(min(map(stamp, rows))),
-            last_event=datetime.fromisoformat(max(map(stamp, rows))),
+            first_event=datetime.fromisoformat(min(stamps)) if stamps else None,
+            last_event=datetime.fromisoformat(max(stamps)) if stamps else None,
         )
 
 

@@ -8,11 +8,15 @@ It takes what the Datadog sink sends through the official ``datadog-api-client``
 - ``GET /api/v1/validate``: 200 ``{"valid": true}``, or 403 for a key it does not know;
 - ``GET|POST /api/v1/dashboard``, ``GET|PUT /api/v1/dashboard/<id>`` (application key needed).
 
+Bodies are parsed as strict JSON, as Datadog's intake does: ``NaN`` and ``Infinity`` (which
+Python's ``json`` writes and reads by default) get a 400.
+
 Every request is recorded (method, path, query, headers, the raw body and the body decoded from
 gzip/deflate JSON), with the status it got and when. Faults come on demand: ``fail_next``
 (any status, headers and body), ``throttle_next`` (429 with Datadog's ``X-RateLimit-*``
-headers) and ``refuse_logs_where`` (400 for any request holding a matching entry), so the
-sink's answers to 400, 403, 413, 429 and 5xx are tested against a real HTTP exchange.
+headers), ``refuse_logs_where`` and ``refuse_series_where`` (400 for any request holding a
+matching entry or series), so the sink's answers to 400, 403, 413, 429 and 5xx are tested
+against a real HTTP exchange.
 
 Use the session fixture ``datadog_intake``; call ``reset()`` at the start of each test.
 """
@@ -138,6 +142,7 @@ class DatadogIntake:
             self.dashboards: dict[str, dict] = {}
             self._faults: dict[str, deque[Fault]] = defaultdict(deque)
             self._refuse_logs: Callable[[dict], str | None] | None = None
+            self._refuse_series: Callable[[dict], str | None] | None = None
             self._ids = itertools.count(1)
             self.api_keys = {API_KEY}
             self.app_keys = {APP_KEY}
@@ -173,6 +178,12 @@ class DatadogIntake:
         error text (the whole request is refused, as Datadog does)."""
         with self._lock:
             self._refuse_logs = predicate
+
+    def refuse_series_where(self, predicate: Callable[[dict], str | None] | None) -> None:
+        """Answer 400 to any metrics request holding a series for which ``predicate`` returns an
+        error text (the whole request is refused)."""
+        with self._lock:
+            self._refuse_series = predicate
 
     # -- what was received ------------------------------------------------------------------------
 
@@ -242,6 +253,12 @@ class DatadogIntake:
             return 413, {}, _error_body(413, "metrics", "Payload too large")
         if not isinstance(request.body, dict) or not isinstance(request.body.get("series"), list):
             return 400, {}, _error_body(400, "metrics", "series is required")
+        refuse = self._refuse_series
+        if refuse:
+            for series in request.body["series"]:
+                detail = refuse(series)
+                if detail:
+                    return 400, {}, _error_body(400, "metrics", detail)
         return 202, {}, {"errors": []}
 
     def _dashboards(self, request: Recorded):
@@ -303,6 +320,11 @@ def _summary(dashboard: dict) -> dict:
     } | {"is_read_only": False}
 
 
+def _not_json(constant: str):
+    """``NaN``, ``Infinity``, ``-Infinity``: not JSON (RFC 8259), refused like Datadog does."""
+    raise ValueError(f"{constant} is not a valid JSON number")
+
+
 def _decode(raw: bytes, encoding: str | None) -> bytes:
     if encoding == "gzip":
         return gzip.decompress(raw)
@@ -326,7 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             decoded = _decode(raw, headers.get("content-encoding"))
-            body = json.loads(decoded) if decoded else None
+            body = json.loads(decoded, parse_constant=_not_json) if decoded else None
         except (OSError, zlib.error, ValueError) as exc:
             request = Recorded(
                 self.command, url.path, {}, headers, raw, None, len(raw), 400, arrived

@@ -111,7 +111,12 @@ def test_revision_0001_is_the_schema_created_before_versioning(state_url):
     upgrade_state(state_url)
 
     assert len(before) == 6
-    assert schema_of(state_url) == before
+    after = schema_of(state_url)
+    # Later revisions only add to it: 0002 the batches' published_version.
+    columns, primary_key, indexes = after["prism_batches"]
+    assert columns[-1][:3] == ("published_version", "TEXT", True)
+    after["prism_batches"] = (columns[:-1], primary_key, indexes)
+    assert after == before
 
 
 def test_a_new_state_database_migrates_to_head_and_a_second_upgrade_does_nothing(state_url):

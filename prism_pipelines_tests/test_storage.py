@@ -137,13 +137,13 @@ def test_crash_after_some_batches_then_rerun_leaves_each_record_in_one_file(
     gateway.insert_rows([rows])
     real_put, uploads = store.sink_class.put, []
 
-    def put(self, key, data, size):
+    def put(self, key, data, size, replaces):
         uploads.append(key)
         if len(uploads) == 3:
             if crash == "after_upload":
-                real_put(self, key, data, size)
+                real_put(self, key, data, size, replaces)
             raise RuntimeError("simulated crash")
-        return real_put(self, key, data, size)
+        return real_put(self, key, data, size, replaces)
 
     monkeypatch.setattr(store.sink_class, "put", put)
     crashed = prism.sync(NAME, KEY, raise_on_error=False)

@@ -3,12 +3,12 @@ the lease that keeps a partition to one run (lease.py), and the Ledger that read
 batches, cursors, rejects and errors (state.py)."""
 
 from prism_pipelines.ledger.lease import (
-    LEASE_RENEW_SECONDS,
     LEASE_SECONDS,
     Lease,
     LeaseError,
     LeaseLost,
     PartitionBusy,
+    lease_seconds,
 )
 from prism_pipelines.ledger.schema import StateDatabaseError, head, upgrade
 from prism_pipelines.ledger.state import Ledger, PartitionState, RecordedBatch
@@ -23,7 +23,6 @@ from prism_pipelines.ledger.tables import (
 )
 
 __all__ = [
-    "LEASE_RENEW_SECONDS",
     "LEASE_SECONDS",
     "Lease",
     "LeaseError",
@@ -36,6 +35,7 @@ __all__ = [
     "batches",
     "head",
     "integrations",
+    "lease_seconds",
     "leases",
     "metadata",
     "notified",

@@ -5,25 +5,48 @@ and may open or record a batch only while it still holds it. Two runs of one par
 (a CLI sync beside a scheduled run, a sensor's run beside a backfill, a Dagster instance without
 the run queue's limit) would each send the same rows: the second is refused, and a run that
 lost its lease cannot move the cursor. A run that died stops renewing, and its lease runs out
-``LEASE_SECONDS`` later.
+``lease_seconds()`` later.
+
+Lease times are the state database's clock (``database_now``), never the hosts': runs on hosts
+whose clocks disagree still agree on when a lease ran out. A run that stalled past its lease
+(SIGSTOP, a paused VM, a long GC pause) may wake up mid-batch; what stops it from replacing the
+newer run's file is the conditional publish (fencing, sinks/storage/base.py), not this clock.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Connection, func, select, text, update
 
 from prism_pipelines.errors import PrismError
-from prism_pipelines.hours import utc, utcnow
+from prism_pipelines.hours import utc
 from prism_pipelines.ledger.tables import leases
 
-#: How long a lease outlives its last renewal: how long the partition of a run that died stays
-#: refused to other runs.
+#: How long a lease outlives its last renewal by default: how long the partition of a run that
+#: died stays refused to other runs. ``PRISM_LEASE_SECONDS`` overrides it.
 LEASE_SECONDS = 120.0
-#: A delivering run renews its lease this often (and at every batch it opens or records).
-LEASE_RENEW_SECONDS = LEASE_SECONDS / 4
+
+
+def lease_seconds() -> float:
+    """``PRISM_LEASE_SECONDS`` (default 120); read at every use, so tests can shorten it."""
+    return float(os.environ.get("PRISM_LEASE_SECONDS") or LEASE_SECONDS)
+
+
+def lease_renew_seconds() -> float:
+    """A delivering run renews its lease this often (and at every batch it opens or records)."""
+    return lease_seconds() / 4
+
+
+def database_now(conn: Connection) -> datetime:
+    """The state database's clock, in UTC: what lease times are written and judged by."""
+    if conn.dialect.name == "sqlite":
+        # CURRENT_TIMESTAMP has whole seconds only; %f gives milliseconds.
+        now = conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+        return utc(datetime.fromisoformat(now))
+    return utc(conn.execute(select(func.now())).scalar_one())
 
 
 class LeaseError(PrismError):
@@ -59,7 +82,7 @@ def busy(lease: Lease, current) -> PartitionBusy:
 
 
 def expiry(now: datetime) -> datetime:
-    return now + timedelta(seconds=LEASE_SECONDS)
+    return now + timedelta(seconds=lease_seconds())
 
 
 def lease_key(lease: Lease):
@@ -73,7 +96,9 @@ def held_by(lease: Lease):
 def renew(conn, lease: Lease) -> bool:
     """Push the lease's expiry on, if it is still ours (in the caller's transaction)."""
     renewed = conn.execute(
-        update(leases).where(lease_key(lease) & held_by(lease)).values(expires_at=expiry(utcnow()))
+        update(leases)
+        .where(lease_key(lease) & held_by(lease))
+        .values(expires_at=expiry(database_now(conn)))
     ).rowcount
     return renewed == 1
 
@@ -84,6 +109,6 @@ def still_held(conn, lease: Lease) -> None:
         raise LeaseLost(
             f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
             "taken over by another run after this run's lease ran out (this run stalled for "
-            f"over {LEASE_SECONDS:.0f} s). This run stopped; the batch it had open is redone "
+            f"over {lease_seconds():.0f} s). This run stopped; the batch it had open is redone "
             "by the run that holds the partition now."
         )

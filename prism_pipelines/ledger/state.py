@@ -29,13 +29,14 @@ from prism_pipelines.batch import Batch
 from prism_pipelines.database import make_engine, state_url
 from prism_pipelines.hours import floor_hour, utc, utcnow
 from prism_pipelines.ledger.lease import (
-    LEASE_RENEW_SECONDS,
     Lease,
     PartitionBusy,
     busy,
+    database_now,
     expiry,
     held_by,
     lease_key,
+    lease_renew_seconds,
     renew,
     still_held,
 )
@@ -48,6 +49,8 @@ class RecordedBatch:
     after_id: int
     through_id: int | None
     location: str | None
+    #: the destination's version of the file the batch published (None: not known)
+    published_version: str | None
     records: int
     rejects: int
     bytes: int
@@ -91,6 +94,7 @@ class Ledger:
                 batches.c.after_id,
                 batches.c.through_id,
                 batches.c.location,
+                batches.c.published_version,
                 batches.c.records,
                 batches.c.rejects,
                 batches.c.bytes,
@@ -211,7 +215,7 @@ class Ledger:
         stop = threading.Event()
 
         def renew_until_stopped() -> None:
-            while not stop.wait(LEASE_RENEW_SECONDS):
+            while not stop.wait(lease_renew_seconds()):
                 try:
                     with self.engine.begin() as conn:
                         if not renew(conn, lease):
@@ -238,10 +242,10 @@ class Ledger:
         # Insert the lease row; if one exists, take it over only if it ran out (one atomic
         # update). A row released between the two is inserted on the next attempt.
         for _ in range(3):
-            now = utcnow()
-            values = {"holder": lease.holder, "acquired_at": now, "expires_at": expiry(now)}
             try:
                 with self.engine.begin() as conn:
+                    now = database_now(conn)
+                    values = {"holder": lease.holder, "acquired_at": now, "expires_at": expiry(now)}
                     conn.execute(
                         insert(leases).values(
                             integration=lease.integration, hour=lease.hour, **values
@@ -251,6 +255,8 @@ class Ledger:
             except IntegrityError:
                 pass
             with self.engine.begin() as conn:
+                now = database_now(conn)
+                values = {"holder": lease.holder, "acquired_at": now, "expires_at": expiry(now)}
                 if conn.execute(
                     update(leases)
                     .where(lease_key(lease) & (leases.c.expires_at < now))
@@ -290,8 +296,12 @@ class Ledger:
                 )
                 batch.location = location
             else:
+                # Reopened: what it published last is no longer certain (this attempt may
+                # publish and crash before recording), so the next redo looks at the destination.
                 conn.execute(
-                    update(batches).where(key).values(finished_at=None, started_at=utcnow())
+                    update(batches)
+                    .where(key)
+                    .values(finished_at=None, started_at=utcnow(), published_version=None)
                 )
                 batch.location = recorded.location or location
 
@@ -307,6 +317,7 @@ class Ledger:
                 .values(
                     through_id=batch.through_id,
                     location=batch.location,
+                    published_version=batch.published_version,
                     records=batch.records,
                     rejects=len(batch.rejects),
                     bytes=sent_bytes,

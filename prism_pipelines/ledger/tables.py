@@ -18,6 +18,8 @@ batches = Table(
     Column("after_id", BigInteger, primary_key=True, autoincrement=False),
     Column("through_id", BigInteger, nullable=True),
     Column("location", Text, nullable=True),
+    #: the destination's version of the file the batch published (revision 0002)
+    Column("published_version", Text, nullable=True),
     Column("records", Integer, nullable=False, default=0),
     Column("rejects", Integer, nullable=False, default=0),
     Column("bytes", BigInteger, nullable=False, default=0),

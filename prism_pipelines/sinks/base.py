@@ -9,7 +9,9 @@ the batch stays open in the ledger, to be redone.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from prism_pipelines.batch import Batch
 from prism_pipelines.records import Reject
@@ -26,10 +28,15 @@ class Delivery:
     #: how much ``Sink.retries`` grew while the batch was delivered
     retries: int = 0
     location: str | None = None
+    #: the destination's version of what it stored at ``location`` (storage: ETag, generation)
+    published_version: str | None = None
     #: records the destination refused for good, each with the destination's reason
     rejects: list[Reject] = field(default_factory=list)
     #: sink-specific counters (summed over a run into the metadata)
     counters: dict[str, int] = field(default_factory=dict)
+    #: what the destination refused for good that is no record of the batch (Datadog's metric
+    #: points), as a count per reason, for the run's metadata
+    refused: Counter = field(default_factory=Counter)
 
 
 class Sink(ABC):
@@ -46,6 +53,16 @@ class Sink(ABC):
     def location_for(self, batch: Batch) -> str | None:
         """Where the batch will land, recorded before it is sent (storage: its object key)."""
         return None
+
+    def published_version(self, location: str) -> str | None:
+        """The destination's version of what ``location`` holds now (None: nothing, or a sink
+        without files): what a redo of a batch that recorded none may replace."""
+        return None
+
+    def clean_up(self, partition: datetime, stale_after: float) -> None:  # noqa: B027
+        """Remove what crashed runs left behind for the partition (temporary files, unfinished
+        uploads) older than ``stale_after`` seconds (the lease: no live run owns them); called
+        under the partition's lease, before anything is delivered. Optional hook."""
 
     @abstractmethod
     def deliver(self, batch: Batch) -> Delivery:

@@ -396,10 +396,14 @@ class SqsSink(Sink):
                     f"integration '{name}': queue {queue} does not exist (or is in another "
                     f"region than {self.integration.region}); create it or fix queue_url"
                 )
-            if code in KEY_REFUSED | NOT_ALLOWED:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in KEY_REFUSED | NOT_ALLOWED or status == 403:
+                # A 403 whose body the JSON protocol could not parse (an XML answer from a
+                # proxy or an older endpoint) is still a refusal: say so, without the body.
+                said = f"{code}: {message}" if code in KEY_REFUSED | NOT_ALLOWED else "HTTP 403"
                 return CredentialsError(
                     f"integration '{name}': AWS refused the credentials while {doing} "
-                    f"({code}: {message}); check access_key_id and secret_access_key and that "
+                    f"({said}); check access_key_id and secret_access_key and that "
                     f"they may call sqs:GetQueueAttributes, sqs:SendMessage and "
                     f"sqs:SendMessageBatch on {queue}"
                 )

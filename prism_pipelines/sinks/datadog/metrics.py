@@ -21,9 +21,11 @@ must write the same second again.
   rows or a superset, writes the same seconds and replaces its own earlier points, never
   someone else's.
 
-Points older than Datadog's window (one hour, less a margin for the time a request takes) are
-skipped and counted, unless the integration says ``old_metrics: submit`` (for accounts with
-historical metric ingestion, where the same seconds are kept the same way).
+Every point is a finite number (JSON has no NaN or Infinity, and Datadog refuses a payload
+holding one): a value that is not is left out and counted. Points older than Datadog's window
+(one hour, less a margin for the time a request takes) are skipped and counted, unless the
+integration says ``old_metrics: submit`` (for accounts with historical metric ingestion, where
+the same seconds are kept the same way).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class MetricSeries:
     points: int = 0
     skipped_too_old: int = 0
     skipped_ahead: int = 0
+    skipped_not_finite: int = 0
 
 
 def build_series(
@@ -143,6 +146,9 @@ def build_series(
             continue
         tags = (tag("model", model), tag("provider", provider), *extra_tags)
         for name, kind, value in values:
+            if not math.isfinite(value):
+                result.skipped_not_finite += 1
+                continue
             by_series[(name, kind, tags)].append({"timestamp": timestamp, "value": value})
             result.points += 1
     for (name, kind, tags), points in by_series.items():

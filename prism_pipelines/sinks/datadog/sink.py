@@ -9,7 +9,9 @@ the template; ``sites``: the regions), and the service below, which sends throug
 - 413 → the request is split in halves and each half re-sent (an entry alone that is still too
   large is a reject);
 - 400 → split the same way down to the entries Datadog refuses, which become rejects with
-  Datadog's error text (one bad entry does not take its 499 neighbours with it);
+  Datadog's error text (one bad entry does not take its 499 neighbours with it); for metrics,
+  down to the points refused, counted with Datadog's text in the run's metadata
+  (``refused_by_destination``): the logs, already accepted, are not held back for them;
 - 429 → wait until the rate limit resets (``X-RateLimit-Reset``, else ``Retry-After``), retry;
 - 408, 5xx, connection failures → retry (a ``Retry-After`` wins);
 - 401, 403 → ``CredentialsError``: the run fails, the cursor stays.
@@ -240,6 +242,7 @@ class DatadogSink(Sink):
         )
         delivery.counters["metric_points_skipped_older_than_1h"] += built.skipped_too_old
         delivery.counters["metric_points_skipped_over_10min_ahead"] += built.skipped_ahead
+        delivery.counters["metric_points_skipped_not_finite"] += built.skipped_not_finite
         metrics = MetricsApi(self.client)
         todo = list(reversed(list(payloads(built.series))))
         while todo:
@@ -253,11 +256,16 @@ class DatadogSink(Sink):
                     delivery,
                 )
             except ApiException as exc:
-                if exc.status == 413 and len(series) > 1:
-                    middle = len(series) // 2
-                    todo += [series[middle:], series[:middle]]
+                if exc.status not in (400, 413):
+                    raise self._unexpected(exc, "sending metrics") from None
+                if len(series) > 1 or len(series[0]["points"]) > 1:
+                    todo += list(reversed(_metric_halves(series)))
                     continue
-                raise self._unexpected(exc, "sending metrics") from None
+                if exc.status == 413:
+                    raise self._unexpected(exc, "sending metrics") from None
+                reason = f"metric point refused by Datadog (400): {_error_text(exc)[:200]}"
+                delivery.refused[reason] += 1
+                continue
             delivery.bytes += payload_size(series)
             delivery.counters["metric_requests"] += 1
             delivery.counters["metric_points"] += sum(len(s["points"]) for s in series)
@@ -393,6 +401,16 @@ _ALWAYS_SHOWN = {
     "metric_points",
     "metric_points_skipped_older_than_1h",
 }
+
+
+def _metric_halves(series: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Two halves of a metrics payload: by series, or a lone series by its points."""
+    if len(series) > 1:
+        middle = len(series) // 2
+        return series[:middle], series[middle:]
+    [one] = series
+    middle = len(one["points"]) // 2
+    return [{**one, "points": one["points"][:middle]}], [{**one, "points": one["points"][middle:]}]
 
 
 def _header(headers: dict | None, name: str) -> str | None:

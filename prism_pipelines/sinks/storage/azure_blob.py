@@ -11,6 +11,11 @@ dropped connections), tuned below; its per-retry ``retry_hook`` counts them for 
 metadata. A file larger than ``BLOCK_BYTES`` goes up as blocks (Put Block) read from the spooled
 file ``BLOCK_BYTES`` at a time and becomes visible only when the block list is committed, so a
 reader never sees half a file.
+
+Fencing (storage/base.py): a first publish is ``If-None-Match: *`` (``overwrite=False``), a
+replace ``If-Match: <recorded ETag>``; on a block upload the condition is checked when the block
+list is committed, so a stalled run's blocks never become the blob. Blocks a crashed run staged
+and never committed need no clean-up: Azure discards uncommitted blocks after a week.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from __future__ import annotations
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -105,21 +113,49 @@ class AzureBlobSink(StorageSink):
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int) -> None:
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+        condition = (
+            {"overwrite": False}  # If-None-Match: *
+            if replaces is None
+            else {
+                "overwrite": True,
+                "etag": replaces,
+                "match_condition": MatchConditions.IfNotModified,
+            }
+        )
         try:
-            self.container.upload_blob(
-                key,
+            return self.container.get_blob_client(key).upload_blob(
                 data,
                 length=size,
-                overwrite=True,
+                **condition,
                 content_settings=ContentSettings(
                     content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING
                 ),
                 max_concurrency=UPLOAD_THREADS,
                 retry_hook=self._count_retry,
-            )
+            )["etag"]
+        except (ResourceExistsError, ResourceModifiedError):
+            raise self.superseded(key) from None
+        except ResourceNotFoundError as exc:
+            if _code(exc) == "BlobNotFound":  # If-Match on a blob another run removed
+                raise self.superseded(key) from None
+            raise self._error(exc, f"write {self.describe(key)}") from None
         except (AzureError, ValueError) as exc:
             raise self._error(exc, f"write {self.describe(key)}") from None
+
+    def published_version(self, location: str) -> str | None:
+        try:
+            return (
+                self.container.get_blob_client(location)
+                .get_blob_properties(retry_hook=self._count_retry)
+                .etag
+            )
+        except ResourceNotFoundError as exc:
+            if _code(exc) in {"BlobNotFound", ""}:
+                return None
+            raise self._error(exc, f"read {self.describe(location)}") from None
+        except (AzureError, ValueError) as exc:
+            raise self._error(exc, f"read {self.describe(location)}") from None
 
     def remove(self, key: str) -> None:
         try:

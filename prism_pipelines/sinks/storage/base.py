@@ -5,6 +5,14 @@ A batch is compressed chunk by chunk into a staging file (by default a spooled f
 to ``SPOOL_IN_MEMORY``, then disk) and handed to the provider in one upload, which each SDK
 turns into a multipart / block / resumable upload when it is large. An object appears under its
 final name only when complete, so a crash never leaves half a file where a reader would see it.
+
+Fencing: a file is published with a precondition the destination enforces, so a run that
+stalled past its lease (and lost the partition to a newer run) can never replace what the newer
+run published. A batch's first publish requires the name to be free; a redo requires the
+destination to still hold the version the ledger recorded (``Batch.replaces``). Each provider
+returns the version it published (S3 ETag, GCS generation, Azure ETag, local file identity) and
+raises ``Superseded`` when the precondition fails. What a crashed run left behind (temporary
+files, unfinished multipart uploads) is removed by ``clean_up`` on the partition's next sync.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import BinaryIO
 from isal import isal_zlib
 
 from prism_pipelines.batch import Batch
+from prism_pipelines.errors import Superseded
 from prism_pipelines.sinks.base import Delivery, Sink
 
 CONTENT_TYPE = "application/x-ndjson"
@@ -30,11 +39,16 @@ GZIP_WBITS = 16 + 15  # a gzip header and trailer, not a raw zlib stream
 SPOOL_IN_MEMORY = 16 * 1024 * 1024
 
 
-def object_key(prefix: str, partition: datetime, batch_id: str) -> str:
-    """``{prefix}/logs/YYYY/MM/DD/hour=HH/batch_{id}.jsonl.gz`` (the spec's layout)."""
-    path = f"logs/{partition:%Y/%m/%d}/hour={partition:%H}/batch_{batch_id}.jsonl.gz"
+def partition_folder(prefix: str, partition: datetime) -> str:
+    """``{prefix}/logs/YYYY/MM/DD/hour=HH`` (the spec's layout)."""
+    path = f"logs/{partition:%Y/%m/%d}/hour={partition:%H}"
     prefix = prefix.strip("/")
     return f"{prefix}/{path}" if prefix else path
+
+
+def object_key(prefix: str, partition: datetime, batch_id: str) -> str:
+    """``{prefix}/logs/YYYY/MM/DD/hour=HH/batch_{id}.jsonl.gz`` (the spec's layout)."""
+    return f"{partition_folder(prefix, partition)}/batch_{batch_id}.jsonl.gz"
 
 
 class StorageSink(Sink):
@@ -59,8 +73,9 @@ class StorageSink(Sink):
                 return Delivery(location=None)
             size = spool.tell()
             spool.seek(0)
-            self.put(key, spool, size)
+            version = self.put(key, spool, size, batch.replaces)
         return Delivery(
+            published_version=version,
             records=records,
             bytes=size,
             requests=1,
@@ -77,7 +92,7 @@ class StorageSink(Sink):
         with SpooledTemporaryFile() as marker:
             size = marker.write(b"prism-pipelines validation marker\n")
             marker.seek(0)
-            self.put(key, marker, size)
+            self.put(key, marker, size, replaces=None)
         self.remove(key)
         return f"wrote and deleted {self.describe(key)}"
 
@@ -85,10 +100,22 @@ class StorageSink(Sink):
         """Where a batch's file is written before ``put`` stores it under ``key``."""
         return SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
 
+    def superseded(self, key: str) -> Superseded:
+        """What ``put`` raises when its precondition fails."""
+        return Superseded(
+            f"integration '{self.integration.name}': {self.describe(key)} was published by "
+            "another run meanwhile (this run stalled past its lease and the partition was taken "
+            "over). This run stopped without overwriting it; the cursor did not move, and the "
+            "run that holds the partition now delivers its rows."
+        )
+
     @abstractmethod
-    def put(self, key: str, data: BinaryIO, size: int) -> None:
-        """Store ``data`` under ``key`` atomically (with the gzip JSONL content headers), the
-        SDK's retries counted into ``self.retries``; raises our errors with actionable text."""
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+        """Store ``data`` under ``key`` atomically (with the gzip JSONL content headers), only if
+        ``key`` holds version ``replaces`` (None: only if ``key`` is free), enforced by the
+        destination; returns the version stored. The SDK's retries are counted into
+        ``self.retries``; raises ``self.superseded(key)`` when the precondition fails, our
+        other errors with actionable text."""
 
     @abstractmethod
     def remove(self, key: str) -> None:

@@ -10,6 +10,11 @@ backoff with jitter), tuned below; its ``on_error`` hook, called before every re
 for the run's metadata. A file larger than 8 MiB goes up as a resumable upload in
 ``CHUNK_BYTES`` requests read from the spooled file one chunk at a time; the object appears only
 when the last chunk is in, so a reader never sees half a file.
+
+Fencing (storage/base.py): every upload carries ``ifGenerationMatch`` — 0 for a first publish
+(the name must be free), the recorded generation to replace — and GCS answers 412 without
+writing. A resumable session a crashed run left open needs no clean-up: GCS drops it after a
+week, and its bytes never become an object.
 """
 
 from __future__ import annotations
@@ -117,15 +122,34 @@ class GcsSink(StorageSink):
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int) -> None:
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
         try:
             blob = self.bucket.blob(key, chunk_size=CHUNK_BYTES)
             blob.content_encoding = CONTENT_ENCODING
             blob.upload_from_file(
-                data, size=size, content_type=CONTENT_TYPE, timeout=TIMEOUT, retry=self._retry()
+                data,
+                size=size,
+                content_type=CONTENT_TYPE,
+                timeout=TIMEOUT,
+                retry=self._retry(),
+                if_generation_match=int(replaces or 0),
             )
-        except (api.GoogleAPIError, GoogleAuthError, InvalidResponse, *_UNREACHABLE) as exc:
+            return str(blob.generation)
+        except api.PreconditionFailed:
+            raise self.superseded(key) from None
+        except InvalidResponse as exc:
+            if exc.response.status_code == 412:
+                raise self.superseded(key) from None
             raise self._error(exc, f"write {self.describe(key)}") from None
+        except (api.GoogleAPIError, GoogleAuthError, *_UNREACHABLE) as exc:
+            raise self._error(exc, f"write {self.describe(key)}") from None
+
+    def published_version(self, location: str) -> str | None:
+        try:
+            blob = self.bucket.get_blob(location, timeout=TIMEOUT, retry=self._retry())
+        except (api.GoogleAPIError, GoogleAuthError, *_UNREACHABLE) as exc:
+            raise self._error(exc, f"read {self.describe(location)}") from None
+        return None if blob is None else str(blob.generation)
 
     def remove(self, key: str) -> None:
         try:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from prism_pipelines.errors import DestinationError
-from prism_pipelines.sinks.storage.base import StorageSink
+from prism_pipelines.sinks.storage.base import StorageSink, partition_folder
 
 
 class LocalSink(StorageSink):
@@ -36,7 +39,7 @@ class LocalSink(StorageSink):
         finally:
             temporary.unlink(missing_ok=True)  # put() renamed it away, unless the batch failed
 
-    def put(self, key: str, data: BinaryIO, size: int) -> None:
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
         target = self.folder / key
         staged = Path(getattr(data, "name", "") or "")
         temporary = staged if staged.parent == target.parent else _temporary_beside(target)
@@ -50,13 +53,63 @@ class LocalSink(StorageSink):
                     shutil.copyfileobj(data, out, 1024 * 1024)
                     out.flush()
                     os.fsync(out.fileno())
-            os.replace(temporary, target)  # atomic: readers see the whole file or none
+            with _locked(target.parent):
+                published = self._publish(key, temporary, target, replaces)
+            # The rename is durable only once the folder is: before the ledger records it.
+            _fsync(target.parent)
+            return published
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
             raise self._cannot_write(target, exc) from None
+        finally:
+            if temporary != staged:
+                temporary.unlink(missing_ok=True)
+
+    def _publish(self, key: str, temporary: Path, target: Path, replaces: str | None) -> str:
+        """The local folder's conditional write, under the hour folder's lock. A first publish
+        is a hard link, which fails if the name exists, so it never replaces a file; a replace
+        first checks that the file is still the one the ledger recorded (inode, mtime, size),
+        and the lock keeps another run from slipping in between that check and the rename.
+        A temporary file gone missing was removed by a newer run's ``clean_up``."""
+        try:
+            if replaces is None:
+                try:
+                    os.link(temporary, target)
+                except FileExistsError:
+                    raise self.superseded(key) from None
+                return _identity(target)
+            try:
+                current = _identity(target)
+            except FileNotFoundError:
+                current = None
+            if current != replaces:
+                raise self.superseded(key)
+            os.replace(temporary, target)  # atomic: readers see the whole file or none
+            return _identity(target)
+        except FileNotFoundError:
+            if not temporary.exists():
+                raise self.superseded(key) from None
+            raise
+
+    def clean_up(self, partition: datetime, stale_after: float) -> None:
+        """Delete the hour's temporary files that crashed runs left (``.batch_*.tmp``). Only
+        those untouched for ``stale_after`` seconds: a live run writes its own continuously."""
+        folder = self.folder / partition_folder(self.integration.prefix, partition)
+        cutoff = time.time() - stale_after
+        for temporary in folder.glob(".batch_*.tmp"):
+            try:
+                if temporary.stat().st_mtime < cutoff:
+                    temporary.unlink()
+            except FileNotFoundError:
+                pass  # another sync's clean-up came first
 
     def remove(self, key: str) -> None:
         (self.folder / key).unlink(missing_ok=True)
+
+    def published_version(self, location: str) -> str | None:
+        try:
+            return _identity(self.folder / location)
+        except FileNotFoundError:
+            return None
 
     def describe(self, key: str) -> str:
         return str(self.folder / key)
@@ -70,3 +123,28 @@ class LocalSink(StorageSink):
 
 def _temporary_beside(target: Path) -> Path:
     return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+
+
+def _identity(path: Path) -> str:
+    """What tells one file under a name from a later one: inode, mtime (ns) and size."""
+    info = os.stat(path)
+    return f"{info.st_ino}-{info.st_mtime_ns}-{info.st_size}"
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder itself (no lock file among the data files)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _fsync(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

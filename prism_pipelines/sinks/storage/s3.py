@@ -5,35 +5,51 @@ credential chain). Throttling (503 SlowDown, 429), 5xx, timeouts and dropped con
 retried by botocore's standard mode, with exponential backoff and full jitter; ``aws.py``
 counts those retries for the run's metadata.
 
-A file goes up with ``upload_fileobj``: one PutObject below ``PART_BYTES``, else a multipart
-upload of ``PART_BYTES`` parts that becomes visible only when completed (and is aborted on
-failure), so a reader never sees half a file.
+A file goes up as one PutObject below ``PART_BYTES``, else as a multipart upload of
+``PART_BYTES`` parts that becomes visible only when completed (and is aborted on failure), so a
+reader never sees half a file. Either is a conditional write (fencing, storage/base.py):
+``If-None-Match: *`` for a first publish, ``If-Match: <recorded ETag>`` to replace, on the
+PutObject or on CompleteMultipartUpload; S3 answers 412 (409 for a concurrent conditional
+write) and nothing is overwritten. boto3's ``upload_fileobj`` passes neither header, so the parts
+are sent here. A multipart upload a crashed run left unfinished is aborted by ``clean_up``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import BinaryIO
 
 import boto3
-from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
 from prism_pipelines.sinks.aws import KEY_REFUSED, UNREACHABLE, build_client, error_code
-from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
+from prism_pipelines.sinks.storage.base import (
+    CONTENT_ENCODING,
+    CONTENT_TYPE,
+    StorageSink,
+    partition_folder,
+)
 
 #: multipart threshold and part size (S3 takes 5 MiB to 5 GiB per part, 10,000 parts at most)
 PART_BYTES = 8 * 1024 * 1024
 MAX_PARTS = 10_000
-#: parts in flight at once; s3transfer holds these plus the next one read in memory, so an
-#: upload costs ``(UPLOAD_THREADS + 1) * PART_BYTES`` of memory whatever the file's size
+#: parts in flight at once, plus the next one read: an upload costs
+#: ``(UPLOAD_THREADS + 1) * PART_BYTES`` of memory whatever the file's size
 UPLOAD_THREADS = 2
 #: botocore standard mode: attempts per request, the first included (backoff capped at 20 s)
 EXPORT_ATTEMPTS = 8
 #: Validate & Continue answers within seconds when the endpoint is wrong
 VALIDATE_ATTEMPTS = 2
+
+#: what S3 answers when a conditional write's condition fails (409: a concurrent one won); and
+#: NoSuchUpload when a newer run's clean_up aborted this run's stalled multipart upload
+_SUPERSEDED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchUpload"}
 
 _WRONG_REGION = {
     "PermanentRedirect",
@@ -60,24 +76,98 @@ class S3Sink(StorageSink):
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int) -> None:
-        config = TransferConfig(
-            multipart_threshold=PART_BYTES,
-            multipart_chunksize=max(PART_BYTES, math.ceil(size / MAX_PARTS)),
-            max_concurrency=UPLOAD_THREADS,
-            preferred_transfer_client="classic",
-        )
-        config.max_in_memory_upload_chunks = UPLOAD_THREADS
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+        condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces}
+        headers = {"ContentType": CONTENT_TYPE, "ContentEncoding": CONTENT_ENCODING}
+        bucket = self.integration.bucket
         try:
-            self.client.upload_fileobj(
-                data,
-                self.integration.bucket,
-                key,
-                ExtraArgs={"ContentType": CONTENT_TYPE, "ContentEncoding": CONTENT_ENCODING},
-                Config=config,
-            )
-        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            if size < PART_BYTES:
+                return self.client.put_object(
+                    Bucket=bucket, Key=key, Body=data, ContentLength=size, **headers, **condition
+                )["ETag"]
+            upload = self.client.create_multipart_upload(Bucket=bucket, Key=key, **headers)
+            try:
+                parts = self._send_parts(key, upload["UploadId"], data, size)
+                return self.client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload["UploadId"],
+                    MultipartUpload={"Parts": parts},
+                    **condition,
+                )["ETag"]
+            except BaseException:
+                self._abort(key, upload["UploadId"])
+                raise
+        except ClientError as exc:
+            if error_code(exc) in _SUPERSEDED:
+                raise self.superseded(key) from None
             raise self._error(exc, f"write {self.describe(key)}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"write {self.describe(key)}") from None
+
+    def _send_parts(self, key: str, upload_id: str, data: BinaryIO, size: int) -> list[dict]:
+        """Upload ``data`` in parts, ``UPLOAD_THREADS`` at a time, reading each when a thread
+        is free (bounded memory); the parts' list for CompleteMultipartUpload."""
+        part_bytes = max(PART_BYTES, math.ceil(size / MAX_PARTS))
+
+        def send(number: int, body: bytes) -> dict:
+            answer = self.client.upload_part(
+                Bucket=self.integration.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
+        parts: list[dict] = []
+        in_flight: deque[Future] = deque()
+        with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="prism-s3-part") as pool:
+            for number in range(1, math.ceil(size / part_bytes) + 1):
+                if len(in_flight) == UPLOAD_THREADS:
+                    parts.append(in_flight.popleft().result())
+                in_flight.append(pool.submit(send, number, data.read(part_bytes)))
+            parts.extend(future.result() for future in in_flight)
+        return parts
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        # If this fails too, the next sync's clean_up aborts it.
+        with suppress(ClientError, BotoCoreError):
+            self.client.abort_multipart_upload(
+                Bucket=self.integration.bucket, Key=key, UploadId=upload_id
+            )
+
+    def published_version(self, location: str) -> str | None:
+        try:
+            return self.client.head_object(Bucket=self.integration.bucket, Key=location)["ETag"]
+        except ClientError as exc:
+            if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise self._error(exc, f"read {self.describe(location)}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"read {self.describe(location)}") from None
+
+    def clean_up(self, partition: datetime, stale_after: float) -> None:
+        """Abort the hour's multipart uploads begun over ``stale_after`` seconds ago by S3's own
+        clock (the listing's Date): a crashed run's, whose parts S3 keeps, and bills, until
+        aborted. Without s3:ListBucketMultipartUploads / s3:AbortMultipartUpload it does
+        nothing: a bucket lifecycle rule (AbortIncompleteMultipartUpload) does it then."""
+        bucket = self.integration.bucket
+        prefix = partition_folder(self.integration.prefix, partition) + "/"
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket, Prefix=prefix
+            ):
+                date = page["ResponseMetadata"]["HTTPHeaders"].get("date")
+                now = parsedate_to_datetime(date) if date else None
+                for upload in page.get("Uploads", []):
+                    if now and upload["Initiated"] < now - timedelta(seconds=stale_after):
+                        self._abort(upload["Key"], upload["UploadId"])
+        except ClientError as exc:
+            if error_code(exc) != "AccessDenied":
+                raise self._error(exc, f"list the uploads under {self.describe(prefix)}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"list the uploads under {self.describe(prefix)}") from None
 
     def remove(self, key: str) -> None:
         try:
@@ -138,8 +228,6 @@ class S3Sink(StorageSink):
     def _error(self, exc: Exception, action: str) -> PrismError:
         integration = self.integration
         where = f"integration '{integration.name}': cannot {action}"
-        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
-            exc = exc.__context__
         if isinstance(exc, NoCredentialsError):
             return CredentialsError(
                 f"{where}: no AWS credentials were found; set access_key_id and "
