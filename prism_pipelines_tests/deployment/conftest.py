@@ -50,7 +50,7 @@ LATE_DATA_INTERVAL_SECONDS = 10
 HISTORY_HOURS = 3
 ROWS_PER_PAST_HOUR = 40
 #: a 1-minute schedule ticks within a minute; its run starts and finishes on a busy machine
-SCHEDULED_RUN_SECONDS = 150
+SCHEDULED_RUN_SECONDS = 300
 IN_PROGRESS = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 
 
