@@ -17,7 +17,8 @@ setup(
     },
     python_requires=">=3.11,<3.12",
     install_requires=[
-        # dagster 1.13.28 does not resolve against its own webserver: stay on 1.13.27.
+        # Checked 2026-11-30: dagster 1.13.28/29 exist, but dagster-postgres, -aws, -gcp and -azure
+        # stop at 0.29.27, which requires dagster==1.13.27: no newer set resolves together.
         "dagster==1.13.27",
         "dagster-webserver==1.13.27",
         "dagster-aws==0.29.27",
