@@ -54,7 +54,11 @@ def _failure_text(data) -> str:
     if data.user_failure_data and data.user_failure_data.description:
         return data.user_failure_data.description
     if data.error:
-        return f"{data.error.cls_name}: {data.error.message.strip().splitlines()[0]}"
+        error = data.error
+        while error.cause is not None:  # Dagster wraps what the step raised: say that
+            error = error.cause
+        lines = error.message.strip().splitlines() or [""]
+        return f"the sync failed with {error.cls_name}: {lines[0]}"
     return "the sync failed; see the run in the Dagster UI"
 
 
