@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from prism_pipelines.hours import HOUR, floor_hour, partition_key, utcnow  # noqa: E402
 from prism_pipelines.source import GatewaySource  # noqa: E402
+from prism_pipelines_tests.deployment.conftest import wait_for  # noqa: E402
 from prism_pipelines_tests.factories import gateway_rows  # noqa: E402
 from prism_pipelines_tests.services import _patched_env, run_moto, run_server  # noqa: E402
 
@@ -326,17 +327,6 @@ class Deployment:
             tags=[{"key": "prism/integration", "value": name}],
         )
         return data["runsOrError"]["results"]
-
-
-def wait_for(what: str, probe, timeout: float, interval: float = 1.0, until=bool):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: not within {timeout:g}s; last: {value!r}")
-        time.sleep(interval)
 
 
 def local(name: str, archive: Path, since: datetime, **extra) -> dict:
