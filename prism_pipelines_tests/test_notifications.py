@@ -97,11 +97,6 @@ def configure(prism, path, **settings):
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: after this session's merges the reminder an hour later is posted as a new Error "
-    "(the failure's fingerprint or the cleared check changed); see the session note",
-)
 def test_failed_sync_posts_once_per_error_and_once_more_after_an_hour(
     prism, gateway, tmp_path, receiver, capfd
 ):

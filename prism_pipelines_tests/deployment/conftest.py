@@ -132,7 +132,6 @@ class Deployment:
     client: DagsterGraphQLClient
     env: dict[str, str]
     log_dir: Path
-    archive: Path
     integrations_file: Path
     integrations: dict[str, dict]
     source: GatewaySource
@@ -231,7 +230,7 @@ class Deployment:
     def delivered(self, name: str) -> Counter:
         """request_id → how many times it is in integration ``name``'s archive files."""
         found: Counter = Counter()
-        for path in (self.archive / name).rglob("batch_*.jsonl.gz"):
+        for path in Path(self.integrations[name]["path"]).rglob("batch_*.jsonl.gz"):
             with gzip.open(path, "rt") as lines:
                 found.update(json.loads(line)["request_id"] for line in lines)
         return found
@@ -335,7 +334,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             client=None,
             env=env,
             log_dir=log_dir,
-            archive=archive,
             integrations_file=folder / "integrations.yaml",
             integrations=integrations,
             source=source,

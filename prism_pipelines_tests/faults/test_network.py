@@ -39,23 +39,7 @@ def _queue_http_faults(proxy: FaultProxy, faults: tuple[str, ...]) -> None:
         proxy.pass_through(1)
 
 
-#: Fencing's first publish is conditional (the name must be free): when a reset loses the answer to
-#: a write that succeeded, the SDK's retry finds the name taken and the run stops as superseded.
-#: Nothing is lost (the next sync redoes the batch), but the cell is not the "retried" the matrix
-#: promises until a retried first publish recognises its own object (compare the stored MD5).
-LOST_ANSWER = "open: a retried conditional first publish after a lost answer reads as superseded"
-
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        # not strict: whether a reset lands after a publish reached the service is timing
-        pytest.param(k, marks=pytest.mark.xfail(strict=False, reason=LOST_ANSWER))
-        if k in ("s3", "azure_blob", "gcs")
-        else k
-        for k in BY_NAME["reset"].types
-    ],
-)
+@pytest.mark.parametrize("kind", BY_NAME["reset"].types)
 def test_resets_stalls_5xx_and_429_bursts_lose_nothing(harness, proxy, kind):
     harness.configure(endpoint_url=proxy.url, batch_rows=BATCH_ROWS)
     harness.traffic.add(400)

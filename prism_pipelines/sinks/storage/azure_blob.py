@@ -53,6 +53,10 @@ VALIDATE_RETRIES = 1
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 120
 
+#: the blob metadata that names the attempt that wrote it (storage/base.py); Azure's metadata
+#: names are C# identifiers, so no hyphen
+ATTEMPT_METADATA = "prism_attempt"
+
 _KEY_REFUSED = {"AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation"}
 _NOT_ALLOWED = {
     "AuthorizationFailure",
@@ -113,7 +117,7 @@ class AzureBlobSink(StorageSink):
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
         condition = (
             {"overwrite": False}  # If-None-Match: *
             if replaces is None
@@ -128,6 +132,7 @@ class AzureBlobSink(StorageSink):
                 data,
                 length=size,
                 **condition,
+                metadata={ATTEMPT_METADATA: attempt},
                 content_settings=ContentSettings(
                     content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING
                 ),
@@ -144,18 +149,20 @@ class AzureBlobSink(StorageSink):
             raise self._error(exc, f"write {self.describe(key)}") from None
 
     def published_version(self, location: str) -> str | None:
+        return self.stored(location)[0]
+
+    def stored(self, key: str) -> tuple[str | None, str | None]:
         try:
-            return (
-                self.container.get_blob_client(location)
-                .get_blob_properties(retry_hook=self._count_retry)
-                .etag
+            properties = self.container.get_blob_client(key).get_blob_properties(
+                retry_hook=self._count_retry
             )
         except ResourceNotFoundError as exc:
             if _code(exc) in {"BlobNotFound", ""}:
-                return None
-            raise self._error(exc, f"read {self.describe(location)}") from None
+                return None, None
+            raise self._error(exc, f"read {self.describe(key)}") from None
         except (AzureError, ValueError) as exc:
-            raise self._error(exc, f"read {self.describe(location)}") from None
+            raise self._error(exc, f"read {self.describe(key)}") from None
+        return properties.etag, (properties.metadata or {}).get(ATTEMPT_METADATA)
 
     def remove(self, key: str) -> None:
         try:

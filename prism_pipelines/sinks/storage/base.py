@@ -11,7 +11,10 @@ stalled past its lease (and lost the partition to a newer run) can never replace
 run published. A batch's first publish requires the name to be free; a redo requires the
 destination to still hold the version the ledger recorded (``Batch.replaces``). Each provider
 returns the version it published (S3 ETag, GCS generation, Azure ETag, local file identity) and
-raises ``Superseded`` when the precondition fails. What a crashed run left behind (temporary
+raises ``Superseded`` when the precondition fails. Every upload carries a random attempt id in
+the object's metadata: when an SDK retries a write whose answer the network lost, the retry
+finds the name taken, and the object's attempt id tells this write's own object from a newer
+run's. What a crashed run left behind (temporary
 files, unfinished multipart uploads) is removed by ``clean_up`` on the partition's next sync.
 """
 
@@ -36,7 +39,7 @@ CONTENT_ENCODING = "gzip"
 #: isa-l's level 1 (of 0-3): standard gzip output, several times zlib's speed at a similar size
 GZIP_LEVEL = 1
 GZIP_WBITS = 16 + 15  # a gzip header and trailer, not a raw zlib stream
-SPOOL_IN_MEMORY = 16 * 1024 * 1024
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 def partition_folder(prefix: str, partition: datetime) -> str:
@@ -73,7 +76,7 @@ class StorageSink(Sink):
                 return Delivery(location=None)
             size = spool.tell()
             spool.seek(0)
-            version = self.put(key, spool, size, batch.replaces)
+            version = self._publish(key, spool, size, batch.replaces)
         return Delivery(
             published_version=version,
             records=records,
@@ -84,6 +87,18 @@ class StorageSink(Sink):
             counters={"uncompressed_bytes": uncompressed, "files": 1},
         )
 
+    def _publish(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+        """``put``, taking a refusal whose object carries this very attempt's id for the
+        success it is (the SDK retried a write that had succeeded)."""
+        attempt = uuid.uuid4().hex
+        try:
+            return self.put(key, data, size, replaces, attempt)
+        except Superseded:
+            version, written_by = self.stored(key)
+            if version is None or written_by != attempt:
+                raise
+            return version
+
     def validate(self) -> str:
         """Write and delete a marker under the prefix: the permission the export needs."""
         name = f"_prism_validate_{uuid.uuid4().hex}"
@@ -92,7 +107,7 @@ class StorageSink(Sink):
         with SpooledTemporaryFile() as marker:
             size = marker.write(b"prism-pipelines validation marker\n")
             marker.seek(0)
-            self.put(key, marker, size, replaces=None)
+            self._publish(key, marker, size, replaces=None)
         self.remove(key)
         return f"wrote and deleted {self.describe(key)}"
 
@@ -110,12 +125,18 @@ class StorageSink(Sink):
         )
 
     @abstractmethod
-    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
-        """Store ``data`` under ``key`` atomically (with the gzip JSONL content headers), only if
-        ``key`` holds version ``replaces`` (None: only if ``key`` is free), enforced by the
-        destination; returns the version stored. The SDK's retries are counted into
-        ``self.retries``; raises ``self.superseded(key)`` when the precondition fails, our
-        other errors with actionable text."""
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
+        """Store ``data`` under ``key`` atomically (with the gzip JSONL content headers and
+        ``attempt`` in its metadata), only if ``key`` holds version ``replaces`` (None: only if
+        ``key`` is free), enforced by the destination; returns the version stored. The SDK's
+        retries are counted into ``self.retries``; raises ``self.superseded(key)`` when the
+        precondition fails, our other errors with actionable text."""
+
+    def stored(self, key: str) -> tuple[str | None, str | None]:
+        """(version, attempt id) of the object under ``key``; (None, None) if there is none.
+        Only destinations whose SDK retries a write need it: the local folder's write is not
+        retried, so it never refuses its own write."""
+        return None, None
 
     @abstractmethod
     def remove(self, key: str) -> None:

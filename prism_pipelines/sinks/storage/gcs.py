@@ -47,6 +47,9 @@ SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 #: (connect, read) seconds per request
 TIMEOUT = (10, 120)
 
+#: the object's custom metadata that names the attempt that wrote it (storage/base.py)
+ATTEMPT_METADATA = "prism-attempt"
+
 _UNREACHABLE = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
 
 
@@ -122,10 +125,11 @@ class GcsSink(StorageSink):
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
         try:
             blob = self.bucket.blob(key, chunk_size=CHUNK_BYTES)
             blob.content_encoding = CONTENT_ENCODING
+            blob.metadata = {ATTEMPT_METADATA: attempt}
             blob.upload_from_file(
                 data,
                 size=size,
@@ -145,11 +149,16 @@ class GcsSink(StorageSink):
             raise self._error(exc, f"write {self.describe(key)}") from None
 
     def published_version(self, location: str) -> str | None:
+        return self.stored(location)[0]
+
+    def stored(self, key: str) -> tuple[str | None, str | None]:
         try:
-            blob = self.bucket.get_blob(location, timeout=TIMEOUT, retry=self._retry())
+            blob = self.bucket.get_blob(key, timeout=TIMEOUT, retry=self._retry())
         except (api.GoogleAPIError, GoogleAuthError, *_UNREACHABLE) as exc:
-            raise self._error(exc, f"read {self.describe(location)}") from None
-        return None if blob is None else str(blob.generation)
+            raise self._error(exc, f"read {self.describe(key)}") from None
+        if blob is None:
+            return None, None
+        return str(blob.generation), (blob.metadata or {}).get(ATTEMPT_METADATA)
 
     def remove(self, key: str) -> None:
         try:

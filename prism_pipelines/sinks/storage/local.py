@@ -39,7 +39,7 @@ class LocalSink(StorageSink):
         finally:
             temporary.unlink(missing_ok=True)  # put() renamed it away, unless the batch failed
 
-    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
         target = self.folder / key
         staged = Path(getattr(data, "name", "") or "")
         temporary = staged if staged.parent == target.parent else _temporary_beside(target)
@@ -106,10 +106,16 @@ class LocalSink(StorageSink):
         (self.folder / key).unlink(missing_ok=True)
 
     def published_version(self, location: str) -> str | None:
+        path = self.folder / location
         try:
-            return _identity(self.folder / location)
-        except FileNotFoundError:
-            return None
+            return _identity(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # not there (a file where a folder should be: the write says so)
+        except OSError as exc:
+            raise DestinationError(
+                f"integration '{self.integration.name}': cannot read {path}: {exc.strerror}; "
+                f"check that the folder exists and is readable"
+            ) from None
 
     def describe(self, key: str) -> str:
         return str(self.folder / key)

@@ -51,6 +51,9 @@ VALIDATE_ATTEMPTS = 2
 #: NoSuchUpload when a newer run's clean_up aborted this run's stalled multipart upload
 _SUPERSEDED = {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchUpload"}
 
+#: the object metadata (x-amz-meta-…) that names the attempt that wrote it (storage/base.py)
+ATTEMPT_METADATA = "prism-attempt"
+
 _WRONG_REGION = {
     "PermanentRedirect",
     "AuthorizationHeaderMalformed",
@@ -76,9 +79,13 @@ class S3Sink(StorageSink):
 
     # -- the three operations the archive needs ---------------------------------------------
 
-    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
+    def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
         condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces}
-        headers = {"ContentType": CONTENT_TYPE, "ContentEncoding": CONTENT_ENCODING}
+        headers = {
+            "ContentType": CONTENT_TYPE,
+            "ContentEncoding": CONTENT_ENCODING,
+            "Metadata": {ATTEMPT_METADATA: attempt},
+        }
         bucket = self.integration.bucket
         try:
             if size < PART_BYTES:
@@ -139,13 +146,35 @@ class S3Sink(StorageSink):
 
     def published_version(self, location: str) -> str | None:
         try:
-            return self.client.head_object(Bucket=self.integration.bucket, Key=location)["ETag"]
+            return self._head(location)[0]
+        except CredentialsError:
+            # The spec's permission is s3:PutObject alone, without which HEAD is refused: take
+            # the name for free. If an earlier attempt did publish, the conditional write is
+            # refused and ``stored`` says which permission the redo needs.
+            return None
+
+    def stored(self, key: str) -> tuple[str | None, str | None]:
+        try:
+            return self._head(key)
+        except CredentialsError:
+            raise CredentialsError(
+                f"integration '{self.integration.name}': {self.describe(key)} exists and this "
+                f"sync cannot read it to tell whether an earlier attempt of the same batch wrote "
+                f"it; give the credentials s3:GetObject on arn:aws:s3:::{self.integration.bucket}"
+                f"/* to let a redo replace it"
+            ) from None
+
+    def _head(self, key: str) -> tuple[str | None, str | None]:
+        """(ETag, attempt id) of ``key``; (None, None) if there is no such object."""
+        try:
+            head = self.client.head_object(Bucket=self.integration.bucket, Key=key)
         except ClientError as exc:
             if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise self._error(exc, f"read {self.describe(location)}") from None
+                return None, None
+            raise self._error(exc, f"read {self.describe(key)}") from None
         except BotoCoreError as exc:
-            raise self._error(exc, f"read {self.describe(location)}") from None
+            raise self._error(exc, f"read {self.describe(key)}") from None
+        return head["ETag"], head.get("Metadata", {}).get(ATTEMPT_METADATA)
 
     def clean_up(self, partition: datetime, stale_after: float) -> None:
         """Abort the hour's multipart uploads begun over ``stale_after`` seconds ago by S3's own
