@@ -60,6 +60,8 @@ class Batch:
     replaces: str | None = None
     #: the destination's version of the file the batch published (set by ``acknowledge``)
     published_version: str | None = None
+    #: sha256 of the file the batch published (set by ``acknowledge``; storage only)
+    sha256: str | None = None
     #: the batch's position among its partition's batches (0, 1, …), the same on every redo:
     #: what a sink uses to keep batches apart at the destination (Datadog's metric seconds)
     ordinal: int = 0
@@ -100,10 +102,12 @@ class Batch:
         rejects: list[Reject],
         location: str | None,
         published_version: str | None = None,
+        sha256: str | None = None,
     ) -> None:
         """The destination's answer: what it acknowledged, refused for good, where, and the
-        version of the file it published there."""
+        version and sha256 of the file it published there."""
         self.records = records
         self.rejects.extend(rejects)
         self.location = location
         self.published_version = published_version
+        self.sha256 = sha256

@@ -169,12 +169,52 @@ class IntegrationBase(BaseModel):
         return text
 
 
-class LocalIntegration(IntegrationBase):
+def _one_of(field: str, allowed: tuple[str, ...], meaning: str):
+    """A validator that names the allowed values when ``field`` holds another."""
+
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise ValueError(f"must be {' or '.join(allowed)} ({meaning})")
+        return value
+
+    return field_validator(field, mode="before")(check)
+
+
+class StorageIntegration(IntegrationBase):
+    """What the four archives share: the folder prefix, and the files' format, layout and
+    manifest (DESIGN.md, "Archive formats, layouts and manifests")."""
+
+    prefix: str = ""
+    format: Literal["jsonl", "parquet"] = Field(
+        "jsonl", description="gzip JSONL (the spec's) or Parquet (zstd, typed columns)"
+    )
+    layout: Literal["spec", "hive"] = Field(
+        "spec", description="logs/YYYY/MM/DD/hour=HH (spec) or logs/date=YYYY-MM-DD/hour=HH (hive)"
+    )
+    manifest: bool = Field(False, description="write _manifest.json once an hour is complete")
+
+    _format = _one_of("format", ("jsonl", "parquet"), "gzip JSONL, the default, or Parquet")
+    _layout = _one_of(
+        "layout", ("spec", "hive"), "logs/YYYY/MM/DD/hour=HH, the default, or logs/date=…/hour=HH"
+    )
+
+    @field_validator("manifest", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
+
+#: the fields only storage types take (a queue or Datadog entry that has one is told so)
+STORAGE_ONLY_FIELDS = ("format", "layout", "manifest")
+
+
+class LocalIntegration(StorageIntegration):
     """A folder that stands for a bucket: the embedded default and the benchmark's baseline."""
 
     type: Literal["local"]
     path: str = "archive"
-    prefix: str = ""
     default_batch_rows: ClassVar[int] = 100_000
 
     @property
@@ -192,13 +232,12 @@ def _aws_keys_in_pairs(integration: S3Integration | SqsIntegration):
     return integration
 
 
-class S3Integration(IntegrationBase):
+class S3Integration(StorageIntegration):
     type: Literal["s3"]
     bucket: str
     region: str
     access_key_id: SecretRef | None = None
     secret_access_key: SecretRef | None = None
-    prefix: str = ""
     endpoint_url: str | None = None
     default_batch_rows: ClassVar[int] = 100_000
 
@@ -207,20 +246,18 @@ class S3Integration(IntegrationBase):
         return _aws_keys_in_pairs(self)
 
 
-class AzureBlobIntegration(IntegrationBase):
+class AzureBlobIntegration(StorageIntegration):
     type: Literal["azure_blob"]
     container: str
     connection_string: SecretRef
-    prefix: str = ""
     default_batch_rows: ClassVar[int] = 100_000
 
 
-class GcsIntegration(IntegrationBase):
+class GcsIntegration(StorageIntegration):
     type: Literal["gcs"]
     bucket: str
     service_account_json: SecretRef | None = None
     project_id: str | None = None
-    prefix: str = ""
     endpoint_url: str | None = None
     default_batch_rows: ClassVar[int] = 100_000
 
@@ -335,6 +372,7 @@ DESTINATIONS = {
     )
 }
 INTEGRATION_TYPES = tuple(DESTINATIONS)
+STORAGE_TYPES = tuple(t for t, d in DESTINATIONS.items() if issubclass(d.model, StorageIntegration))
 Integration = Annotated[
     Union[tuple(d.model for d in DESTINATIONS.values())],  # noqa: UP007 - built from the registry
     Field(discriminator="type"),
@@ -460,6 +498,13 @@ def _shape_problems(raw: Any) -> list[str]:
         elif entry.get("type") not in INTEGRATION_TYPES:
             problems.append(
                 f"{label}: type '{entry.get('type')}' is not one of {', '.join(INTEGRATION_TYPES)}"
+            )
+        elif not issubclass(DESTINATIONS[entry["type"]].model, StorageIntegration):
+            problems.extend(
+                f"{label}: {field}: only storage types ({', '.join(STORAGE_TYPES)}) take "
+                f"{field}; remove it"
+                for field in STORAGE_ONLY_FIELDS
+                if field in entry
             )
     return problems
 

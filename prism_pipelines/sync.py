@@ -13,7 +13,8 @@ A sync of hour H, in order:
 
 All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
 time. First, what crashed runs left in the hour (temporary files, unfinished uploads) is
-removed (``Sink.clean_up``). Each batch's file is published only if the destination still holds
+removed (``Sink.clean_up``). Last, with ``manifest: true``, a complete hour gets its manifest
+(manifest.py). Each batch's file is published only if the destination still holds
 what the batch may replace (``Batch.replaces``), so a run that stalled past its lease cannot
 replace what the run that took over published (fencing, sinks/storage/base.py).
 
@@ -39,6 +40,7 @@ from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError, Superseded
 from prism_pipelines.hours import utc, utcnow
 from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch, lease_seconds
+from prism_pipelines.manifest import write_manifest_if_due
 from prism_pipelines.records import (
     ROW_ID,
     ROW_TIMESTAMP,
@@ -81,6 +83,8 @@ class SyncResult:
     counters: Counter = field(default_factory=Counter)
     refused: Counter = field(default_factory=Counter)
     locations: list[str] = field(default_factory=list)
+    #: the hour's manifest, when this sync wrote it (storage with ``manifest: true``)
+    manifest: str | None = None
 
     def add(self, batch: Batch, delivery) -> None:
         self.batches += 1
@@ -121,6 +125,7 @@ class SyncResult:
             "seconds": round(self.seconds, 3),
             "lag_seconds": round((now - last).total_seconds(), 1) if last else None,
             **{k: v for k, v in self.counters.items() if k != "files"},
+            **({"manifest": self.manifest} if self.manifest else {}),
         }
 
 
@@ -205,6 +210,8 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                 _send(integration, sink, ledger, lease, batch, batch_rows, result, recorded)
                 cursor = batch.through_id
                 ordinal += 1
+        if getattr(integration, "manifest", False):
+            result.manifest = write_manifest_if_due(integration, sink, source, ledger, hour)
     except (LeaseError, Superseded):
         raise
     except PrismError as exc:
@@ -318,7 +325,11 @@ def _send(
     if batch.through_id is None:
         return  # nothing was read: the batch stays open and unranged, like never started
     batch.acknowledge(
-        delivery.records, delivery.rejects, delivery.location, delivery.published_version
+        delivery.records,
+        delivery.rejects,
+        delivery.location,
+        delivery.published_version,
+        delivery.sha256,
     )
     ledger.finish_batch(batch, delivery.bytes, lease)
     result.add(batch, delivery)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import psutil
 import pytest
 
-from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE
+from prism_pipelines.sinks.storage.formats import JSONL
 from prism_pipelines.source import INSERT_COLUMNS
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.storage_helpers import (
@@ -91,7 +91,7 @@ def test_second_sync_adds_only_new_rows_in_a_new_file(prism, gateway, store: Sto
         match = LAYOUT.match(key)
         assert match and match["prefix"] == "prism/production", key
         assert (match["y"], match["m"], match["d"], match["h"]) == ("2026", "11", "22", "14")
-        assert store.content_headers(key) == (CONTENT_TYPE, CONTENT_ENCODING)
+        assert store.content_headers(key) == (JSONL.content_type, JSONL.content_encoding)
     record = files[first_key][0]
     assert record["request_id"] == first_rows[0][0] and record["timestamp"].endswith("Z")
     assert second.metadata["bytes"] > 0 and second.metadata["uncompressed_bytes"] > 0

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from prism_pipelines.batch import Batch
 from prism_pipelines.database import make_engine, state_url
-from prism_pipelines.hours import floor_hour, utc, utcnow
+from prism_pipelines.hours import HOUR, floor_hour, utc, utcnow
 from prism_pipelines.ledger.lease import (
     Lease,
     PartitionBusy,
@@ -55,6 +55,10 @@ class RecordedBatch:
     rejects: int
     bytes: int
     finished: bool
+    #: the file's sha256 and its rows' event time span (None: recorded before revision 0003)
+    sha256: str | None = None
+    first_event: datetime | None = None
+    last_event: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,48 @@ class Ledger:
                 batches.c.rejects,
                 batches.c.bytes,
                 batches.c.finished_at.is_not(None),
+                batches.c.sha256,
+                batches.c.first_event,
+                batches.c.last_event,
             )
             .where(_partition(integration, hour))
             .order_by(batches.c.after_id)
         )
         with self.engine.connect() as conn:
-            return [RecordedBatch(*row) for row in conn.execute(statement)]
+            return [
+                RecordedBatch(*row[:-2], utc(row[-2]), utc(row[-1]))
+                for row in conn.execute(statement)
+            ]
+
+    def manifest_due(self, integration: str, hour: datetime) -> bool:
+        """Whether the hour's manifest is missing or older than a batch recorded since."""
+        return bool(self.manifests_due(integration, hour, hour + HOUR))
+
+    def manifests_due(self, integration: str, start: datetime, end: datetime) -> list[datetime]:
+        """Hours in ``[start, end)`` with rows whose manifest is missing or older than a batch
+        recorded since (late rows changed the hour)."""
+        b, p = batches.c, partitions.c
+        statement = (
+            select(b.hour)
+            .select_from(
+                batches.outerjoin(partitions, (p.integration == b.integration) & (p.hour == b.hour))
+            )
+            .where((b.integration == integration) & (b.hour >= start) & (b.hour < end))
+            .group_by(b.hour, p.manifest_at)
+            .having(
+                (func.sum(b.records + b.rejects) > 0)
+                # a file recorded before revision 0003 has no sha256 to list
+                & (func.count(b.location) == func.count(b.sha256))
+                & (
+                    p.manifest_at.is_(None)
+                    | (func.max(b.finished_at) > p.manifest_at)
+                    | (func.count() > func.count(b.finished_at))
+                )
+            )
+            .order_by(b.hour)
+        )
+        with self.engine.connect() as conn:
+            return [utc(hour) for (hour,) in conn.execute(statement)]
 
     def partition_states(
         self, integration: str, since: datetime | None = None
@@ -301,7 +341,9 @@ class Ledger:
                 conn.execute(
                     update(batches)
                     .where(key)
-                    .values(finished_at=None, started_at=utcnow(), published_version=None)
+                    .values(
+                        finished_at=None, started_at=utcnow(), published_version=None, sha256=None
+                    )
                 )
                 batch.location = recorded.location or location
 
@@ -322,6 +364,9 @@ class Ledger:
                     rejects=len(batch.rejects),
                     bytes=sent_bytes,
                     finished_at=now,
+                    sha256=batch.sha256,
+                    first_event=batch.first_event,
+                    last_event=batch.last_event,
                 )
             )
             conn.execute(
@@ -349,6 +394,17 @@ class Ledger:
                         }
                         for r in batch.rejects
                     ],
+                )
+
+    def record_manifest(self, integration: str, hour: datetime, at: datetime) -> None:
+        """Note that the hour's manifest was written at ``at``."""
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                update(partitions).where(_partition_row(integration, hour)).values(manifest_at=at)
+            ).rowcount
+            if not found:
+                conn.execute(
+                    insert(partitions).values(integration=integration, hour=hour, manifest_at=at)
                 )
 
     def record_sync(self, integration: str, hour: datetime, error: str | None = None) -> None:

@@ -25,6 +25,10 @@ batches = Table(
     Column("bytes", BigInteger, nullable=False, default=0),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    #: the file's sha256 and its rows' event time span, for the hour's manifest (revision 0003)
+    Column("sha256", Text, nullable=True),
+    Column("first_event", DateTime(timezone=True), nullable=True),
+    Column("last_event", DateTime(timezone=True), nullable=True),
 )
 
 partitions = Table(
@@ -36,6 +40,8 @@ partitions = Table(
     Column("last_success_at", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("last_error_at", DateTime(timezone=True), nullable=True),
+    #: when the hour's manifest was last written (revision 0003; storage with ``manifest``)
+    Column("manifest_at", DateTime(timezone=True), nullable=True),
 )
 
 rejects = Table(

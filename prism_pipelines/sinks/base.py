@@ -30,6 +30,8 @@ class Delivery:
     location: str | None = None
     #: the destination's version of what it stored at ``location`` (storage: ETag, generation)
     published_version: str | None = None
+    #: sha256 of the file stored at ``location`` (storage), hex
+    sha256: str | None = None
     #: records the destination refused for good, each with the destination's reason
     rejects: list[Reject] = field(default_factory=list)
     #: sink-specific counters (summed over a run into the metadata)

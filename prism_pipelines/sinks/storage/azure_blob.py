@@ -37,7 +37,8 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient, ContentSettings, ExponentialRetry
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
+from prism_pipelines.sinks.storage.base import StorageSink
+from prism_pipelines.sinks.storage.formats import content_headers
 
 #: block size, and the largest file sent in one Put Blob (Azure allows 50,000 blocks per blob)
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -127,6 +128,7 @@ class AzureBlobSink(StorageSink):
                 "match_condition": MatchConditions.IfNotModified,
             }
         )
+        content_type, content_encoding = content_headers(key)
         try:
             return self.container.get_blob_client(key).upload_blob(
                 data,
@@ -134,7 +136,7 @@ class AzureBlobSink(StorageSink):
                 **condition,
                 metadata={ATTEMPT_METADATA: attempt},
                 content_settings=ContentSettings(
-                    content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING
+                    content_type=content_type, content_encoding=content_encoding
                 ),
                 max_concurrency=UPLOAD_THREADS,
                 retry_hook=self._count_retry,

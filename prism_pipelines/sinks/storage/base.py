@@ -1,7 +1,8 @@
-"""What the four archives share (local folder, S3, Azure Blob, GCS): the layout, the encoding,
-and the exactly-once rule; each provider only says how to put, remove and check an object.
+"""What the four archives share (local folder, S3, Azure Blob, GCS): the layout, the formats
+(formats.py), the manifest and the exactly-once rule; each provider only says how to put, remove
+and check an object.
 
-A batch is compressed chunk by chunk into a staging file (by default a spooled file: memory up
+A batch is encoded chunk by chunk into a staging file (by default a spooled file: memory up
 to ``SPOOL_IN_MEMORY``, then disk) and handed to the provider in one upload, which each SDK
 turns into a multipart / block / resumable upload when it is large. An object appears under its
 final name only when complete, so a crash never leaves half a file where a reader would see it.
@@ -22,59 +23,64 @@ from __future__ import annotations
 
 import uuid
 from abc import abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import datetime
 from tempfile import SpooledTemporaryFile
 from typing import BinaryIO
 
-from isal import isal_zlib
-
 from prism_pipelines.batch import Batch
 from prism_pipelines.errors import Superseded
 from prism_pipelines.sinks.base import Delivery, Sink
+from prism_pipelines.sinks.storage.formats import FORMATS
 
-CONTENT_TYPE = "application/x-ndjson"
-CONTENT_ENCODING = "gzip"
-#: isa-l's level 1 (of 0-3): standard gzip output, several times zlib's speed at a similar size
-GZIP_LEVEL = 1
-GZIP_WBITS = 16 + 15  # a gzip header and trailer, not a raw zlib stream
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
+#: the hour's manifest (DESIGN.md, "Archive formats, layouts and manifests")
+MANIFEST_NAME = "_manifest.json"
 
 
-def partition_folder(prefix: str, partition: datetime) -> str:
-    """``{prefix}/logs/YYYY/MM/DD/hour=HH`` (the spec's layout)."""
-    path = f"logs/{partition:%Y/%m/%d}/hour={partition:%H}"
+def partition_folder(prefix: str, partition: datetime, layout: str = "spec") -> str:
+    """``{prefix}/logs/YYYY/MM/DD/hour=HH`` (the spec's layout), or with ``layout="hive"``
+    ``{prefix}/logs/date=YYYY-MM-DD/hour=HH``, which query engines prune by date too."""
+    day = f"date={partition:%Y-%m-%d}" if layout == "hive" else f"{partition:%Y/%m/%d}"
+    path = f"logs/{day}/hour={partition:%H}"
     prefix = prefix.strip("/")
     return f"{prefix}/{path}" if prefix else path
 
 
-def object_key(prefix: str, partition: datetime, batch_id: str) -> str:
-    """``{prefix}/logs/YYYY/MM/DD/hour=HH/batch_{id}.jsonl.gz`` (the spec's layout)."""
-    return f"{partition_folder(prefix, partition)}/batch_{batch_id}.jsonl.gz"
+def object_key(
+    prefix: str, partition: datetime, batch_id: str, layout: str = "spec", format_: str = "jsonl"
+) -> str:
+    """``{partition folder}/batch_{id}.jsonl.gz`` (or ``.parquet``)."""
+    folder = partition_folder(prefix, partition, layout)
+    return f"{folder}/batch_{batch_id}{FORMATS[format_].extension}"
 
 
 class StorageSink(Sink):
     def location_for(self, batch: Batch) -> str:
-        return object_key(self.integration.prefix, batch.partition, batch.id)
+        i = self.integration
+        return object_key(i.prefix, batch.partition, batch.id, i.layout, i.format)
+
+    def folder_of(self, partition: datetime) -> str:
+        """The hour's folder under the integration's prefix and layout."""
+        return partition_folder(self.integration.prefix, partition, self.integration.layout)
 
     def deliver(self, batch: Batch) -> Delivery:
         key = batch.location or self.location_for(batch)
         retries_before = self.retries.value
         uncompressed = records = 0
+        # A redo keeps its recorded name, and so the format it was first written in.
+        format_ = next(f for f in FORMATS.values() if key.endswith(f.extension))
         with self.staging(key) as spool:
-            with _GzipWriter(spool) as gzip:
+            with format_.writer(spool, self.integration.fields) as out:
                 for chunk in batch.chunks():
-                    data = chunk.jsonl()
                     records += len(chunk.records)
-                    uncompressed += len(data)
-                    gzip.write(data)
+                    uncompressed += out.write(chunk)
             if records == 0:
                 # No rows, no file; and a redo that now has none removes what an earlier
                 # attempt may have written under this name.
                 self.remove(key)
                 return Delivery(location=None)
-            size = spool.tell()
+            size = out.size
             spool.seek(0)
             version = self._publish(key, spool, size, batch.replaces)
         return Delivery(
@@ -84,8 +90,19 @@ class StorageSink(Sink):
             requests=1,
             retries=self.retries.value - retries_before,
             location=key,
+            sha256=out.sha256,
             counters={"uncompressed_bytes": uncompressed, "files": 1},
         )
+
+    def publish_manifest(self, partition: datetime, manifest: bytes) -> str:
+        """Write the hour's ``_manifest.json``, replacing the one there (the version found now:
+        under the partition's lease no other run writes it); returns its key."""
+        key = f"{self.folder_of(partition)}/{MANIFEST_NAME}"
+        with SpooledTemporaryFile() as data:
+            size = data.write(manifest)
+            data.seek(0)
+            self._publish(key, data, size, self.published_version(key))
+        return key
 
     def _publish(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
         """``put``, taking a refusal whose object carries this very attempt's id for the
@@ -126,7 +143,7 @@ class StorageSink(Sink):
 
     @abstractmethod
     def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
-        """Store ``data`` under ``key`` atomically (with the gzip JSONL content headers and
+        """Store ``data`` under ``key`` atomically (with ``formats.content_headers(key)`` and
         ``attempt`` in its metadata), only if ``key`` holds version ``replaces`` (None: only if
         ``key`` is free), enforced by the destination; returns the version stored. The SDK's
         retries are counted into ``self.retries``; raises ``self.superseded(key)`` when the
@@ -145,40 +162,3 @@ class StorageSink(Sink):
     @abstractmethod
     def describe(self, key: str) -> str:
         """A human-readable address, e.g. ``s3://bucket/key``."""
-
-
-class _GzipWriter:
-    """Gzip into ``target`` in a thread of its own, one chunk behind the caller.
-
-    isa-l releases the GIL while it compresses, so chunk n is compressed on another core while
-    the caller turns chunk n+1 into JSON. At most one chunk waits, so memory stays bounded.
-    """
-
-    def __init__(self, target: BinaryIO):
-        self._target = target
-        self._compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="prism-gzip")
-        self._pending: Future | None = None
-
-    def write(self, data: bytes) -> None:
-        self._wait()
-        self._pending = self._thread.submit(self._compress, data)
-
-    def _compress(self, data: bytes) -> None:
-        self._target.write(self._compressor.compress(data))
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()  # raises what the thread raised
-
-    def __enter__(self) -> _GzipWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self._wait()
-            if exc_type is None:
-                self._target.write(self._compressor.flush())
-        finally:
-            self._thread.shutdown(wait=True)

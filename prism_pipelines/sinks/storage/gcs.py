@@ -32,7 +32,8 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
-from prism_pipelines.sinks.storage.base import CONTENT_ENCODING, CONTENT_TYPE, StorageSink
+from prism_pipelines.sinks.storage.base import StorageSink
+from prism_pipelines.sinks.storage.formats import content_headers
 
 #: bytes per resumable-upload request (a multiple of 256 KiB, as the API requires)
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -126,14 +127,15 @@ class GcsSink(StorageSink):
     # -- the three operations the archive needs ---------------------------------------------
 
     def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
+        content_type, content_encoding = content_headers(key)
         try:
             blob = self.bucket.blob(key, chunk_size=CHUNK_BYTES)
-            blob.content_encoding = CONTENT_ENCODING
+            blob.content_encoding = content_encoding
             blob.metadata = {ATTEMPT_METADATA: attempt}
             blob.upload_from_file(
                 data,
                 size=size,
-                content_type=CONTENT_TYPE,
+                content_type=content_type,
                 timeout=TIMEOUT,
                 retry=self._retry(),
                 if_generation_match=int(replaces or 0),

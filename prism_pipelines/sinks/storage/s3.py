@@ -29,12 +29,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError
 from prism_pipelines.sinks.aws import KEY_REFUSED, UNREACHABLE, build_client, error_code
-from prism_pipelines.sinks.storage.base import (
-    CONTENT_ENCODING,
-    CONTENT_TYPE,
-    StorageSink,
-    partition_folder,
-)
+from prism_pipelines.sinks.storage.base import StorageSink
+from prism_pipelines.sinks.storage.formats import content_headers
 
 #: multipart threshold and part size (S3 takes 5 MiB to 5 GiB per part, 10,000 parts at most)
 PART_BYTES = 8 * 1024 * 1024
@@ -81,11 +77,10 @@ class S3Sink(StorageSink):
 
     def put(self, key: str, data: BinaryIO, size: int, replaces: str | None, attempt: str) -> str:
         condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces}
-        headers = {
-            "ContentType": CONTENT_TYPE,
-            "ContentEncoding": CONTENT_ENCODING,
-            "Metadata": {ATTEMPT_METADATA: attempt},
-        }
+        content_type, content_encoding = content_headers(key)
+        headers = {"ContentType": content_type, "Metadata": {ATTEMPT_METADATA: attempt}}
+        if content_encoding:
+            headers["ContentEncoding"] = content_encoding
         bucket = self.integration.bucket
         try:
             if size < PART_BYTES:
@@ -182,7 +177,7 @@ class S3Sink(StorageSink):
         aborted. Without s3:ListBucketMultipartUploads / s3:AbortMultipartUpload it does
         nothing: a bucket lifecycle rule (AbortIncompleteMultipartUpload) does it then."""
         bucket = self.integration.bucket
-        prefix = partition_folder(self.integration.prefix, partition) + "/"
+        prefix = self.folder_of(partition) + "/"
         try:
             for page in self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=bucket, Prefix=prefix

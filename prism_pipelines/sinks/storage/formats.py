@@ -1,0 +1,213 @@
+"""The archive's file formats (``format:`` of a storage integration): gzip JSONL, the spec's, and
+Parquet, for query engines. Both stream: a batch is written chunk by chunk into the staging
+file (a gzip member's worth, or one Parquet row group, per chunk), never whole in memory. Each
+writer hashes the bytes as they reach the staging file, so the file's sha256 (the manifest's) is
+known without reading the file again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import BinaryIO
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from isal import isal_zlib
+
+from prism_pipelines.batch import Chunk
+from prism_pipelines.records import EXPORTED_FIELDS
+
+#: isa-l's level 1 (of 0-3): standard gzip output, several times zlib's speed at a similar size
+GZIP_LEVEL = 1
+GZIP_WBITS = 16 + 15  # a gzip header and trailer, not a raw zlib stream
+PARQUET_COMPRESSION = "zstd"
+
+_TIMESTAMP = pa.timestamp("ms", tz="UTC")
+#: the Parquet column of each exported field (DESIGN.md, "Archive formats"): the record's order
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("model", pa.string()),
+        ("provider", pa.string()),
+        ("latency_ms", pa.int64()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("total_tokens", pa.int64()),
+        ("cost", pa.float64()),
+        ("status_code", pa.int64()),
+        ("is_error", pa.bool_()),
+        ("cache_hit", pa.bool_()),
+        ("guardrail_triggered", pa.bool_()),
+        ("routing_strategy", pa.string()),
+        ("timestamp", _TIMESTAMP),
+        ("event_type", pa.string()),
+        ("trace_id", pa.string()),
+        ("session_id", pa.string()),
+        ("user_id", pa.string()),
+        ("model_requested", pa.string()),
+        ("cache_status", pa.string()),
+        ("fallback_used", pa.bool_()),
+        ("is_stream", pa.bool_()),
+        ("error_message", pa.string()),
+        ("guardrail_results", pa.string()),
+    ]
+)
+assert tuple(PARQUET_SCHEMA.names) == EXPORTED_FIELDS
+
+
+class _Hashed:
+    """The staging file, seen through the sha256 and size of what is written to it."""
+
+    def __init__(self, target: BinaryIO):
+        self._target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._target.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._target.flush()
+
+
+class FileWriter:
+    """One batch's file: ``write`` each chunk, then leave the ``with`` block; then ``sha256``
+    and ``size`` describe the file as stored."""
+
+    def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
+        self._out = _Hashed(target)
+
+    def write(self, chunk: Chunk) -> int:
+        """Write the chunk's records; returns their size before compression."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Write what ends the file."""
+
+    def abandon(self) -> None:
+        """Release what the writer holds; the file is thrown away."""
+
+    @property
+    def sha256(self) -> str:
+        return self._out.sha256.hexdigest()
+
+    @property
+    def size(self) -> int:
+        return self._out.size
+
+    def __enter__(self) -> FileWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abandon()
+
+
+class JsonlWriter(FileWriter):
+    """Gzip JSONL, compressed in a thread of its own, one chunk behind the caller.
+
+    isa-l releases the GIL while it compresses, so chunk n is compressed on another core while
+    the caller turns chunk n+1 into JSON. At most one chunk waits, so memory stays bounded.
+    """
+
+    def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
+        super().__init__(target, fields)
+        self._compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="prism-gzip")
+        self._pending: Future | None = None
+
+    def write(self, chunk: Chunk) -> int:
+        data = chunk.jsonl()
+        self._wait()
+        self._pending = self._thread.submit(self._compress, data)
+        return len(data)
+
+    def _compress(self, data: bytes) -> None:
+        self._out.write(self._compressor.compress(data))
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # raises what the thread raised
+
+    def finish(self) -> None:
+        try:
+            self._wait()
+            self._out.write(self._compressor.flush())
+        finally:
+            self._thread.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+class ParquetWriter(FileWriter):
+    """Parquet, zstd, one row group per chunk, typed by ``PARQUET_SCHEMA`` (only the
+    integration's fields, in its order)."""
+
+    def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
+        super().__init__(target, fields)
+        self._schema = pa.schema([PARQUET_SCHEMA.field(f) for f in fields or EXPORTED_FIELDS])
+        self._writer = pq.ParquetWriter(self._out, self._schema, compression=PARQUET_COMPRESSION)
+
+    def write(self, chunk: Chunk) -> int:
+        records = chunk.records
+        if not records:
+            return 0
+        columns = []
+        for field in self._schema:
+            values = list(map(itemgetter(field.name), records))
+            if field.name == "guardrail_results":  # parsed for the JSON record: JSON text again
+                values = [None if v is None else orjson.dumps(v).decode() for v in values]
+            if field.type == _TIMESTAMP:  # the record's ``2026-03-31T14:22:10.000Z`` text
+                columns.append(pa.array(values, pa.string()).cast(_TIMESTAMP))
+            else:
+                columns.append(pa.array(values, field.type))
+        table = pa.Table.from_arrays(columns, schema=self._schema)
+        self._writer.write_table(table, row_group_size=len(records))
+        return table.nbytes
+
+    def finish(self) -> None:
+        self._writer.close()
+
+    def abandon(self) -> None:
+        self._writer.close()
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    #: what follows ``batch_{id}`` in the file's name
+    extension: str
+    content_type: str
+    content_encoding: str | None
+    writer: type[FileWriter]
+
+
+JSONL = Format("jsonl", ".jsonl.gz", "application/x-ndjson", "gzip", JsonlWriter)
+PARQUET = Format("parquet", ".parquet", "application/vnd.apache.parquet", None, ParquetWriter)
+FORMATS = {f.name: f for f in (JSONL, PARQUET)}
+#: the manifest (``_manifest.json``) and the validation marker
+JSON_TYPE = "application/json"
+PLAIN_TYPE = "text/plain"
+
+
+def content_headers(key: str) -> tuple[str, str | None]:
+    """(Content-Type, Content-Encoding) an object is stored with, by its name: every ``put``
+    asks here, so a data file, the manifest and the validation marker each say what they are."""
+    for format_ in FORMATS.values():
+        if key.endswith(format_.extension):
+            return format_.content_type, format_.content_encoding
+    return (JSON_TYPE if key.endswith(".json") else PLAIN_TYPE), None
