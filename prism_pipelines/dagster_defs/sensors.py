@@ -9,10 +9,12 @@ each hour's (row count, highest id) in the source with the ledger's (delivered +
 cursor), over the last ``PRISM_LATE_DATA_LOOKBACK_HOURS`` hours (48 by default), extended back
 to its previous evaluation when it has not run for a while (a long pause). Its cursor remembers,
 per hour, the source's (highest id, rows) it requested a sync for: it asks again only when the
-source moved past that, or an hour later if the hour is still behind (the run failed). While the
-integration is paused (its schedule stopped) it skips, keeping its cursor, so resuming catches
-up every hour. Between runs it also re-evaluates the ``freshness`` check, so an integration that
-stopped syncing turns red without a run.
+source moved past that, or an hour later if the hour is still behind (the run failed). With
+``manifest: true`` it also requests a sync of each closed hour whose manifest is missing or
+stale (``Ledger.manifests_due``): that sync writes it. While the integration is paused (its
+schedule stopped) it skips, keeping its cursor, so resuming catches up every hour. Between
+runs it also re-evaluates the ``freshness`` check, so an integration that stopped syncing turns
+red without a run.
 
 ``prism_sync_failures`` reports every failed sync — integration, partitions, error — in its log
 (the run's own failure event is in the UI already), marks the ``status`` check failed if the run
@@ -171,6 +173,25 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
                     f"accounts for {hour.accounted} (cursor {hour.cursor}): requesting a sync"
                 )
             still_behind = {partition_key(h.hour) for h in behind}
+            if getattr(integration, "manifest", False):
+                # Complete hours whose last sync came before their grace period ended: a sync
+                # writes their manifest (manifest.py).
+                for hour in ledger.manifests_due(name, start, end):
+                    key = partition_key(hour)
+                    asked = cursor.requested.get(key)
+                    if key in still_behind or (asked and now - asked[2] < RETRY_AFTER):
+                        still_behind.add(key)
+                        continue
+                    still_behind.add(key)
+                    cursor.requested[key] = (0, 0, now)
+                    requests.append(
+                        RunRequest(
+                            run_key=f"manifest:{key}:{now:%Y%m%dT%H%M%S}",
+                            partition_key=key,
+                            tags={"prism/trigger": "manifest"},
+                        )
+                    )
+                    context.log.info(f"{key}: complete, its manifest is due: requesting a sync")
             cursor.requested = {k: v for k, v in cursor.requested.items() if k in still_behind}
             _report_freshness(context, integration, ledger, now)
         finally:
