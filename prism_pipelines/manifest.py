@@ -78,5 +78,5 @@ def write_manifest_if_due(
     key = sink.publish_manifest(
         hour, build_manifest(hour, ledger.batches(integration.name, hour), now)
     )
-    ledger.record_manifest(integration.name, hour, now)
+    ledger.record_manifest(integration.name, hour)
     return key

@@ -23,6 +23,7 @@ import requests
 from azure.core.pipeline.transport import RequestsTransportResponse
 from azure.storage.blob import BlobServiceClient
 from botocore.awsrequest import AWSResponse
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from google.cloud.storage._media.requests.upload import ResumableUpload
 
 from prism_pipelines.sinks.storage.azure_blob import AzureBlobSink
@@ -136,9 +137,9 @@ class S3Store(Store):
     def read(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-    def content_headers(self, key: str) -> tuple[str, str]:
+    def content_headers(self, key: str) -> tuple[str, str | None]:
         head = self.client.head_object(Bucket=self.bucket, Key=key)
-        return head["ContentType"], head["ContentEncoding"]
+        return head["ContentType"], head.get("ContentEncoding")
 
     def upload_pieces(self, key: str) -> int:
         """A multipart object's ETag ends with ``-<number of parts>``."""
@@ -356,6 +357,52 @@ def read_archive(store: Store) -> dict[str, list[dict]]:
         assert raw[:2] == b"\x1f\x8b", f"{key} is not stored gzip-compressed"
         files[key] = [orjson.loads(line) for line in gzip.decompress(raw).splitlines()]
     return files
+
+
+# -- DuckDB over an S3 bucket ---------------------------------------------------------------
+
+
+class BotoFileSystem(AbstractFileSystem):
+    """A read-only fsspec filesystem over a boto3 client, for DuckDB without its httpfs
+    extension (which needs a download this machine cannot make; s3fs pins an older botocore
+    than boto3 1.44 needs)."""
+
+    protocol = ("s3",)
+    root_marker = ""
+
+    def __init__(self, client, **kwargs):
+        super().__init__(**kwargs)
+        self.client = client
+
+    def ls(self, path, detail=True, **kwargs):
+        bucket, _, prefix = self._strip_protocol(path).rstrip("/").partition("/")
+        listing = self.client.list_objects_v2(
+            Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", Delimiter="/"
+        )
+        entries = [
+            {"name": f"{bucket}/{p['Prefix'].rstrip('/')}", "type": "directory", "size": 0}
+            for p in listing.get("CommonPrefixes", [])
+        ] + [
+            {"name": f"{bucket}/{o['Key']}", "type": "file", "size": o["Size"]}
+            for o in listing.get("Contents", [])
+        ]
+        return entries if detail else [e["name"] for e in entries]
+
+    def modified(self, path):
+        bucket, _, key = self._strip_protocol(path).partition("/")
+        return self.client.head_object(Bucket=bucket, Key=key)["LastModified"]
+
+    def _open(self, path, mode="rb", block_size=None, **kwargs):
+        return _BotoFile(self, path, mode, block_size=block_size or 4 * 1024 * 1024, **kwargs)
+
+
+class _BotoFile(AbstractBufferedFile):
+    def _fetch_range(self, start, end):
+        bucket, _, key = self.path.partition("/")
+        response = self.fs.client.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+        )
+        return response["Body"].read()
 
 
 def check_validation_fails(prism, store: Store, expected: str, **settings) -> str:

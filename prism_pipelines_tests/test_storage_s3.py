@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pytest
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.services import free_port
@@ -21,6 +20,7 @@ from prism_pipelines_tests.storage_helpers import (
     NAME,
     S3_KEY_ENV,
     S3_SECRET_ENV,
+    BotoFileSystem,
     H,
     S3Store,
     check_validation_fails,
@@ -146,49 +146,6 @@ def test_validate_names_refused_keys_and_missing_permissions(
         assert prism.sync(NAME, KEY).metadata["records"] == 10
 
 
-class _BotoFileSystem(AbstractFileSystem):
-    """A read-only fsspec filesystem over a boto3 client, for DuckDB without its httpfs
-    extension (which needs a download this machine cannot make; s3fs pins an older botocore
-    than boto3 1.44 needs)."""
-
-    protocol = ("s3",)
-    root_marker = ""
-
-    def __init__(self, client, **kwargs):
-        super().__init__(**kwargs)
-        self.client = client
-
-    def ls(self, path, detail=True, **kwargs):
-        bucket, _, prefix = self._strip_protocol(path).rstrip("/").partition("/")
-        listing = self.client.list_objects_v2(
-            Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", Delimiter="/"
-        )
-        entries = [
-            {"name": f"{bucket}/{p['Prefix'].rstrip('/')}", "type": "directory", "size": 0}
-            for p in listing.get("CommonPrefixes", [])
-        ] + [
-            {"name": f"{bucket}/{o['Key']}", "type": "file", "size": o["Size"]}
-            for o in listing.get("Contents", [])
-        ]
-        return entries if detail else [e["name"] for e in entries]
-
-    def modified(self, path):
-        bucket, _, key = self._strip_protocol(path).partition("/")
-        return self.client.head_object(Bucket=bucket, Key=key)["LastModified"]
-
-    def _open(self, path, mode="rb", block_size=None, **kwargs):
-        return _BotoFile(self, path, mode, block_size=block_size or 4 * 1024 * 1024, **kwargs)
-
-
-class _BotoFile(AbstractBufferedFile):
-    def _fetch_range(self, start, end):
-        bucket, _, key = self.path.partition("/")
-        response = self.fs.client.get_object(
-            Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}"
-        )
-        return response["Body"].read()
-
-
 def test_duckdb_counts_each_hours_records_over_the_hive_partitioned_archive(
     prism, gateway, s3_store
 ):
@@ -200,7 +157,7 @@ def test_duckdb_counts_each_hours_records_over_the_hive_partitioned_archive(
     prism.backfill(NAME, [partition_key(h) for h in hours])
 
     con = duckdb.connect()
-    con.register_filesystem(_BotoFileSystem(s3_store.client))
+    con.register_filesystem(BotoFileSystem(s3_store.client))
     rows = con.sql(
         f"""
         SELECT split_part(filename, '/logs/', 2)[1:10] AS day, hour::INTEGER AS hour,

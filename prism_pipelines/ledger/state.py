@@ -396,8 +396,10 @@ class Ledger:
                     ],
                 )
 
-    def record_manifest(self, integration: str, hour: datetime, at: datetime) -> None:
-        """Note that the hour's manifest was written at ``at``."""
+    def record_manifest(self, integration: str, hour: datetime) -> None:
+        """Note that the hour's manifest was just written: on the clock ``finish_batch`` stamps
+        batches with, so a batch recorded later makes it due again."""
+        at = utcnow()
         with self.engine.begin() as conn:
             found = conn.execute(
                 update(partitions).where(_partition_row(integration, hour)).values(manifest_at=at)
