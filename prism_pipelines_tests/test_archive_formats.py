@@ -39,7 +39,14 @@ from prism_pipelines_tests.storage_helpers import (
     Store,
     partition_key,
 )
-from prism_pipelines_tests.test_storage import store  # noqa: F401 - the fixture, reused
+from prism_pipelines_tests.test_storage import (
+    HEAP_BUDGET,
+    LARGE_ROWS,
+    MB,
+    insert_large_partition,
+    measure_memory,
+    store,  # noqa: F401 - the fixture, reused
+)
 
 GUARDRAILS = '[{"name": "pii", "action": "redact", "score": 0.91}]'
 #: the Parquet schema the contract fixes, written out here independently of the code's
@@ -73,6 +80,8 @@ CONTRACT_SCHEMA = pa.schema(
 )
 EXTENSION = {"jsonl": JSONL.extension, "parquet": PARQUET.extension}
 COLUMN = {name: i for i, name in enumerate(INSERT_COLUMNS)}
+#: the most of Arrow's memory pool a Parquet export may take, whatever the file's size
+ARROW_BUDGET = 16 * MB
 
 
 def local(tmp_path: Path, **settings) -> dict:
@@ -133,6 +142,32 @@ def test_parquet_file_has_the_contracts_columns_and_types_and_a_narrowed_integra
 
     [narrow] = (tmp_path / "bucket/narrow").rglob("*.parquet")
     assert pq.read_schema(narrow) == pa.schema([CONTRACT_SCHEMA.field(f) for f in narrowed])
+
+
+def test_parquet_export_of_a_large_hour_keeps_memory_bounded(prism, gateway, tmp_path):
+    """One batch of ``LARGE_ROWS`` padded rows: a row group per chunk goes to the staging file
+    as it is made, so neither the Python heap nor Arrow's memory pool holds the file."""
+    insert_large_partition(gateway)
+    prism.configure(local(tmp_path, format="parquet", batch_rows=LARGE_ROWS))
+    pool = pa.default_memory_pool()
+    pool.release_unused()
+
+    run, memory = measure_memory(lambda: prism.sync(NAME, KEY))
+
+    arrow_peak = pool.max_memory()
+    [path] = (tmp_path / "bucket").rglob("*.parquet")
+    numbers = {
+        "file_mb": round(path.stat().st_size / MB, 1),
+        "heap_peak_mb": round(memory.heap_peak / MB, 1),
+        "arrow_peak_mb": round(arrow_peak / MB, 1),
+        "sync_seconds": round(memory.seconds, 1),
+    }
+    print(f"\nlarge Parquet hour: {numbers}")
+    assert run.metadata["records"] == LARGE_ROWS and run.metadata["files"] == 1
+    assert pq.ParquetFile(path).metadata.num_row_groups == LARGE_ROWS // 5_000
+    assert memory.heap_peak < HEAP_BUDGET, numbers
+    # Arrow holds a chunk's columns and its compressed row group: a small part of the file.
+    assert arrow_peak < ARROW_BUDGET < path.stat().st_size, numbers
 
 
 # -- DuckDB over the hive layout, both formats, local and S3 --------------------------------
