@@ -13,6 +13,8 @@ alternate, A B C A B C …, and the table shows medians; every output is read ba
 each line valid JSON) before its time counts.
 
 - ``ours``: ``sync.deliver_partition`` with the local archive (what a Dagster run does per hour)
+- ``ours-parquet``: the same with ``format: parquet`` (zstd Parquet, a row group per chunk; its
+  output is read back by row count, each file's schema checked)
 - ``ours+dagster``: the same through Dagster: ``<name>_sync`` executed in process, one run for
   the hour (a ranged run for all rows), on a temporary SQLite-backed instance
 - ``floor``: ``psql -c "COPY (SELECT row_to_json(t) …) TO STDOUT" | gzip -N``, no Python at
@@ -79,7 +81,15 @@ INTEGRATION = "bench"
 
 DLT_VENV = BENCH / ".venv-dlt"
 DLT_REQUIREMENTS = ["dlt==1.31.0", "sqlalchemy>=2.0.36,<2.2", "psycopg2-binary", "pyarrow"]
-EXPORT_CANDIDATES = ["ours", "ours+dagster", "floor", "dlt-sqlalchemy", "dlt-pyarrow", "pandas"]
+EXPORT_CANDIDATES = [
+    "ours",
+    "ours-parquet",
+    "ours+dagster",
+    "floor",
+    "dlt-sqlalchemy",
+    "dlt-pyarrow",
+    "pandas",
+]
 
 # The floor's records: ours, field for field, shaped by PostgreSQL.
 FLOOR_SELECT = """SELECT row_to_json(t) FROM (SELECT request_id, model, provider, latency_ms,
@@ -625,11 +635,21 @@ def wait(proc: subprocess.Popen):
 
 
 def check_output(out: Path, candidate: str) -> tuple[int, int]:
-    """Lines written (each checked to be one JSON object) and bytes of the data files."""
+    """Records written (each JSONL line checked to be one JSON object, each Parquet file's
+    schema to be the contract's) and bytes of the data files."""
     import orjson
+    import pyarrow.parquet as pq
     from isal import igzip
 
+    from prism_pipelines.sinks.storage.formats import PARQUET_SCHEMA
+
     lines = size = 0
+    for path in sorted(out.rglob("*.parquet")):
+        parquet = pq.ParquetFile(path)
+        if parquet.schema_arrow != PARQUET_SCHEMA:
+            raise SystemExit(f"{candidate}: {path} does not have the contract's schema")
+        size += path.stat().st_size
+        lines += parquet.metadata.num_rows
     for path in sorted(out.rglob("*.jsonl.gz")):
         if "_dlt_" in str(path.relative_to(out)):
             continue
@@ -875,7 +895,9 @@ def _integration(out: Path, **settings):
     return IntegrationsFile.model_validate({"integrations": [entry]}).integrations[0], entry
 
 
-def child_ours(scope: str, table: str, out: Path, args: dict, sink_type: str = "local") -> dict:
+def child_ours(
+    scope: str, table: str, out: Path, args: dict, sink_type: str = "local", format_: str = "jsonl"
+) -> dict:
     from prism_pipelines.sinks import build_sink
     from prism_pipelines.source import GatewaySource
     from prism_pipelines.sync import deliver_partition
@@ -895,7 +917,7 @@ def child_ours(scope: str, table: str, out: Path, args: dict, sink_type: str = "
             endpoint_url=args["endpoint_url"],
         )
     else:
-        integration, _ = _integration(out)
+        integration, _ = _integration(out, type="local", path=str(out), format=format_)
     ledger = _fresh_ledger()
     source = GatewaySource(SOURCE_URL, table=table)
     sink = build_sink(integration)
@@ -1242,6 +1264,7 @@ def _single_sender(kind: str, integration, args: dict):
 CHILDREN = {
     "ours": child_ours,
     "ours-s3": child_ours_s3,
+    "ours-parquet": partial(child_ours, format_="parquet"),
     "ours+dagster": child_dagster,
     "backfill-sync": child_backfill_sync,
     "backfill-dagster": child_backfill_dagster,
