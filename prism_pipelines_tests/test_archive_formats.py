@@ -348,6 +348,36 @@ def test_manifest_appears_once_the_hour_is_complete_and_is_rewritten_after_late_
     assert len(second["files"]) == 4
 
 
+def test_manifest_on_each_cloud_is_rewritten_in_place_after_late_rows(
+    prism,
+    gateway,
+    store: Store,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+):
+    """On S3, Azure Blob and GCS the rewrite replaces the manifest it found (a conditional
+    write, like the data files'), and each version lists exactly the folder's files."""
+    monkeypatch.setattr(manifest_module, "utcnow", lambda: H + timedelta(hours=2))
+    prism.configure(store.integration(format="parquet", layout="hive", manifest=True))
+    folder = "logs/date=2026-11-22/hour=14/"
+
+    def manifest_and_files() -> tuple[dict, dict[str, bytes]]:
+        keys = store.object_keys()
+        files = {k.rpartition("/")[2]: store.read(k) for k in keys if "/batch_" in k}
+        assert f"{folder}_manifest.json" in keys and all(k.startswith(folder) for k in keys)
+        return orjson.loads(store.read(f"{folder}_manifest.json")), files
+
+    for round_, count in enumerate((40, 25)):
+        gateway.insert_rows([gateway_rows(H, count, start=round_ * 100)])
+        prism.sync(NAME, KEY)
+        manifest, files = manifest_and_files()
+        assert sorted(f["name"] for f in manifest["files"]) == sorted(files)
+        assert {f["name"]: f["sha256"] for f in manifest["files"]} == {
+            name: hashlib.sha256(raw).hexdigest() for name, raw in files.items()
+        }
+        assert manifest["records"] == (40 if round_ == 0 else 65)
+    assert store.content_headers(f"{folder}_manifest.json")[0] == "application/json"
+
+
 def test_format_layout_and_manifest_are_checked_and_only_storage_types_take_them():
     entry = {"name": "lake", "type": "s3", "bucket": "b", "region": "us-east-1"}
     queue = {"name": "events", "type": "sqs", "queue_url": "https://q", "region": "us-east-1"}
