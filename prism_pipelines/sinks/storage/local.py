@@ -54,7 +54,7 @@ class LocalSink(StorageSink):
                     out.flush()
                     os.fsync(out.fileno())
             with _locked(target.parent):
-                published = self._publish(key, temporary, target, replaces)
+                published = self._swap_in(key, temporary, target, replaces)
             # The rename is durable only once the folder is: before the ledger records it.
             _fsync(target.parent)
             return published
@@ -64,7 +64,7 @@ class LocalSink(StorageSink):
             if temporary != staged:
                 temporary.unlink(missing_ok=True)
 
-    def _publish(self, key: str, temporary: Path, target: Path, replaces: str | None) -> str:
+    def _swap_in(self, key: str, temporary: Path, target: Path, replaces: str | None) -> str:
         """The local folder's conditional write, under the hour folder's lock. A first publish
         is a hard link, which fails if the name exists, so it never replaces a file; a replace
         first checks that the file is still the one the ledger recorded (inode, mtime, size),
