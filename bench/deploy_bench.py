@@ -53,6 +53,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
+from prism_pipelines.dagster_defs.names import pool_name  # noqa: E402
 from prism_pipelines.hours import HOUR, floor_hour, partition_key, utcnow  # noqa: E402
 from prism_pipelines.source import GatewaySource  # noqa: E402
 from prism_pipelines_tests.deployment.conftest import wait_for  # noqa: E402
@@ -81,16 +82,8 @@ INSTANCE = {
         }
     },
     "concurrency": {
-        "runs": {
-            "max_concurrent_runs": 20,
-            "tag_concurrency_limits": [
-                {
-                    "key": "prism/integration",
-                    "value": {"applyLimitPerUniqueValue": True},
-                    "limit": 1,
-                }
-            ],
-        }
+        "runs": {"max_concurrent_runs": 20},
+        "pools": {"granularity": "run", "default_limit": 1},
     },
     "telemetry": {"enabled": False},
 }
@@ -148,20 +141,10 @@ def database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-def instance_settings(limits: dict[str, int]) -> dict:
-    """deploy/dagster.yaml (or its settings), with a run limit per named integration."""
+def instance_settings() -> dict:
+    """deploy/dagster.yaml (or its settings, for a checkout that does not have the file)."""
     deployed = REPO / "deploy" / "dagster.yaml"
-    settings = yaml.safe_load(deployed.read_text()) if deployed.exists() else INSTANCE
-    runs = settings["concurrency"]["runs"]
-    runs["tag_concurrency_limits"] = [
-        *({"key": "prism/integration", "value": name, "limit": n} for name, n in limits.items()),
-        *runs["tag_concurrency_limits"],
-    ]
-    if limits:  # the per-value limits above, not the general one, decide for these
-        for limit in runs["tag_concurrency_limits"]:
-            if isinstance(limit.get("value"), dict):
-                limit["limit"] = max(limit["limit"], *limits.values())
-    return settings
+    return yaml.safe_load(deployed.read_text()) if deployed.exists() else INSTANCE
 
 
 class Deployment:
@@ -179,7 +162,7 @@ class Deployment:
         logs, home = folder / "logs", folder / "dagster_home"
         for path in (logs, home):
             path.mkdir(parents=True, exist_ok=True)
-        (home / "dagster.yaml").write_text(yaml.safe_dump(instance_settings(self.limits)))
+        (home / "dagster.yaml").write_text(yaml.safe_dump(instance_settings()))
         with contextlib.ExitStack() as stack:
             names = [stack.enter_context(database(f"prism_bench_{p}")) for p in ("dg", "gw", "st")]
             instance_db, gateway_db, state_db = names
@@ -247,6 +230,13 @@ class Deployment:
                     )
                 )
             wait_for("the daemon's heartbeats", self.daemon_healthy, 180)
+            for name, limit in self.limits.items():  # the run limit of each integration's pool
+                self.graphql(
+                    "mutation ($k: String!, $n: Int!) { setConcurrencyLimit(concurrencyKey: $k, "
+                    "limit: $n) }",
+                    k=pool_name(name),
+                    n=limit,
+                )
             yield self
 
     # -- GraphQL ---------------------------------------------------------------------------------
@@ -444,9 +434,6 @@ def backfill(folder: Path, limits: list[int], hours: int) -> None:
                 p={
                     "partitionNames": keys,
                     "assetSelection": [{"path": ["prism", name]}],
-                    # the backfill's runs carry its tags: without this one they run as the
-                    # asset job, untagged, and no per-integration run limit applies to them
-                    "tags": [{"key": "prism/integration", "value": name}],
                 },
             )["launchPartitionBackfill"]
             if data["__typename"] != "LaunchBackfillSuccess":

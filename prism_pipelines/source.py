@@ -368,12 +368,28 @@ class GatewaySource:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
-        summaries = {}
-        for value, count, max_id in rows:
-            if isinstance(value, str):
-                value = datetime.fromisoformat(value)
-            summaries[value.replace(tzinfo=start.tzinfo)] = (count, max_id)
-        return summaries
+        return {_hour_of(value): (count, max_id) for value, count, max_id in rows}
+
+    def hours_after(self, after_id: int) -> dict[datetime, int]:
+        """The hours of the rows past ``after_id``, each with its highest id: a range scan of
+        the primary key over only those rows, whatever the size of the table (the late-data
+        sensor's look at what arrived since its last tick)."""
+        c = self.table.c
+        hour = self.row_hour()
+        statement = select(hour, func.max(c.id)).where(c.id > after_id).group_by(hour)
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        return {_hour_of(value): max_id for value, max_id in rows if value is not None}
+
+    def settled_through(self, after_id: int, settle_seconds: float) -> int:
+        """The highest id past ``after_id`` of a row ingested over ``settle_seconds`` ago by
+        the database's clock (``after_id`` when there is none): rows at or below it are
+        committed, by the settle rule the reader relies on. On PostgreSQL a backward walk of
+        the primary key that stops at the first settled row."""
+        c = self.table.c
+        statement = select(func.max(c.id)).where(c.id > after_id, ~self._unsettled(settle_seconds))
+        with self.engine.connect() as conn:
+            return conn.execute(statement).scalar() or after_id
 
     def insert_rows(
         self, chunks: Iterable[list[tuple]], columns: tuple[str, ...] = INSERT_COLUMNS
@@ -415,6 +431,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 @functools.cache
+def _hour_of(value: datetime | str) -> datetime:
+    """A ``row_hour`` value as a UTC datetime (SQLite answers text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _keep_freed_memory_for_reuse() -> None:
     """Let glibc keep up to 64 MiB of freed memory for reuse instead of handing it back to the OS.
 

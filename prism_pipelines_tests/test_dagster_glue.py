@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, inspect
 
 from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs.definitions import build_definitions
+from prism_pipelines.dagster_defs.names import asset_key
 from prism_pipelines.errors import PrismError
 from prism_pipelines.integrations import load_integrations
 
@@ -31,13 +32,19 @@ def test_the_package_uses_no_private_dagster_module():
     assert private == []
 
 
-def test_project_instance_runs_three_syncs_per_integration_at_once(tmp_path):
+def test_each_integration_is_a_pool_of_three_runs(tmp_path, monkeypatch):
+    """Every run that syncs an integration, whoever launched it (a backfill from the UI too),
+    holds a slot of the integration's pool from launch to end: 3 at once, in `make ui`'s
+    instance as in the deployed one."""
     shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     with DagsterInstance.from_config(str(tmp_path)) as instance:
-        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
-    assert limits == [
-        {"key": "prism/integration", "value": {"applyLimitPerUniqueValue": True}, "limit": 3}
-    ]
+        pools = instance.get_concurrency_config().pool_config
+    assert (pools.pool_granularity.value, pools.default_pool_limit) == ("run", 3)
+    deployed = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    assert deployed["concurrency"]["pools"] == {"granularity": "run", "default_limit": 3}
+    path = _integrations(tmp_path, monkeypatch)
+    defs = build_definitions(load_integrations(path))
+    assert defs.resolve_assets_def(asset_key("files")).op.pool == "prism_files"
 
 
 def _integrations(tmp_path, monkeypatch, **entry) -> Path:

@@ -148,6 +148,28 @@ def test_hour_still_behind_an_hour_after_its_request_is_requested_again(prism, g
     assert [r.partition_key for r in again.run_requests] == [key(hours_ago(4))]
 
 
+def test_hour_whose_run_failed_is_requested_again_once_the_destination_is_back(
+    prism, gateway, tmp_path
+):
+    """Not an hour later: as soon as a sync of the integration succeeded after the failure."""
+    (tmp_path / "a_file").write_text("not a folder")
+    prism.configure(archive(tmp_path, path=str(tmp_path / "a_file" / "bucket")))
+    gateway.insert_rows([gateway_rows(hours_ago(4), 5)])
+    first = tick(prism)
+    assert [r.partition_key for r in first.run_requests] == [key(hours_ago(4))]
+    assert not prism.sync("archive", key(hours_ago(4)), raise_on_error=False).success
+    still_broken = tick(prism, first.cursor)
+    assert still_broken.run_requests == []  # failing again would change nothing
+
+    prism.configure(archive(tmp_path))  # the operator fixed the destination
+    gateway.insert_rows([gateway_rows(THIS_HOUR, 2, ingested_at=NOW - timedelta(minutes=1))])
+    prism.sync("archive", key(THIS_HOUR))  # the schedule's next run succeeds
+    again = tick(prism, still_broken.cursor)
+    assert [r.partition_key for r in again.run_requests] == [key(hours_ago(4))]
+    prism.sync("archive", key(hours_ago(4)))
+    assert tick(prism, again.cursor).run_requests == []
+
+
 def test_rows_committed_below_the_cursor_are_found_and_delivered(prism, gateway, tmp_path):
     """No new highest id, only more rows than the ledger accounts for."""
     prism.configure(archive(tmp_path))
@@ -157,7 +179,8 @@ def test_rows_committed_below_the_cursor_are_found_and_delivered(prism, gateway,
         conn.execute(text("SELECT setval('prism_request_logs_id_seq', 15)"))
     gateway.insert_rows([rows[10:]])
     prism.sync("archive", key(hours_ago(3)))
-    assert tick(prism).run_requests == []
+    first_look = tick(prism)
+    assert first_look.run_requests == []
 
     slow = gateway_rows(hours_ago(3), 1, start=30)[0]
     with gateway.engine.begin() as conn:
@@ -166,13 +189,48 @@ def test_rows_committed_below_the_cursor_are_found_and_delivered(prism, gateway,
                 id=12, **dict(zip(gateway.table.c.keys()[1:], slow, strict=True))
             )
         )
-    found = tick(prism)
+    # Committed below the watermark, slower than the settle delay: not among the rows that
+    # arrived since the last tick, so found by the next full look, within the hour.
+    quiet = tick(prism, first_look.cursor)
+    assert quiet.run_requests == []
+    cursor = json.loads(quiet.cursor)
+    cursor["full_look_at"] = (NOW - timedelta(minutes=61)).isoformat()
+    found = tick(prism, json.dumps(cursor))
     assert [r.partition_key for r in found.run_requests] == [key(hours_ago(3))]
     prism.sync("archive", key(hours_ago(3)))
 
     assert tick(prism, found.cursor).run_requests == []
     ids = delivered_ids(tmp_path / "bucket")
     assert ids[slow[0]] == 1 and sum(ids.values()) == 31
+
+
+def test_between_full_looks_new_rows_are_found_in_their_hour_whatever_its_age(
+    prism, gateway, tmp_path, monkeypatch
+):
+    """Between full looks the sensor reads only the rows that arrived since its last tick (a
+    primary-key range, not the look-back window): a late row is found in its hour even past the
+    look-back, and an hour caught up is not compared again."""
+    monkeypatch.setenv("PRISM_LATE_DATA_LOOKBACK_HOURS", "2")
+    prism.configure(archive(tmp_path), source={"settle_seconds": 0})
+    gateway.insert_rows([gateway_rows(hours_ago(6), 10)])
+    prism.sync("archive", key(hours_ago(6)))
+    first = tick(prism)  # a full look: the two hours before the grace period, nothing behind
+    assert first.run_requests == []
+
+    late = gateway_rows(hours_ago(6), 2, start=10, ingested_at=NOW - timedelta(minutes=1))
+    gateway.insert_rows([late])
+    found = tick(prism, first.cursor)
+    assert [r.partition_key for r in found.run_requests] == [key(hours_ago(6))]
+    assert key(hours_ago(6)) in json.loads(found.cursor)["watched"]
+    assert tick(prism, found.cursor).run_requests == []  # requested already
+
+    prism.sync("archive", key(hours_ago(6)))
+    caught_up = tick(prism, found.cursor)
+    assert caught_up.run_requests == []
+    assert key(hours_ago(6)) not in json.loads(caught_up.cursor)["watched"]
+    assert json.loads(caught_up.cursor)["requested"] == {}
+    ids = delivered_ids(tmp_path / "bucket")
+    assert set(ids.values()) == {1} and all(row[0] in ids for row in late)
 
 
 def test_paused_integration_catches_up_every_hour_after_resume(prism, gateway, tmp_path):

@@ -22,7 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.names import asset_key
+from prism_pipelines.dagster_defs.names import asset_key, pool_name
 from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.dagster_defs.resources import PrismResource
 from prism_pipelines.hours import partition_key
@@ -61,6 +61,7 @@ def integration_asset(integration, partitions_def):
         kinds={destination(integration).kind},
         tags={"prism/integration": name, "prism/type": integration.type},
         group_name="prism",
+        pool=pool_name(name),
         backfill_policy=BackfillPolicy.multi_run(HOURS_PER_BACKFILL_RUN),
         output_required=False,
         check_specs=checks.check_specs(integration, partitions_def),

@@ -8,6 +8,13 @@ def asset_key(name: str) -> AssetKey:
     return AssetKey(["prism", name])
 
 
+def pool_name(name: str) -> str:
+    """The Dagster pool of the integration's asset: the run limit per integration
+    (dagster.yaml, ``concurrency.pools``) counts every run that materializes it, whoever
+    launched it: schedule, sensor, CLI or a backfill from the UI."""
+    return f"prism_{name}"
+
+
 def sync_job_name(name: str) -> str:
     return f"{name}_sync"
 

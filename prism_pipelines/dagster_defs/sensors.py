@@ -4,17 +4,24 @@ says how the second requests the historical data once), and ``prism_sync_failure
 ``<name>_late_data`` finds closed hours (older than the grace period, within the partitions)
 whose source rows are not all in the ledger — rows that arrived after the schedule stopped
 syncing their hour, hours that accrued while the integration was paused, hours whose run failed
-— and requests a sync of exactly those partitions. It compares, in one grouped query per side,
-each hour's (row count, highest id) in the source with the ledger's (delivered + rejected,
-cursor), over the last ``PRISM_LATE_DATA_LOOKBACK_HOURS`` hours (48 by default), extended back
-to its previous evaluation when it has not run for a while (a long pause). Its cursor remembers,
-per hour, the source's (highest id, rows) it requested a sync for: it asks again only when the
-source moved past that, or an hour later if the hour is still behind (the run failed). With
-``manifest: true`` it also requests a sync of each closed hour whose manifest is missing or
-stale (``Ledger.manifests_due``): that sync writes it. While the integration is paused (its
-schedule stopped) it skips, keeping its cursor, so resuming catches up every hour. Between
-runs it also re-evaluates the ``freshness`` check, so an integration that stopped syncing turns
-red without a run.
+— and requests a sync of exactly those partitions. It compares each hour's (row count, highest
+id) in the source with the ledger's (delivered + rejected, cursor).
+
+Which hours it compares: a full look, once an hour (``FULL_LOOK_EVERY``), compares every hour
+of the last ``PRISM_LATE_DATA_LOOKBACK_HOURS`` (48 by default), extended back to its previous
+evaluation after a long pause; it is the safety net for rows committed below the cursor by a
+transaction slower than the settle delay. Every other tick reads only the rows that arrived
+since the last one (ids past the cursor's settled watermark: a primary-key range scan) and
+compares the hours they fell in, and the hours still behind, once those are closed: on a table
+of months its cost follows the traffic since the last tick, not the look-back window.
+
+Its cursor remembers, per hour, the source's (highest id, rows) it requested a sync for: it
+asks again only when the source moved past that, or if the hour is still behind (its run
+failed) an hour later, or as soon as a sync of the integration succeeded after that failure (the
+destination is back). With ``manifest: true`` it also requests a sync of each closed hour whose
+manifest is missing or stale (``Ledger.manifests_due``): that sync writes it. While the integration is paused (its schedule stopped) it skips, keeping its
+cursor, so resuming catches up every hour. Between runs it also re-evaluates the ``freshness``
+check, so an integration that stopped syncing turns red without a run.
 
 ``prism_sync_failures`` reports every failed sync — integration, partitions, error — in its log
 (the run's own failure event is in the UI already), marks the ``status`` check failed if the run
@@ -41,7 +48,13 @@ from dagster import (
     sensor,
 )
 
-from prism_pipelines.backlog import backlog, first_configured, lookback
+from prism_pipelines.backlog import (
+    backlog,
+    first_configured,
+    hours_backlog,
+    ledger_errors,
+    lookback,
+)
 from prism_pipelines.dagster_defs import checks
 from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
 from prism_pipelines.dagster_defs.names import (
@@ -58,13 +71,16 @@ from prism_pipelines.dagster_defs.status import (
     run_failure_message,
 )
 from prism_pipelines.errors import PrismError
-from prism_pipelines.hours import floor_hour, partition_key, utcnow
+from prism_pipelines.hours import HOUR, floor_hour, hour_of_key, partition_key, utcnow
 from prism_pipelines.integrations import IntegrationsFile
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.notifications import Failure, NotificationError, notify_failure
 
-#: a requested hour that is still behind after this long is requested again (its run failed)
+#: a requested hour still behind after this long is requested again (its run failed), or as soon
+#: as the integration synced successfully after that failure (the destination is back)
 RETRY_AFTER = timedelta(hours=1)
+#: how often the sensor compares the whole look-back window rather than the hours new rows fell in
+FULL_LOOK_EVERY = timedelta(hours=1)
 DEFAULT_INTERVAL_SECONDS = 300
 
 
@@ -87,9 +103,15 @@ def late_data_interval_seconds() -> int:
 
 @dataclass
 class LateDataCursor:
-    """``{"checked_at": ISO time, "requested": {partition key: [max id, rows, ISO time]}}``"""
+    """``{"checked_at": ISO time, "full_look_at": ISO time, "seen_id": N, "watched": [partition
+    keys], "requested": {partition key: [max id, rows, ISO time]}}``: ``seen_id`` is the
+    source's settled watermark at the last tick, ``watched`` the hours to compare once closed
+    (they received rows, or are still behind)."""
 
     checked_at: datetime | None = None
+    full_look_at: datetime | None = None
+    seen_id: int | None = None
+    watched: set[datetime] = field(default_factory=set)
     requested: dict[str, tuple[int, int, datetime]] = field(default_factory=dict)
 
     @classmethod
@@ -97,8 +119,15 @@ class LateDataCursor:
         if not text:
             return cls()
         raw = json.loads(text)
+
+        def moment(key: str) -> datetime | None:
+            return datetime.fromisoformat(raw[key]) if raw.get(key) else None
+
         return cls(
-            checked_at=datetime.fromisoformat(raw["checked_at"]) if raw.get("checked_at") else None,
+            checked_at=moment("checked_at"),
+            full_look_at=moment("full_look_at"),
+            seen_id=raw.get("seen_id"),
+            watched={hour_of_key(key) for key in raw.get("watched", [])},
             requested={
                 key: (int(max_id), int(rows), datetime.fromisoformat(at))
                 for key, (max_id, rows, at) in raw.get("requested", {}).items()
@@ -109,6 +138,9 @@ class LateDataCursor:
         return json.dumps(
             {
                 "checked_at": self.checked_at.isoformat() if self.checked_at else None,
+                "full_look_at": self.full_look_at.isoformat() if self.full_look_at else None,
+                "seen_id": self.seen_id,
+                "watched": sorted(partition_key(hour) for hour in self.watched),
                 "requested": {
                     key: [max_id, rows, at.isoformat()]
                     for key, (max_id, rows, at) in sorted(self.requested.items())
@@ -144,20 +176,46 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
             if integration.history.since is None:  # records the partitions' start (read at load)
                 ledger.first_configured(name, now=partitions_def.start)
             end = floor_hour(now - grace)  # hours before this one are closed and past grace
+            last = floor_hour(now) + HOUR  # the partitions end here (or at history.until)
             if integration.history.until:
                 end = min(end, integration.history.until)
-            since = min(cursor.checked_at or now, now)
-            start = max(floor_hour(since - grace) - lookback(), partitions_def.start)
-            behind = backlog(source, ledger, name, start, end)
+                last = min(last, integration.history.until)
+            watermark = source.settled_through(cursor.seen_id or 0, prism.settle_seconds)
+            full_look = cursor.seen_id is None or now - cursor.full_look_at >= FULL_LOOK_EVERY
+            if full_look:
+                since = min(cursor.checked_at or now, now)
+                start = max(floor_hour(since - grace) - lookback(), partitions_def.start)
+                behind = backlog(source, ledger, name, start, end)
+                # The hours not closed yet: compared once they are (their rows so far are
+                # below the new watermark, so no later tick would see them arrive).
+                cursor.watched = set(hours_between(end, last))
+                cursor.full_look_at = now
+            else:
+                cursor.watched |= set(source.hours_after(cursor.seen_id))
+                cursor.watched = {h for h in cursor.watched if partitions_def.start <= h < last}
+                start = min(cursor.watched, default=end)
+                behind = hours_backlog(source, ledger, name, [h for h in cursor.watched if h < end])
+                cursor.watched = {h for h in cursor.watched if h >= end}
+            cursor.watched |= {h.hour for h in behind}  # compared again until caught up
+            cursor.seen_id = watermark
             requests = []
+            recovered_at = ledger_errors(ledger, name).last_success_at if behind else None
             for hour in behind:
                 key = partition_key(hour.hour)
                 asked = cursor.requested.get(key)
+                failed_then_recovered = (
+                    asked is not None
+                    and hour.failed_at is not None
+                    and hour.failed_at > asked[2]
+                    and recovered_at is not None
+                    and recovered_at > hour.failed_at
+                )
                 if (
                     asked is not None
                     and hour.max_id <= asked[0]
                     and hour.rows <= asked[1]
                     and now - asked[2] < RETRY_AFTER
+                    and not failed_then_recovered
                 ):
                     continue  # already requested for this state of the source
                 cursor.requested[key] = (hour.max_id, hour.rows, now)

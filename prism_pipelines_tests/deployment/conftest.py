@@ -140,6 +140,7 @@ class Deployment:
     hour: datetime  # the hour the tier started in
     paused_at: dict[str, float] = field(default_factory=dict)
     fixed_at: float = 0.0  # when the refused destination was fixed
+    backfilled: set[str] = field(default_factory=set)  # the rows the GraphQL backfill delivered
 
     # -- the webserver's GraphQL API -------------------------------------------------------------
 

@@ -39,7 +39,7 @@ BACKFILL = """
 query ($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
     ... on PartitionBackfill { status partitionNames error { message }
-                               runs { runId status tags { key value } } }
+                               runs { runId status allPools tags { key value } } }
     ... on PythonError { message }
   }
 }"""
@@ -128,7 +128,15 @@ def test_backfill_launched_over_graphql_delivers_old_hours(deployment):
         until=lambda found: found.get("status", "REQUESTED") != "REQUESTED",
     )
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
-    assert not missing_or_doubled(deployment, "manual", deployment.source_ids(start, end))
+    deployment.backfilled = deployment.source_ids(start, end)
+    assert not missing_or_doubled(deployment, "manual", deployment.backfilled)
+    # Its runs are Dagster's asset job, without our tags, and still in the integration's pool:
+    # the run queue held them to the pool's limit, which deploy/dagster.yaml's default set.
+    assert all(run["allPools"] == ["prism_manual"] for run in backfill["runs"]), backfill["runs"]
+    pool = deployment.graphql(
+        'query { instance { concurrencyLimit(concurrencyKey: "prism_manual") { slotCount } } }'
+    )["instance"]["concurrencyLimit"]
+    assert pool["slotCount"] == 3, pool
     # A backfill from the UI is in the integration's sync history like any other sync.
     run_ids = {run["runId"] for run in backfill["runs"]}
     history = deployment.cli("history", "manual", "--json")
@@ -260,8 +268,10 @@ def test_every_source_row_lands_exactly_once(deployment):
         }
 
     wait_for("every integration complete", wrong, SCHEDULED, until=lambda problems: not problems)
-    # 'manual' is paused: exactly what was run and backfilled, nothing twice.
-    assert not missing_or_doubled(deployment, "manual", deployment.source_ids(start, now))
+    # 'manual' is paused: exactly what its backfill delivered (not the late rows inserted since),
+    # nothing twice.
+    assert not missing_or_doubled(deployment, "manual", deployment.backfilled)
+    assert set(deployment.delivered("manual")) == deployment.backfilled
 
 
 def test_no_schedule_or_sensor_tick_failed(deployment):

@@ -60,13 +60,13 @@ def test_image_and_helm_start_the_code_server_as_compose_does():
 
 
 def test_helm_has_the_instance_settings_of_dagster_yaml():
-    runs = INSTANCE["concurrency"]["runs"]
+    concurrency = INSTANCE["concurrency"]
     assert HELM["concurrency"]["runs"] == {
-        "maxConcurrentRuns": runs["max_concurrent_runs"],
-        "tagConcurrencyLimits": [
-            {"key": limit["key"], "value": limit["value"], "limit": limit["limit"]}
-            for limit in runs["tag_concurrency_limits"]
-        ],
+        "maxConcurrentRuns": concurrency["runs"]["max_concurrent_runs"]
+    }
+    assert HELM["concurrency"]["pools"] == {
+        "granularity": concurrency["pools"]["granularity"],
+        "defaultLimit": concurrency["pools"]["default_limit"],
     }
     retries = INSTANCE["run_retries"]
     assert HELM["dagsterDaemon"]["runRetries"] == {
@@ -85,7 +85,7 @@ def _key_paths(value, prefix: str = "") -> list[str]:
         paths = []
         for key, child in value.items():
             path = f"{prefix}.{key}" if prefix else key
-            stop = key in KUBERNETES_OBJECTS or key == "tagConcurrencyLimits"
+            stop = key in KUBERNETES_OBJECTS
             paths += [path] if stop else _key_paths(child, path)
         return paths
     if isinstance(value, list) and value and isinstance(value[0], dict):

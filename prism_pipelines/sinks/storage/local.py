@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prism_pipelines.errors import DestinationError
-from prism_pipelines.sinks.storage.base import StorageSink
+from prism_pipelines.sinks.storage.base import StorageSink, partition_folder
 
 
 class LocalSink(StorageSink):
@@ -54,7 +54,7 @@ class LocalSink(StorageSink):
                     out.flush()
                     os.fsync(out.fileno())
             with _locked(target.parent):
-                published = self._link_or_replace(key, temporary, target, replaces)
+                published = self._swap_in(key, temporary, target, replaces)
             # The rename is durable only once the folder is: before the ledger records it.
             _fsync(target.parent)
             return published
@@ -64,9 +64,7 @@ class LocalSink(StorageSink):
             if temporary != staged:
                 temporary.unlink(missing_ok=True)
 
-    def _link_or_replace(
-        self, key: str, temporary: Path, target: Path, replaces: str | None
-    ) -> str:
+    def _swap_in(self, key: str, temporary: Path, target: Path, replaces: str | None) -> str:
         """The local folder's conditional write, under the hour folder's lock. A first publish
         is a hard link, which fails if the name exists, so it never replaces a file; a replace
         first checks that the file is still the one the ledger recorded (inode, mtime, size),
@@ -93,12 +91,11 @@ class LocalSink(StorageSink):
             raise
 
     def clean_up(self, partition: datetime, stale_after: float) -> None:
-        """Delete the hour's temporary files that crashed runs left (``.batch_*.tmp``,
-        ``._manifest.json.*.tmp``). Only those untouched for ``stale_after`` seconds: a live run
-        writes its own continuously."""
-        folder = self.folder / self.folder_of(partition)
+        """Delete the hour's temporary files that crashed runs left (``.batch_*.tmp``). Only
+        those untouched for ``stale_after`` seconds: a live run writes its own continuously."""
+        folder = self.folder / partition_folder(self.integration.prefix, partition)
         cutoff = time.time() - stale_after
-        for temporary in folder.glob(".*.tmp"):
+        for temporary in folder.glob(".batch_*.tmp"):
             try:
                 if temporary.stat().st_mtime < cutoff:
                     temporary.unlink()
