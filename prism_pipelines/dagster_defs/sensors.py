@@ -17,11 +17,12 @@ of months its cost follows the traffic since the last tick, not the look-back wi
 
 Its cursor remembers, per hour, the source's (highest id, rows) it requested a sync for: it
 asks again only when the source moved past that, or if the hour is still behind (its run
-failed) an hour later, or as soon as a sync of the integration succeeded after that failure (the
-destination is back). With ``manifest: true`` it also requests a sync of each closed hour whose
-manifest is missing or stale (``Ledger.manifests_due``): that sync writes it. While the integration is paused (its schedule stopped) it skips, keeping its
-cursor, so resuming catches up every hour. Between runs it also re-evaluates the ``freshness``
-check, so an integration that stopped syncing turns red without a run.
+failed) an hour later, or as soon as a sync of the integration succeeded after that failure
+(the destination is back). With ``manifest: true`` it also requests a sync of each closed hour
+whose manifest is missing or stale (``Ledger.manifests_due``): that sync writes it. While the
+integration is paused (its schedule stopped) it skips, keeping its cursor, so resuming catches
+up every hour. Between runs it also re-evaluates the ``freshness`` check, so an integration that
+stopped syncing turns red without a run.
 
 ``prism_sync_failures`` reports every failed sync — integration, partitions, error — in its log
 (the run's own failure event is in the UI already), marks the ``status`` check failed if the run
