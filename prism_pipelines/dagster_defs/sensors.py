@@ -7,9 +7,10 @@ syncing their hour, hours that accrued while the integration was paused, hours w
 — and requests a sync of exactly those partitions. It compares each hour's (row count, highest
 id) in the source with the ledger's (delivered + rejected, cursor).
 
-Which hours it compares: a full look, once an hour (``FULL_LOOK_EVERY``), compares every hour
-of the last ``PRISM_LATE_DATA_LOOKBACK_HOURS`` (48 by default), extended back to its previous
-evaluation after a long pause; it is the safety net for rows committed below the cursor by a
+Which hours it compares: a full look, once an hour (``FULL_LOOK_EVERY``) and when
+``history.since`` moved earlier, compares every hour of the last
+``PRISM_LATE_DATA_LOOKBACK_HOURS`` (48 by default), extended back to its previous evaluation
+after a long pause; it is the safety net for rows committed below the cursor by a
 transaction slower than the settle delay. Every other tick reads only the rows that arrived
 since the last one (ids past the cursor's settled watermark: a primary-key range scan) and
 compares the hours they fell in, and the hours still behind, once those are closed: on a table
@@ -104,13 +105,15 @@ def late_data_interval_seconds() -> int:
 
 @dataclass
 class LateDataCursor:
-    """``{"checked_at": ISO time, "full_look_at": ISO time, "seen_id": N, "watched": [partition
-    keys], "requested": {partition key: [max id, rows, ISO time]}}``: ``seen_id`` is the
-    source's settled watermark at the last tick, ``watched`` the hours to compare once closed
-    (they received rows, or are still behind)."""
+    """``{"checked_at": ISO time, "full_look_at": ISO time, "partitions_start": ISO time,
+    "seen_id": N, "watched": [partition keys], "requested": {partition key: [max id, rows, ISO
+    time]}}``: ``seen_id`` is the source's settled watermark at the last tick, ``watched`` the
+    hours to compare once closed (they received rows, or are still behind),
+    ``partitions_start`` the first partition when it last looked (``history.since``)."""
 
     checked_at: datetime | None = None
     full_look_at: datetime | None = None
+    partitions_start: datetime | None = None
     seen_id: int | None = None
     watched: set[datetime] = field(default_factory=set)
     requested: dict[str, tuple[int, int, datetime]] = field(default_factory=dict)
@@ -127,6 +130,7 @@ class LateDataCursor:
         return cls(
             checked_at=moment("checked_at"),
             full_look_at=moment("full_look_at"),
+            partitions_start=moment("partitions_start"),
             seen_id=raw.get("seen_id"),
             watched={hour_of_key(key) for key in raw.get("watched", [])},
             requested={
@@ -140,6 +144,9 @@ class LateDataCursor:
             {
                 "checked_at": self.checked_at.isoformat() if self.checked_at else None,
                 "full_look_at": self.full_look_at.isoformat() if self.full_look_at else None,
+                "partitions_start": self.partitions_start.isoformat()
+                if self.partitions_start
+                else None,
                 "seen_id": self.seen_id,
                 "watched": sorted(partition_key(hour) for hour in self.watched),
                 "requested": {
@@ -182,7 +189,13 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
                 end = min(end, integration.history.until)
                 last = min(last, integration.history.until)
             watermark = source.settled_through(cursor.seen_id or 0, prism.settle_seconds)
-            full_look = cursor.seen_id is None or now - cursor.full_look_at >= FULL_LOOK_EVERY
+            full_look = (
+                cursor.seen_id is None
+                or now - cursor.full_look_at >= FULL_LOOK_EVERY
+                # history.since moved earlier: hours no tick has compared yet
+                or cursor.partitions_start is None
+                or partitions_def.start < cursor.partitions_start
+            )
             if full_look:
                 since = min(cursor.checked_at or now, now)
                 start = max(floor_hour(since - grace) - lookback(), partitions_def.start)
@@ -190,7 +203,7 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
                 # The hours not closed yet: compared once they are (their rows so far are
                 # below the new watermark, so no later tick would see them arrive).
                 cursor.watched = set(hours_between(end, last))
-                cursor.full_look_at = now
+                cursor.full_look_at, cursor.partitions_start = now, partitions_def.start
             else:
                 cursor.watched |= set(source.hours_after(cursor.seen_id))
                 cursor.watched = {h for h in cursor.watched if partitions_def.start <= h < last}
