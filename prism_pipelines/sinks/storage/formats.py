@@ -1,9 +1,8 @@
 """The archive's file formats (``format:`` of a storage integration): gzip JSONL, the spec's, and
 Parquet, for query engines. Both stream: a batch is written chunk by chunk into the staging
 file (each chunk compressed onto the gzip stream, or one Parquet row group per chunk), never
-whole in memory. Each
-writer hashes the bytes as they reach the staging file, so the file's sha256 (the manifest's) is
-known without reading the file again.
+whole in memory. Each writer hashes the bytes as they reach the staging file, so the file's
+sha256 (the manifest's) is known without reading the file again.
 """
 
 from __future__ import annotations
