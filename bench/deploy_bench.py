@@ -164,8 +164,9 @@ class Deployment:
             path.mkdir(parents=True, exist_ok=True)
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance_settings()))
         with contextlib.ExitStack() as stack:
-            names = [stack.enter_context(database(f"prism_bench_{p}")) for p in ("dg", "gw", "st")]
-            instance_db, gateway_db, state_db = names
+            instance_db, gateway_db = (
+                stack.enter_context(database(f"prism_bench_{p}")) for p in ("dg", "gw")
+            )
             self.source = GatewaySource(f"{PG}/{gateway_db}")
             self.source.create_table()
             stack.callback(self.source.engine.dispose)
@@ -177,7 +178,6 @@ class Deployment:
                 "DAGSTER_PG_PASSWORD": "",
                 "DAGSTER_PG_DB": instance_db,
                 "PRISM_SOURCE_URL": f"{PG}/{gateway_db}",
-                "PRISM_STATE_URL": f"{PG}/{state_db}",
                 "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_EC2_METADATA_DISABLED": "true",
@@ -186,7 +186,15 @@ class Deployment:
             for location, (checkout, integrations) in self.locations.items():
                 config = folder / f"{location}.integrations.yaml"
                 config.write_text(yaml.safe_dump({"integrations": integrations}))
-                env = {**self.env, "PYTHONPATH": str(checkout), "PRISM_INTEGRATIONS": str(config)}
+                # A state database per location: checkouts of different state revisions (the
+                # overhead's baseline) cannot share one (a newer revision refuses the older code).
+                state_db = stack.enter_context(database(f"prism_bench_st_{location}"))
+                env = {
+                    **self.env,
+                    "PYTHONPATH": str(checkout),
+                    "PRISM_INTEGRATIONS": str(config),
+                    "PRISM_STATE_URL": f"{PG}/{state_db}",
+                }
                 with _patched_env(env):
                     port = stack.enter_context(
                         run_server(
@@ -448,14 +456,17 @@ def backfill(folder: Path, limits: list[int], hours: int) -> None:
                 3600,
                 until=lambda s: s not in ("REQUESTED", "CANCELING", "FAILING"),
             )
-            runs = deployment.runs(name)
-            wait_for(
+            # The backfill's runs are Dagster's asset job, without our tags: found by its id.
+            runs = wait_for(
                 f"the runs of {name}",
-                lambda name=name: deployment.runs(name),
+                lambda id_=data["backfillId"]: deployment.graphql(
+                    """query ($id: String!) { partitionBackfillOrError(backfillId: $id) {
+                         ... on PartitionBackfill { runs { status endTime } } } }""",
+                    id=id_,
+                )["partitionBackfillOrError"]["runs"],
                 600,
-                until=lambda rs: all(r["status"] not in IN_PROGRESS for r in rs),
+                until=lambda rs: rs and all(r["status"] not in IN_PROGRESS for r in rs),
             )
-            runs = deployment.runs(name)
             seconds = max(r["endTime"] for r in runs) - launched
             found = archived_ids(archive / name)
             twice = sum(1 for c in found.values() if c > 1)
