@@ -33,6 +33,7 @@ import contextlib
 import gzip
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,26 +68,6 @@ REPOSITORY = "__repository__"
 BACKFILL_HOURS = 720
 BACKFILL_ROWS_PER_HOUR = 20
 BACKFILL_LIMITS = (1, 2, 4)
-#: deploy/dagster.yaml's settings, for a checkout that does not have the file yet
-INSTANCE = {
-    "storage": {
-        "postgres": {
-            "postgres_db": {
-                "scheme": "postgresql+psycopg2",
-                "hostname": {"env": "DAGSTER_PG_HOST"},
-                "port": {"env": "DAGSTER_PG_PORT"},
-                "username": {"env": "DAGSTER_PG_USERNAME"},
-                "password": {"env": "DAGSTER_PG_PASSWORD"},
-                "db_name": {"env": "DAGSTER_PG_DB"},
-            }
-        }
-    },
-    "concurrency": {
-        "runs": {"max_concurrent_runs": 20},
-        "pools": {"granularity": "run", "default_limit": 1},
-    },
-    "telemetry": {"enabled": False},
-}
 IN_PROGRESS = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 EVENTS = {
     "RunEnqueuedEvent": "queued",
@@ -141,12 +122,6 @@ def database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-def instance_settings() -> dict:
-    """deploy/dagster.yaml (or its settings, for a checkout that does not have the file)."""
-    deployed = REPO / "deploy" / "dagster.yaml"
-    return yaml.safe_load(deployed.read_text()) if deployed.exists() else INSTANCE
-
-
 class Deployment:
     """Code server(s), webserver and daemon on a PostgreSQL instance; GraphQL to drive them."""
 
@@ -162,7 +137,7 @@ class Deployment:
         logs, home = folder / "logs", folder / "dagster_home"
         for path in (logs, home):
             path.mkdir(parents=True, exist_ok=True)
-        (home / "dagster.yaml").write_text(yaml.safe_dump(instance_settings()))
+        shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
         with contextlib.ExitStack() as stack:
             instance_db, gateway_db = (
                 stack.enter_context(database(f"prism_bench_{p}")) for p in ("dg", "gw")

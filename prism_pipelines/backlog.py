@@ -192,10 +192,10 @@ def _behind(
         cursor = state.cursor if state else 0
         accounted = (state.delivered + state.rejected) if state else 0
         if max_id > cursor or rows > accounted:
-            failed_at = state and state.last_error and utc(state.last_error_at)
+            failed_at = utc(state.last_error_at) if state and state.last_error else None
             if failed_at and state.last_success_at and utc(state.last_success_at) > failed_at:
                 failed_at = None  # it failed once, then a sync of it succeeded
-            behind.append(HourBacklog(hour, rows, max_id, cursor, accounted, failed_at or None))
+            behind.append(HourBacklog(hour, rows, max_id, cursor, accounted, failed_at))
     return behind
 
 
