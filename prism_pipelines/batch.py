@@ -20,15 +20,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 
-from prism_pipelines.records import Reject, encode_jsonl, encode_record
+from prism_pipelines.records import (
+    Reject,
+    build_columns,
+    build_records,
+    encode_jsonl,
+    encode_record,
+)
 
 
 @dataclass
 class Chunk:
-    """Some consecutive rows of a batch: the records built from them with their source ids
-    (for rejects), and what the batch learns from them."""
+    """Some consecutive rows of a batch, checked (``records.check_rows``): the rows that can be
+    exported with their source ids (for rejects), the records or columns built from them when
+    a sink asks, and what the batch learns from them."""
 
-    records: list[dict]
+    #: reader rows that can be exported (``records.check_rows``)
+    rows: list[tuple]
     ids: list[int]
     #: the highest source id of the rows, rejected ones included
     through_id: int
@@ -37,6 +45,19 @@ class Chunk:
     #: None when every row's time was no time (each of them rejected)
     first_event: datetime | None
     last_event: datetime | None
+    #: the rows' guardrail results, parsed, by position
+    guardrails: dict[int, object] = field(default_factory=dict)
+    #: the integration's narrower list of fields, if it has one
+    fields: tuple[str, ...] | None = None
+
+    @cached_property
+    def records(self) -> list[dict]:
+        """The exported records (JSON lines, queue messages, Datadog)."""
+        return build_records(self.rows, self.guardrails, self.fields)
+
+    def columns(self) -> dict[str, tuple]:
+        """The exported fields as columns (Parquet): no record is built."""
+        return build_columns(self.rows, self.fields)
 
     @cached_property
     def lines(self) -> list[bytes]:
@@ -89,7 +110,7 @@ class Batch:
         """The batch's records, chunk by chunk; read once, by the sink."""
         for chunk in self._source:
             self.through_id = max(self.through_id or 0, chunk.through_id)
-            self.records_read += len(chunk.records)
+            self.records_read += len(chunk.ids)
             self.rejects.extend(chunk.rejects)
             if chunk.first_event is not None:
                 self.first_event = min(filter(None, (self.first_event, chunk.first_event)))

@@ -2,10 +2,13 @@
 
 This is the hot path of every export. The reader (``source.GatewaySource.stream_rows``) hands
 over rows already in the record's shape: the exported fields in order, ``timestamp`` already
-formatted, ``cost`` already a float, then the source id. So a record is one ``dict(zip())``, a
-C-level call, and only the few rows that need it (guardrail results to parse, a required value
-missing, a cost that is not a finite number) cost any per-row Python; the checks that find them
-are per chunk, at C speed. What happens to which bad row is in docs/reliability.md, "Bad rows".
+formatted, ``cost`` already a float, then the source id. ``check_rows`` keeps the rows that can
+be exported; only the few rows that need it (guardrail results to parse, a required value
+missing, a cost that is not a finite number) cost any per-row Python, and the checks that find
+them are per chunk, at C speed. A sink then takes the checked rows in the shape it sends:
+records (one dict display per row: JSON lines, queue messages, Datadog) or columns (one
+transposition of the chunk: Parquet), and pays only for that one. What happens to which bad
+row is in docs/reliability.md, "Bad rows".
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ _ROW_REQUIRED = tuple(
         ("timestamp", "timestamp is null or not a valid time"),
     )
 )
+_POSITION = {f: i for i, f in enumerate(EXPORTED_FIELDS)}
 #: the run-metadata counter of costs sent as null (JSON has no NaN or Infinity)
 COSTS_NOT_FINITE = "costs_not_finite_sent_as_null"
 
@@ -98,12 +102,54 @@ def format_timestamp(value: datetime) -> str:
     return text[:23] + "Z"
 
 
+def check_rows(
+    rows: list[tuple], counters: Counter | None = None
+) -> tuple[list[tuple], list[int], list[Reject], dict[int, object]]:
+    """The rows of a chunk that can be exported, with their source ids, the rows that cannot (a
+    required value missing, unreadable text or guardrail results) as rejects, and the exported
+    rows' guardrail results parsed, by position. A cost that is NaN or infinite becomes null
+    in its row (JSON has no NaN or Infinity), counted in ``counters``."""
+    bad = {i: f"malformed row: {problem}" for i, problem in getattr(rows, "malformed", {}).items()}
+    if any(None in map(itemgetter(position), rows) for position, _ in _ROW_REQUIRED):
+        for i, row in enumerate(rows):
+            missing = [problem for position, problem in _ROW_REQUIRED if row[position] is None]
+            if missing and i not in bad:
+                bad[i] = f"malformed row: {', '.join(missing)}"
+    # NaN and infinities make the sum non-finite: one C-level pass finds whether to look.
+    if not math.isfinite(sum(filter(None, map(itemgetter(_ROW_COST), rows)))):
+        rows = list(rows)  # the reader's list stays as read (its ``malformed`` is kept above)
+        not_finite = 0
+        for i, row in enumerate(rows):
+            cost = row[_ROW_COST]
+            if cost is not None and not math.isfinite(cost):
+                rows[i] = (*row[:_ROW_COST], None, *row[_ROW_COST + 1 :])
+                not_finite += 1
+        if counters is not None and not_finite:
+            counters[COSTS_NOT_FINITE] += not_finite
+    guardrails = {}
+    texts = [row[_ROW_GUARDRAILS] for row in rows]
+    loads = orjson.loads
+    for i in compress(range(len(rows)), map(is_not, texts, repeat(None))):
+        if i in bad:
+            continue
+        try:
+            guardrails[i] = loads(texts[i])
+        except orjson.JSONDecodeError as exc:
+            bad[i] = f"malformed row: guardrail_results is not JSON ({exc})"
+    rejects = [Reject(rows[i][ROW_ID], rows[i][0], reason) for i, reason in sorted(bad.items())]
+    if bad:
+        kept = [i for i in range(len(rows)) if i not in bad]
+        position = {i: n for n, i in enumerate(kept)}
+        guardrails = {position[i]: value for i, value in guardrails.items()}
+        rows = [rows[i] for i in kept]
+    return rows, [row[ROW_ID] for row in rows], rejects, guardrails
+
+
 def build_records(
-    rows: list[tuple], fields: tuple[str, ...] | None = None, counters: Counter | None = None
-) -> tuple[list[dict], list[int], list[Reject]]:
-    """Exported records for a chunk of reader rows, with their source ids, and the rows that
-    cannot be exported (a required value missing, unreadable text or guardrail results) as
-    rejects. A cost that is NaN or infinite is sent as null, counted in ``counters``."""
+    rows: list[tuple], guardrails: dict[int, object], fields: tuple[str, ...] | None = None
+) -> list[dict]:
+    """Exported records of checked rows (``check_rows``), with their guardrail results parsed,
+    narrowed to ``fields``."""
     # A dict display: a third faster than dict(zip(EXPORTED_FIELDS, row)), in the same order.
     records = [
         {
@@ -134,39 +180,19 @@ def build_records(
         }
         for r in rows
     ]
-    ids = [row[ROW_ID] for row in rows]
-    bad = {i: f"malformed row: {problem}" for i, problem in getattr(rows, "malformed", {}).items()}
-    if any(None in map(itemgetter(position), rows) for position, _ in _ROW_REQUIRED):
-        for i, row in enumerate(rows):
-            missing = [problem for position, problem in _ROW_REQUIRED if row[position] is None]
-            if missing and i not in bad:
-                bad[i] = f"malformed row: {', '.join(missing)}"
-    # NaN and infinities make the sum non-finite: one C-level pass finds whether to look.
-    if not math.isfinite(sum(filter(None, map(itemgetter(_ROW_COST), rows)))):
-        not_finite = 0
-        for record in records:
-            cost = record["cost"]
-            if cost is not None and not math.isfinite(cost):
-                record["cost"] = None
-                not_finite += 1
-        if counters is not None and not_finite:
-            counters[COSTS_NOT_FINITE] += not_finite
-    guardrails = [row[_ROW_GUARDRAILS] for row in rows]
-    loads = orjson.loads
-    for i in compress(range(len(rows)), map(is_not, guardrails, repeat(None))):
-        if i in bad:
-            continue
-        try:
-            records[i]["guardrail_results"] = loads(guardrails[i])
-        except orjson.JSONDecodeError as exc:
-            bad[i] = f"malformed row: guardrail_results is not JSON ({exc})"
-    rejects = [Reject(rows[i][ROW_ID], rows[i][0], reason) for i, reason in sorted(bad.items())]
-    if bad:
-        records = [r for i, r in enumerate(records) if i not in bad]
-        ids = [n for i, n in enumerate(ids) if i not in bad]
+    for i, value in guardrails.items():
+        records[i]["guardrail_results"] = value
     if fields is not None:
         records = [{f: record[f] for f in fields} for record in records]
-    return records, ids, rejects
+    return records
+
+
+def build_columns(rows: list[tuple], fields: tuple[str, ...] | None = None) -> dict[str, tuple]:
+    """The exported fields of checked rows (``check_rows``) as columns, by name, in the
+    record's order (or ``fields``'): one C-level transposition, no record built.
+    ``guardrail_results`` stays the gateway's JSON text, checked to be JSON."""
+    columns = tuple(zip(*rows, strict=True)) if rows else ((),) * ROW_ID
+    return {f: columns[_POSITION[f]] for f in fields or EXPORTED_FIELDS}
 
 
 def encode_record(record: dict) -> bytes:

@@ -45,7 +45,7 @@ from prism_pipelines.records import (
     ROW_ID,
     ROW_TIMESTAMP,
     ROW_UNSETTLED,
-    build_records,
+    check_rows,
     format_timestamp,
 )
 from prism_pipelines.sinks.base import Sink
@@ -337,20 +337,22 @@ def _send(
 
 
 def _chunks(row_chunks: Iterator[list[tuple]], fields, counters: Counter) -> Iterator[Chunk]:
-    """Rows → exported records, each chunk with its range, rejects and event times."""
+    """Reader rows → checked chunks, each with its range, rejects and event times."""
     stamp = itemgetter(ROW_TIMESTAMP)
     for rows in row_chunks:
-        records, ids, rejects = build_records(rows, fields, counters)
+        checked, ids, rejects, guardrails = check_rows(rows, counters)
         # The rows' timestamps are the record's text, which sorts as the times do (None: a
         # time that is no time, its row rejected).
         stamps = list(filter(None, map(stamp, rows)))
         yield Chunk(
-            records,
+            checked,
             ids,
             through_id=rows[-1][ROW_ID],
             rejects=rejects,
             first_event=datetime.fromisoformat(min(stamps)) if stamps else None,
             last_event=datetime.fromisoformat(max(stamps)) if stamps else None,
+            guardrails=guardrails,
+            fields=fields,
         )
 
 

@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from prism_pipelines.batch import Chunk
 from prism_pipelines.integrations import IntegrationsFile
-from prism_pipelines.records import EXPORTED_FIELDS, build_records, encode_jsonl
+from prism_pipelines.records import (
+    EXPORTED_FIELDS,
+    build_columns,
+    build_records,
+    check_rows,
+    encode_jsonl,
+)
 from prism_pipelines.sinks.sqs import SqsSink
 from prism_pipelines_tests.faults.conftest import SEED
 
@@ -76,7 +82,8 @@ _row = st.tuples(*(_values[name] for name in EXPORTED_FIELDS))
 @given(st.lists(_row, min_size=1, max_size=20))
 def test_any_row_becomes_a_strict_json_record_of_the_contract_or_a_reject(rows):
     reader_rows = [(*row, 1000 + i) for i, row in enumerate(rows)]
-    records, ids, rejects = build_records(reader_rows)
+    checked, ids, rejects, guardrails = check_rows(reader_rows)
+    records = build_records(checked, guardrails)
     assert len(records) + len(rejects) == len(rows), f"seed {SEED}: a row vanished"
     assert sorted(ids + [r.source_id for r in rejects]) == [1000 + i for i in range(len(rows))]
     for reject in rejects:
@@ -102,6 +109,15 @@ def test_any_row_becomes_a_strict_json_record_of_the_contract_or_a_reject(rows):
                 assert TIMESTAMP.match(value), value
             else:  # guardrail_results: the gateway's JSON, parsed
                 assert row[name] is None or value == _strict(row[name].encode())
+    # Parquet's columns hold the same values (guardrail results: the gateway's JSON text)
+    columns = build_columns(checked)
+    for i, record in enumerate(records):
+        for name, value in record.items():
+            if name == "guardrail_results":
+                text = columns[name][i]
+                assert (text is None and value is None) or _strict(text.encode()) == value
+            else:
+                assert columns[name][i] == value or value is None is columns[name][i]
 
 
 def _sqs_sink(fifo: bool, max_message_bytes: int) -> SqsSink:
@@ -119,10 +135,15 @@ def _sqs_sink(fifo: bool, max_message_bytes: int) -> SqsSink:
 
 
 def _chunk(records: list[dict]) -> Chunk:
+    """A checked chunk whose records (narrowed to the strategy's fields) are ``records``."""
     now = datetime.now(UTC)
-    return Chunk(records, list(range(1, len(records) + 1)), len(records), [], now, now)
+    ids = list(range(1, len(records) + 1))
+    rows = [(*(r.get(f) for f in EXPORTED_FIELDS), n) for r, n in zip(records, ids, strict=True)]
+    return Chunk(rows, ids, len(records), [], now, now, fields=_RECORD_FIELDS)
 
 
+#: the fields of ``_record``, an integration's narrowed list
+_RECORD_FIELDS = ("request_id", "user_id", "error_message", "cost")
 _record = st.fixed_dictionaries(
     {
         "request_id": st.one_of(st.text(min_size=1, max_size=200), st.just("req_1")),

@@ -73,7 +73,7 @@ class StorageSink(Sink):
         with self.staging(key) as spool:
             with format_.writer(spool, self.integration.fields) as out:
                 for chunk in batch.chunks():
-                    records += len(chunk.records)
+                    records += len(chunk.ids)
                     uncompressed += out.write(chunk)
             if records == 0:
                 # No rows, no file; and a redo that now has none removes what an earlier

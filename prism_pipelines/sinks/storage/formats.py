@@ -1,8 +1,8 @@
 """The archive's file formats (``format:`` of a storage integration): gzip JSONL, the spec's, and
-Parquet, for query engines. Both stream: a batch is written chunk by chunk into the staging
-file (each chunk compressed onto the gzip stream, or one Parquet row group per chunk), never
-whole in memory. Each writer hashes the bytes as they reach the staging file, so the file's
-sha256 (the manifest's) is known without reading the file again.
+Parquet, for query engines (its writer in parquet.py). Both stream: a batch is written chunk by
+chunk into the staging file (each chunk compressed onto the gzip stream, or one Parquet row
+group per chunk), never whole in memory. Each writer hashes the bytes as they reach the staging
+file, so the file's sha256 (the manifest's) is known without reading the file again.
 """
 
 from __future__ import annotations
@@ -10,47 +10,15 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import BinaryIO
 
-import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 from isal import isal_zlib
 
 from prism_pipelines.batch import Chunk
-from prism_pipelines.records import EXPORTED_FIELDS
 
 #: isa-l's level 1 (of 0-3): standard gzip output, several times zlib's speed at a similar size
 GZIP_LEVEL = 1
 GZIP_WBITS = 16 + 15  # a gzip header and trailer, not a raw zlib stream
-PARQUET_COMPRESSION = "zstd"
-
-_TIMESTAMP = pa.timestamp("ms", tz="UTC")
-#: the exported fields that are not text (DESIGN.md, "Archive formats"); the rest are strings,
-#: ``guardrail_results`` the JSON text
-_NOT_TEXT = {
-    **dict.fromkeys(
-        ("latency_ms", "input_tokens", "output_tokens", "total_tokens", "status_code"), pa.int64()
-    ),
-    "cost": pa.float64(),
-    **dict.fromkeys(
-        ("is_error", "cache_hit", "guardrail_triggered", "fallback_used", "is_stream"), pa.bool_()
-    ),
-    "timestamp": _TIMESTAMP,
-}
-#: text columns with few distinct values, dictionary-encoded; the others (ids, messages) are not:
-#: their dictionaries only grew the files (measured: 30% larger with every column's)
-_DICTIONARY = (
-    "model",
-    "provider",
-    "routing_strategy",
-    "event_type",
-    "model_requested",
-    "cache_status",
-)
-#: one column per exported field, in the record's order
-PARQUET_SCHEMA = pa.schema([(f, _NOT_TEXT.get(f, pa.string())) for f in EXPORTED_FIELDS])
 
 
 class _Hashed:
@@ -152,44 +120,6 @@ class JsonlWriter(FileWriter):
         self._out.write(self._compressor.flush())
 
 
-class ParquetWriter(FileWriter):
-    """Parquet, zstd, one row group per chunk, typed by ``PARQUET_SCHEMA`` (only the
-    integration's fields, in its order)."""
-
-    def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
-        super().__init__(target, fields)
-        self._schema = pa.schema([PARQUET_SCHEMA.field(f) for f in fields or EXPORTED_FIELDS])
-        self._writer = pq.ParquetWriter(
-            self._out,
-            self._schema,
-            compression=PARQUET_COMPRESSION,
-            use_dictionary=[f for f in _DICTIONARY if f in self._schema.names],
-        )
-
-    def write(self, chunk: Chunk) -> int:
-        records = chunk.records
-        if not records:
-            return 0
-        columns = []
-        for field in self._schema:
-            values = list(map(itemgetter(field.name), records))
-            if field.name == "guardrail_results":  # parsed for the JSON record: JSON text again
-                values = [None if v is None else orjson.dumps(v).decode() for v in values]
-            if field.type == _TIMESTAMP:  # the record's ``2026-03-31T14:22:10.000Z`` text
-                columns.append(pa.array(values, pa.string()).cast(_TIMESTAMP))
-            else:
-                columns.append(pa.array(values, field.type))
-        table = pa.Table.from_arrays(columns, schema=self._schema)
-        self._behind(self._writer.write_table, table, len(records))
-        return table.nbytes
-
-    def _end(self) -> None:
-        self._writer.close()
-
-    def _abandon(self) -> None:
-        self._writer.close()
-
-
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -197,11 +127,19 @@ class Format:
     extension: str
     content_type: str
     content_encoding: str | None
-    writer: type[FileWriter]
+
+    def writer(self, target: BinaryIO, fields: tuple[str, ...] | None) -> FileWriter:
+        """A writer of one file in this format onto ``target``."""
+        if self is PARQUET:
+            # pyarrow costs 40 MB and 0.1 s to import: only processes that write Parquet pay
+            from prism_pipelines.sinks.storage.parquet import ParquetWriter
+
+            return ParquetWriter(target, fields)
+        return JsonlWriter(target, fields)
 
 
-JSONL = Format("jsonl", ".jsonl.gz", "application/x-ndjson", "gzip", JsonlWriter)
-PARQUET = Format("parquet", ".parquet", "application/vnd.apache.parquet", None, ParquetWriter)
+JSONL = Format("jsonl", ".jsonl.gz", "application/x-ndjson", "gzip")
+PARQUET = Format("parquet", ".parquet", "application/vnd.apache.parquet", None)
 FORMATS = {f.name: f for f in (JSONL, PARQUET)}
 #: the manifest (``_manifest.json``) and the validation marker
 JSON_TYPE = "application/json"
