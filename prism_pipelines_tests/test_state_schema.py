@@ -21,8 +21,8 @@ from sqlalchemy import MetaData, inspect, select, text
 from prism_pipelines.cli import main
 from prism_pipelines.database import make_engine
 from prism_pipelines.hours import HOUR, floor_hour, partition_key, utcnow
-from prism_pipelines.ledger import Ledger, StateDatabaseError, head, upgrade
-from prism_pipelines.ledger.schema import VERSION_TABLE
+from prism_pipelines.ledger import HEAD, Ledger, StateDatabaseError, upgrade
+from prism_pipelines.ledger.schema import VERSION_TABLE, scripts
 from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests import legacy_state_schema as legacy
 from prism_pipelines_tests.conftest import Prism
@@ -53,6 +53,26 @@ def gateway(tmp_path, monkeypatch) -> GatewaySource:
     source.create_table()
     yield source
     source.engine.dispose()
+
+
+def test_head_is_alembics_and_a_ledger_at_head_opens_without_alembic(tmp_path):
+    """A run's process opens the ledger; at head it reads the revision with one query and does
+    not load Alembic (an eighth of a run's imports)."""
+    assert scripts().get_current_head() == HEAD
+    url = f"sqlite:///{tmp_path}/state.db"
+    Ledger(url).engine.dispose()  # migrated to head
+    opened = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from prism_pipelines.ledger import Ledger; "
+            f"Ledger({url!r}); print('alembic' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert opened.stdout.strip() == "False", opened.stderr
 
 
 def upgrade_state(url: str) -> str:
@@ -129,8 +149,8 @@ def test_a_new_state_database_migrates_to_head_and_a_second_upgrade_does_nothing
     first = upgrade_state(state_url)
     second = upgrade_state(state_url)
 
-    assert first.strip().endswith(f"upgraded from no revision to revision {head()}")
-    assert second.strip().endswith(f"at revision {head()}, nothing to do")
+    assert first.strip().endswith(f"upgraded from no revision to revision {HEAD}")
+    assert second.strip().endswith(f"at revision {HEAD}, nothing to do")
     ledger = Ledger(state_url)
     assert ledger.cursor("archive", H) == 0 and ledger.partition_states("archive") == []
     assert "prism_notifications" in inspect(ledger.engine).get_table_names()
@@ -162,7 +182,7 @@ def test_a_state_database_from_before_versioning_is_upgraded_and_syncs_on_withou
 
     output = upgrade_state(state_url)
 
-    assert output.strip().endswith(f"upgraded from no revision to revision {head()}")
+    assert output.strip().endswith(f"upgraded from no revision to revision {HEAD}")
     gateway.insert_rows([gateway_rows(H, 120, start=300)])
     prism = Prism(tmp_path, dagster_instance, monkeypatch, state_url).configure(archive)
     assert prism.ledger.cursor("archive", H) == 300
@@ -183,7 +203,7 @@ def test_processes_opening_the_ledger_at_once_migrate_it_once(state_url):
     for engine in engines:
         engine.dispose()
 
-    assert Counter(results) == {(None, head()): 1, (head(), head()): 3}
+    assert Counter(results) == {(None, HEAD): 1, (HEAD, HEAD): 3}
 
 
 def test_an_unreachable_state_database_is_a_message_without_its_password():
@@ -214,5 +234,5 @@ def test_a_state_database_newer_than_the_code_is_refused_with_a_message(state_ur
     assert result.exit_code == 1 and isinstance(result.exception, StateDatabaseError)
     assert (
         f"is at revision 9999, which this version of prism-pipelines does not know (its "
-        f"newest is {head()})" in str(result.exception)
+        f"newest is {HEAD})" in str(result.exception)
     )

@@ -10,7 +10,7 @@ from prism_pipelines.ledger.lease import (
     PartitionBusy,
     lease_seconds,
 )
-from prism_pipelines.ledger.schema import StateDatabaseError, head, upgrade
+from prism_pipelines.ledger.schema import HEAD, StateDatabaseError, upgrade
 from prism_pipelines.ledger.state import Ledger, PartitionState, RecordedBatch
 from prism_pipelines.ledger.tables import (
     batches,
@@ -23,6 +23,7 @@ from prism_pipelines.ledger.tables import (
 )
 
 __all__ = [
+    "HEAD",
     "LEASE_SECONDS",
     "Lease",
     "LeaseError",
@@ -33,7 +34,6 @@ __all__ = [
     "RecordedBatch",
     "StateDatabaseError",
     "batches",
-    "head",
     "integrations",
     "lease_seconds",
     "leases",

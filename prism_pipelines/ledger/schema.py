@@ -19,16 +19,16 @@ import threading
 from functools import cache
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from prism_pipelines.errors import PrismError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: The newest revision this code knows (test_state_schema checks it is Alembic's head). Known
+#: without Alembic, so a process whose database is at head never imports it: every run's
+#: process opens the ledger, and Alembic was an eighth of its imports (bench/README.md, target 1).
+HEAD = "0003"
 VERSION_TABLE = "prism_alembic_version"
 #: The PostgreSQL advisory lock key the upgrade holds ("prism" in ASCII).
 MIGRATION_LOCK = 0x707269736D
@@ -41,20 +41,18 @@ class StateDatabaseError(PrismError):
 
 
 @cache
-def _scripts() -> ScriptDirectory:
+def scripts():
+    """Alembic's view of the migrations (``alembic.script.ScriptDirectory``)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory(str(MIGRATIONS))
-
-
-def head() -> str:
-    """The newest revision this code knows."""
-    return _scripts().get_current_head()
 
 
 def current(conn: Connection) -> str | None:
     """The database's revision (None: a new database, or one from before it was versioned)."""
-    return MigrationContext.configure(
-        conn, opts={"version_table": VERSION_TABLE}
-    ).get_current_revision()
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
@@ -64,7 +62,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     today's tables and no revision: revision 0001 adopts it (it creates only the tables that
     are missing), keeping every row and cursor.
     """
-    target = head()
+    target = HEAD
     try:
         with engine.connect() as conn:
             found = current(conn)
@@ -73,7 +71,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         with _IN_PROCESS, engine.begin() as conn:
             _lock(conn)
             found = current(conn)  # another process may have migrated while we waited
-            if found is not None and found not in {s.revision for s in _scripts().walk_revisions()}:
+            if found is not None and found not in {s.revision for s in scripts().walk_revisions()}:
                 raise StateDatabaseError(
                     f"the state database {engine.url.render_as_string()} is at revision {found}, "
                     f"which this version of prism-pipelines does not know (its newest is "
@@ -81,6 +79,9 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
                     "state database's backup from before the upgrade."
                 )
             if found != target:
+                from alembic import command
+                from alembic.config import Config
+
                 config = Config()
                 config.set_main_option("script_location", str(MIGRATIONS))
                 config.attributes["connection"] = conn
