@@ -10,8 +10,9 @@
 - *Guardrail triggered* (a guardrail blocks or flags a request) → ``guardrails``: more than
   ``max_guardrail_triggers`` requests of the hour with a guardrail triggered (0: any).
 
-Each is one or two indexed queries over the hour (by ``timestamp``), the same on SQLite and
-PostgreSQL. Windows are the hour cut into ``error_rate_window_minutes`` pieces from its start.
+All but the p95 come from one indexed query over the hour (by ``timestamp``), grouped by
+window; the p95 is a second. The same on SQLite and PostgreSQL. Windows are the hour cut into
+``error_rate_window_minutes`` pieces from its start.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def alert_names(alerts: Alerts) -> list[str]:
 
 
 def evaluate_alerts(source: GatewaySource, alerts: Alerts, hour: datetime) -> list[AlertResult]:
-    totals = _totals(source, hour)
-    results = [_error_rate(source, alerts, hour, totals)]
+    windows = _windows(source, hour, alerts.error_rate_window_minutes)
+    totals = {key: sum(w[key] for w in windows) for key in _SUMS}
+    results = [_error_rate(alerts, hour, windows, totals)]
     if alerts.p95_latency_ms is not None:
         results.append(_p95_latency(source, alerts, hour, totals))
     if alerts.hourly_budget_usd is not None:
@@ -70,35 +72,45 @@ def _in_hour(source: GatewaySource, hour: datetime):
     return (ts >= hour) & (ts < hour + HOUR)
 
 
-def _totals(source: GatewaySource, hour: datetime) -> dict:
-    c = source.table.c
-    statement = select(
-        func.count().label("requests"),
-        func.coalesce(func.sum(case((c.is_error, 1), else_=0)), 0).label("errors"),
-        func.coalesce(func.sum(c.cost), 0.0).label("spend"),
-        func.coalesce(func.sum(case((c.guardrail_triggered, 1), else_=0)), 0).label("guardrails"),
-        func.count(c.latency_ms).label("with_latency"),
-    ).where(_in_hour(source, hour))
-    with source.engine.connect() as conn:
-        return dict(conn.execute(statement).mappings().one())
+#: the sums ``_windows`` gives per window; the hour's totals add them up
+_SUMS = ("requests", "errors", "spend", "guardrails", "with_latency")
 
 
-def _error_rate(source: GatewaySource, alerts: Alerts, hour: datetime, totals: dict):
+def _windows(source: GatewaySource, hour: datetime, minutes: int) -> list[dict]:
+    """The hour cut into ``minutes``-minute windows, each with its requests, errors, spend,
+    guardrail triggers and requests with a latency: one scan of the hour for every alert but
+    the p95."""
     c = source.table.c
-    minutes = alerts.error_rate_window_minutes
     if source.engine.dialect.name == "postgresql":
         minute = cast(extract("minute", c.timestamp), Integer)
     else:
         minute = cast(func.strftime("%M", c.timestamp), Integer)
     window = (minute // minutes).label("window")
     statement = (
-        select(window, func.count(), func.sum(case((c.is_error, 1), else_=0)))
+        select(
+            window,
+            func.count().label("requests"),
+            func.coalesce(func.sum(case((c.is_error, 1), else_=0)), 0).label("errors"),
+            func.coalesce(func.sum(c.cost), 0.0).label("spend"),
+            func.coalesce(func.sum(case((c.guardrail_triggered, 1), else_=0)), 0).label(
+                "guardrails"
+            ),
+            func.count(c.latency_ms).label("with_latency"),
+        )
         .where(_in_hour(source, hour))
         .group_by(window)
-        .having(func.count() >= alerts.error_rate_min_requests)
     )
     with source.engine.connect() as conn:
-        windows = [(int(w), n, int(e or 0)) for w, n, e in conn.execute(statement)]
+        return [dict(row) for row in conn.execute(statement).mappings()]
+
+
+def _error_rate(alerts: Alerts, hour: datetime, all_windows: list[dict], totals: dict):
+    minutes = alerts.error_rate_window_minutes
+    windows = [
+        (int(w["window"]), w["requests"], int(w["errors"]))
+        for w in all_windows
+        if w["requests"] >= alerts.error_rate_min_requests
+    ]
     over = [(w, n, e) for w, n, e in windows if e / n > alerts.error_rate]
     worst = max(over or windows, key=lambda x: (x[2] / x[1], x[1]), default=None)
     metadata = {

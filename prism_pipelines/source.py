@@ -357,6 +357,16 @@ class GatewaySource:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).where(where)).scalar_one()
 
+    def count_around(self, hour: datetime, cursor: int) -> tuple[int, int]:
+        """Rows of ``hour`` up to ``cursor`` and past it, in one scan of the hour."""
+        c = self.table.c
+        statement = select(
+            func.count().filter(c.id <= cursor), func.count().filter(c.id > cursor)
+        ).where(self._in_hour(hour))
+        with self.engine.connect() as conn:
+            up_to, after = conn.execute(statement).one()
+        return up_to, after
+
     def hour_summaries(self, start: datetime, end: datetime) -> dict[datetime, tuple[int, int]]:
         """Per hour in ``[start, end)``: (row count, highest id). One grouped query."""
         c = self.table.c

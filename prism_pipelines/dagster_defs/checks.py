@@ -121,12 +121,13 @@ class Reconciliation:
 def reconcile(source: GatewaySource, ledger: Ledger, name: str, hour: datetime) -> Reconciliation:
     state = ledger.partition_state(name, hour)
     cursor = state.cursor if state else 0
+    source_rows, rows_after_cursor = source.count_around(hour, cursor)
     return Reconciliation(
-        source_rows=source.count_rows(hour, 0, cursor) if cursor else 0,
+        source_rows=source_rows,
         delivered=state.delivered if state else 0,
         rejected=state.rejected if state else 0,
         cursor=cursor,
-        rows_after_cursor=source.count_rows(hour, cursor),
+        rows_after_cursor=rows_after_cursor,
     )
 
 
