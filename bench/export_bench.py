@@ -782,12 +782,18 @@ def ensure_scale_table() -> None:
 
 
 def explain_status_queries() -> list[str]:
-    """EXPLAIN ANALYZE of every query the late-data sensor and ``prism-pipelines status`` send
-    to the gateway table, as they send them (captured from the engine), on the scale table,
-    with a ledger that delivered its first hours (so the lag query has a cursor to look up)."""
+    """EXPLAIN ANALYZE of every query the late-data sensor (its hourly full look, a tick between
+    them) and ``prism-pipelines status`` send to the gateway table, as they send them (captured
+    from the engine), on the scale table, with a ledger that delivered its first hours (so the
+    lag query has a cursor to look up)."""
     from sqlalchemy import event
 
-    from prism_pipelines.backlog import backlog, newest_delivered_event
+    from prism_pipelines.backlog import (
+        backlog,
+        hours_backlog,
+        newest_delivered_event,
+        pending_rows,
+    )
     from prism_pipelines.sinks import build_sink
     from prism_pipelines.source import GatewaySource
     from prism_pipelines.sync import deliver_partition
@@ -811,7 +817,7 @@ def explain_status_queries() -> list[str]:
     # end); and 2 hours, the same share of this day (8%) as 48 hours are of a month's table.
     for what, call in (
         (
-            "backlog over 48 hours (late-data sensor, status)",
+            "backlog over 48 hours (the late-data sensor's hourly full look)",
             lambda: backlog(source, ledger, INTEGRATION, end - timedelta(hours=48), end),
         ),
         (
@@ -819,8 +825,21 @@ def explain_status_queries() -> list[str]:
             lambda: backlog(source, ledger, INTEGRATION, end - timedelta(hours=2), end),
         ),
         (
+            "pending rows over 48 hours (status)",
+            lambda: pending_rows(source, ledger, INTEGRATION, end),
+        ),
+        (
             "newest delivered event (status: lag)",
             lambda: newest_delivered_event(source, ledger, INTEGRATION),
+        ),
+        (
+            # a tick of the late-data sensor between its hourly full looks, a minute of this
+            # traffic (~6,900 rows) after its watermark: the hours those rows fell in, then
+            # those hours' summaries
+            "late-data sensor tick, a minute of traffic past its watermark",
+            lambda: hours_backlog(
+                source, ledger, INTEGRATION, source.hours_after(SCALE_ROWS - 6_900)
+            ),
         ),
     ):
         started = time.perf_counter()

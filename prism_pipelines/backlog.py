@@ -200,6 +200,11 @@ def _behind(
 
 
 def pending_rows(source: GatewaySource, ledger: Ledger, name: str, now: datetime) -> int:
-    """Source rows of the look-back window not yet delivered or rejected."""
+    """Source rows of the look-back window not yet delivered or rejected: ``backlog``'s missing
+    rows, from the hours' counts alone (``hour_counts``: the timestamp index, not the rows)."""
     start = utc(now).replace(minute=0, second=0, microsecond=0) - lookback()
-    return sum(h.missing for h in backlog(source, ledger, name, start, now))
+    states = {s.hour: s for s in ledger.partition_states(name, since=start)}
+    return sum(
+        max(rows - (states[hour].delivered + states[hour].rejected if hour in states else 0), 0)
+        for hour, rows in source.hour_counts(start, now).items()
+    )

@@ -87,6 +87,11 @@ def test_refused_write_puts_the_integration_in_error_until_a_sync_succeeds(
     table = cli(prism, "status", "archive")
     assert "Active" in table and "Not a directory" not in table
 
+    # late rows of the delivered hour, and an hour not synced yet: pending until delivered
+    gateway.insert_rows([gateway_rows(H, 7, start=100)])
+    gateway.insert_rows([gateway_rows(H - timedelta(hours=1), 5, start=200)])
+    assert status_of(prism, gateway).pending_rows == 12
+
     history = cli(prism, "history", "archive")
     lines = history.splitlines()
     assert lines[1].split()[3] == "SUCCESS" and " 40 " in lines[1]
