@@ -71,7 +71,8 @@ def test_workspace_loads_and_validates_with_every_integration_type(tmp_path):
             "g = defs.resolve_asset_graph();"
             "print({k.to_user_string(): sorted(d.to_user_string() for d in g.get(k).parent_keys)"
             " for k in g.get_all_asset_keys()});"
-            "print(defs.resolve_assets_def(['prism', 'lake']).specs_by_key)",
+            "print(defs.resolve_assets_def(['prism', 'lake']).specs_by_key);"
+            "print(defs.resolve_implicit_global_asset_job_def().executor_def.name)",
         ],
         cwd=ROOT,
         env=env,
@@ -80,7 +81,7 @@ def test_workspace_loads_and_validates_with_every_integration_type(tmp_path):
         timeout=300,
     )
     assert listing.returncode == 0, listing.stderr[-3000:]
-    jobs, schedules, lineage, spec = listing.stdout.splitlines()[-4:]
+    jobs, schedules, lineage, spec, asset_job_executor = listing.stdout.splitlines()[-5:]
     for name in ("files", "lake", "blobs", "gcs_lake", "queue", "topic", "dd"):
         assert f"'{name}_sync'" in jobs and f"'{name}_validate'" in jobs
         assert f"'{name}_schedule'" in schedules
@@ -89,3 +90,5 @@ def test_workspace_loads_and_validates_with_every_integration_type(tmp_path):
         ]
     assert "'dd_create_dashboard'" in jobs
     assert "dagster/kind/s3" in spec
+    # a backfill launched from an asset's page runs as the asset job: one step, in its process
+    assert asset_job_executor == "in_process"
