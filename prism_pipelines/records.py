@@ -68,6 +68,7 @@ _ROW_REQUIRED = tuple(
         ("timestamp", "timestamp is null or not a valid time"),
     )
 )
+#: a field's position in a reader row
 _POSITION = {f: i for i, f in enumerate(EXPORTED_FIELDS)}
 #: the run-metadata counter of costs sent as null (JSON has no NaN or Infinity)
 COSTS_NOT_FINITE = "costs_not_finite_sent_as_null"
