@@ -18,8 +18,10 @@ when present, else the same settings written here), the code location's gRPC cod
   server from ``git archive``), alternating, medians. Times from the run's own events: queued,
   launched (``RUN_STARTING``), process started (``RUN_START``), success.
 - ``backfill``: 720 hourly partitions (20 rows each) backfilled with 1, 2 and 4 concurrent runs
-  per integration (a tag concurrency limit on ``prism/integration`` per integration); wall time
-  from the backfill's launch to its last run's end; every row in the archive exactly once.
+  per integration (each integration's pool ``prism_<name>`` set to the limit), launched as the
+  UI does (``launchPartitionBackfill``); wall time from the backfill's launch to its last run's
+  end, and how busy the machine's two cores were meanwhile (every process counts); every row
+  in the archive exactly once.
 - ``freshness``: live traffic for ``--minutes`` minutes under 1-minute schedules, to the local
   archive and to SQS on moto; per record, the time it became readable (file seen in the
   folder; the queue's ``SentTimestamp`` of its message, on moto started by
@@ -409,6 +411,7 @@ def backfill(folder: Path, limits: list[int], hours: int) -> None:
         )
         for n, name in names.items():
             launched = time.time()
+            cpu = cpu_times()
             data = deployment.graphql(
                 """mutation ($p: LaunchBackfillParams!) {
                      launchPartitionBackfill(backfillParams: $p) {
@@ -443,22 +446,40 @@ def backfill(folder: Path, limits: list[int], hours: int) -> None:
                 until=lambda rs: rs and all(r["status"] not in IN_PROGRESS for r in rs),
             )
             seconds = max(r["endTime"] for r in runs) - launched
+            busy = cpu_busy(cpu, cpu_times())
             found = archived_ids(archive / name)
             twice = sum(1 for c in found.values() if c > 1)
             ok = status == "COMPLETED_SUCCESS" and len(found) == rows and not twice
-            results[n] = seconds
+            results[n] = seconds, busy
             print(
-                f"  {n} at once: {seconds:6.1f} s, {len(runs)} runs, {status}; archive holds "
+                f"  {n} at once: {seconds:6.1f} s, {len(runs)} runs, {status}, CPU {busy:.0%} "
+                f"busy; archive holds "
                 f"{len(found):,} of {rows:,} rows, {twice} more than once "
                 f"{'(every row once)' if ok else '(NOT every row once)'}",
                 flush=True,
             )
             if not ok:
                 raise SystemExit(f"backfill of {name}: not every row once; logs in {folder}")
-    base = results.get(1)
-    for n, seconds in results.items():
+    base = results.get(1, (None,))[0]
+    print("| runs at once | seconds | partitions/s | speed-up | CPU busy (both cores) |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, (seconds, busy) in results.items():
         speedup = f"{base / seconds:.2f}×" if base else "–"
-        print(f"| {n} | {seconds:.1f} | {hours / seconds:.1f} | {speedup} |")
+        print(f"| {n} | {seconds:.1f} | {hours / seconds:.1f} | {speedup} | {busy:.0%} |")
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from ``/proc/stat``."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time (all cores) that was busy between two samples: every
+    process counts (the run workers, PostgreSQL, the daemon, the webserver, the code server)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
 
 
 # -- freshness: live traffic, 1-minute schedules ------------------------------------------------
