@@ -74,6 +74,11 @@ def test_helm_has_the_instance_settings_of_dagster_yaml():
         "maxRetries": retries["max_retries"],
         "retryOnAssetOrOpFailure": retries["retry_on_asset_or_op_failure"],
     }
+    queue = INSTANCE["run_queue"]
+    assert HELM["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"] == {
+        "dequeueIntervalSeconds": queue["dequeue_interval_seconds"],
+        "dequeueUseThreads": queue["dequeue_use_threads"],
+    }
     assert (
         HELM["postgresql"]["postgresqlScheme"]
         == (INSTANCE["storage"]["postgres"]["postgres_db"]["scheme"])
