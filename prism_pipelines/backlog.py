@@ -190,7 +190,7 @@ def _behind(
     for hour, (rows, max_id) in sorted(summaries.items()):
         state = states.get(hour)
         cursor = state.cursor if state else 0
-        accounted = (state.delivered + state.rejected) if state else 0
+        accounted = state.accounted if state else 0
         if max_id > cursor or rows > accounted:
             failed_at = utc(state.last_error_at) if state and state.last_error else None
             if failed_at and state.last_success_at and utc(state.last_success_at) > failed_at:
@@ -205,6 +205,6 @@ def pending_rows(source: GatewaySource, ledger: Ledger, name: str, now: datetime
     start = utc(now).replace(minute=0, second=0, microsecond=0) - lookback()
     states = {s.hour: s for s in ledger.partition_states(name, since=start)}
     return sum(
-        max(rows - (states[hour].delivered + states[hour].rejected if hour in states else 0), 0)
+        max(rows - (states[hour].accounted if hour in states else 0), 0)
         for hour, rows in source.hour_counts(start, now).items()
     )

@@ -143,7 +143,7 @@ def check_rows(
         position = {i: n for n, i in enumerate(kept)}
         guardrails = {position[i]: value for i, value in guardrails.items()}
         rows = [rows[i] for i in kept]
-    return rows, [row[ROW_ID] for row in rows], rejects, guardrails
+    return rows, list(map(itemgetter(ROW_ID), rows)), rejects, guardrails
 
 
 def build_records(

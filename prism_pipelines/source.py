@@ -364,35 +364,26 @@ class GatewaySource:
             func.count().filter(c.id <= cursor), func.count().filter(c.id > cursor)
         ).where(self._in_hour(hour))
         with self.engine.connect() as conn:
-            up_to, after = conn.execute(statement).one()
-        return up_to, after
+            return tuple(conn.execute(statement).one())
 
     def hour_summaries(self, start: datetime, end: datetime) -> dict[datetime, tuple[int, int]]:
         """Per hour in ``[start, end)``: (row count, highest id). One grouped query."""
-        c = self.table.c
-        hour = self.row_hour()
-        statement = (
-            select(hour.label("hour"), func.count(), func.max(c.id))
-            .where(self._in_hours(start, end))
-            .group_by(hour)
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
-        return {_hour_of(value): (count, max_id) for value, count, max_id in rows}
+        rows = self._per_hour(start, end, func.count(), func.max(self.table.c.id))
+        return {hour: (count, max_id) for hour, count, max_id in rows}
 
     def hour_counts(self, start: datetime, end: datetime) -> dict[datetime, int]:
         """Per hour in ``[start, end)``: its row count. Unlike ``hour_summaries`` it reads only
         the ``timestamp`` index (an index-only scan on PostgreSQL once the table's pages are
         all-visible, as autovacuum leaves an append-only table), not every row."""
+        return dict(self._per_hour(start, end, func.count()))
+
+    def _per_hour(self, start: datetime, end: datetime, *aggregates) -> list[tuple]:
+        """``aggregates`` of each hour in ``[start, end)`` that has rows, its hour first."""
         hour = self.row_hour()
-        statement = (
-            select(hour.label("hour"), func.count())
-            .where(self._in_hours(start, end))
-            .group_by(hour)
-        )
+        statement = select(hour, *aggregates).where(self._in_hours(start, end)).group_by(hour)
         with self.engine.connect() as conn:
             rows = conn.execute(statement).all()
-        return {_hour_of(value): count for value, count in rows}
+        return [(_hour_of(value), *rest) for value, *rest in rows]
 
     def hours_after(self, after_id: int) -> dict[datetime, int]:
         """The hours of the rows past ``after_id``, each with its highest id: a range scan of

@@ -75,6 +75,11 @@ class PartitionState:
     last_error: str | None
     last_error_at: datetime | None
 
+    @property
+    def accounted(self) -> int:
+        """Source rows the ledger accounts for: delivered or rejected."""
+        return self.delivered + self.rejected
+
 
 class Ledger:
     def __init__(self, url: str | None = None):

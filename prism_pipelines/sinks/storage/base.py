@@ -67,14 +67,14 @@ class StorageSink(Sink):
     def deliver(self, batch: Batch) -> Delivery:
         key = batch.location or self.location_for(batch)
         retries_before = self.retries.value
-        uncompressed = records = 0
+        uncompressed = 0
         # A redo keeps its recorded name, and so the format it was first written in.
         format_ = next(f for f in FORMATS.values() if key.endswith(f.extension))
         with self.staging(key) as spool:
             with format_.writer(spool, self.integration.fields) as out:
                 for chunk in batch.chunks():
-                    records += len(chunk.ids)
                     uncompressed += out.write(chunk)
+            records = batch.records_read
             if records == 0:
                 # No rows, no file; and a redo that now has none removes what an earlier
                 # attempt may have written under this name.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import import_module
 from typing import BinaryIO
 
 from isal import isal_zlib
@@ -127,19 +128,25 @@ class Format:
     extension: str
     content_type: str
     content_encoding: str | None
+    #: ``module:class`` of its ``FileWriter``, imported when a file is first written, as
+    #: ``build_sink`` imports a sink: pyarrow costs 40 MB and 0.1 s to import, which only the
+    #: processes that write Parquet pay
+    writer_class: str
 
     def writer(self, target: BinaryIO, fields: tuple[str, ...] | None) -> FileWriter:
         """A writer of one file in this format onto ``target``."""
-        if self is PARQUET:
-            # pyarrow costs 40 MB and 0.1 s to import: only processes that write Parquet pay
-            from prism_pipelines.sinks.storage.parquet import ParquetWriter
-
-            return ParquetWriter(target, fields)
-        return JsonlWriter(target, fields)
+        module, _, name = self.writer_class.partition(":")
+        return getattr(import_module(module), name)(target, fields)
 
 
-JSONL = Format("jsonl", ".jsonl.gz", "application/x-ndjson", "gzip")
-PARQUET = Format("parquet", ".parquet", "application/vnd.apache.parquet", None)
+JSONL = Format("jsonl", ".jsonl.gz", "application/x-ndjson", "gzip", f"{__name__}:JsonlWriter")
+PARQUET = Format(
+    "parquet",
+    ".parquet",
+    "application/vnd.apache.parquet",
+    None,
+    "prism_pipelines.sinks.storage.parquet:ParquetWriter",
+)
 FORMATS = {f.name: f for f in (JSONL, PARQUET)}
 #: the manifest (``_manifest.json``) and the validation marker
 JSON_TYPE = "application/json"
