@@ -163,9 +163,10 @@ class IntegrationBase(BaseModel):
         """``text`` with this integration's secret values masked: a last guard for error text
         that quotes a client's message, which we do not control."""
         for _, value in self:
-            secret = os.environ.get(value.env) if isinstance(value, Secret) else None
-            if secret:
-                text = text.replace(secret, "***")
+            for ref in value.values() if isinstance(value, dict) else (value,):
+                secret = os.environ.get(ref.env) if isinstance(ref, Secret) else None
+                if secret:
+                    text = text.replace(secret, "***")
         return text
 
 
@@ -334,6 +335,59 @@ class DatadogIntegration(IntegrationBase):
         return site
 
 
+#: header names whose value is a credential: never inline, always {env: VAR}
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.IGNORECASE)
+
+
+class OtlpIntegration(IntegrationBase):
+    """OpenTelemetry traces over OTLP/HTTP (DESIGN.md, "OpenTelemetry traces")."""
+
+    type: Literal["otlp"]
+    endpoint: str = Field(description="the receiver's base URL; spans go to {endpoint}/v1/traces")
+    headers: dict[str, str | SecretRef] = Field(
+        default_factory=dict, description="sent with every request; credentials as {env: VAR}"
+    )
+    encoding: Literal["protobuf", "json"] = "protobuf"
+    compression: Literal["none", "gzip"] = "none"
+    service_name: str = Field("prism-gateway", min_length=1)
+    spans_per_request: int = Field(1000, ge=1)
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    #: a crash re-sends at most one batch: with the defaults, about one request of spans
+    default_batch_rows: ClassVar[int] = 1_000
+
+    _encoding = _one_of("encoding", ("protobuf", "json"), "protobuf, the default, or OTLP/JSON")
+    _compression = _one_of("compression", ("none", "gzip"), "none, the default, or gzip")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be the receiver's http:// or https:// base URL")
+        if value.endswith("/v1/traces"):
+            raise ValueError(
+                "is the receiver's base URL: leave out /v1/traces, which is added to it"
+            )
+        return value
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _credentials_not_inline(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, header in value.items():
+                if isinstance(header, str) and _CREDENTIAL_HEADER.search(str(name)):
+                    # Never echo the value: it is likely the credential itself.
+                    raise ValueError(
+                        f"{name}: a credential header is never written inline: write it as "
+                        "{env: VAR_NAME}"
+                    )
+        return value
+
+    @property
+    def traces_url(self) -> str:
+        return f"{self.endpoint}/v1/traces"
+
+
 @dataclass(frozen=True)
 class Destination:
     """One integration type, declared once: its settings, its sink, its Dagster kind."""
@@ -369,6 +423,8 @@ DESTINATIONS = {
             "datadog",
             dashboard=True,
         ),
+        # Dagster has no icon for OpenTelemetry: its kind shows as text
+        Destination(OtlpIntegration, "prism_pipelines.sinks.otlp.sink:OtlpSink", "opentelemetry"),
     )
 }
 INTEGRATION_TYPES = tuple(DESTINATIONS)

@@ -51,6 +51,11 @@ EXTENDED_FIELDS = (
     "guardrail_results",
 )
 EXPORTED_FIELDS = SPEC_FIELDS + EXTENDED_FIELDS
+#: the exported fields that are not text, by type; the rest are text (``timestamp`` formatted,
+#: ``guardrail_results`` the gateway's JSON)
+INTEGER_FIELDS = ("latency_ms", "input_tokens", "output_tokens", "total_tokens", "status_code")
+FLOAT_FIELDS = ("cost",)
+BOOLEAN_FIELDS = ("is_error", "cache_hit", "guardrail_triggered", "fallback_used", "is_stream")
 
 # Positions in a reader row: the exported fields in order, then the source id, then (when the
 # reader was given a settle time) whether the row is younger than that.

@@ -16,6 +16,7 @@ request), or stop (``FATAL``: its error is raised, the batch stays open).
 
 from __future__ import annotations
 
+import email.utils
 import random
 import threading
 import time
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
+
+from prism_pipelines.hours import utcnow
 
 T = TypeVar("T")
 
@@ -129,3 +132,19 @@ def part_failed(exc: Exception) -> Verdict | None:
     if isinstance(exc, PartFailed):
         return Verdict(Action.RETRY_PART, exc.reason, items=exc.items)
     return None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds an HTTP ``Retry-After`` header asks us to wait: a number of seconds or an HTTP
+    date (RFC 9110); None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return (when - utcnow()).total_seconds()

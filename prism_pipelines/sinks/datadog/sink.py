@@ -31,7 +31,6 @@ same seconds (see ``metrics``), so metrics are not counted twice.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections import Counter
 from datetime import datetime
@@ -65,7 +64,7 @@ from prism_pipelines.sinks.datadog.metrics import (
     payloads,
 )
 from prism_pipelines.sinks.datadog.sites import APP_HOSTS, SITE_NAMES
-from prism_pipelines.sinks.retry import Action, Backoff, RetryLogic, Verdict
+from prism_pipelines.sinks.retry import Action, Backoff, RetryLogic, Verdict, retry_after_seconds
 
 #: connect and read timeouts of one request, in seconds
 REQUEST_TIMEOUT = (10, 60)
@@ -429,17 +428,7 @@ def _retry_after(headers: dict | None) -> float | None:
             return float(reset)
         except ValueError:
             pass
-    after = _header(headers, "retry-after")
-    if after is None:
-        return None
-    try:
-        return float(after)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(after)
-        except (TypeError, ValueError):
-            return None
-        return (when - utcnow()).total_seconds()
+    return retry_after_seconds(_header(headers, "retry-after"))
 
 
 def _error_text(exc: ApiException) -> str:

@@ -19,7 +19,12 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from prism_pipelines.batch import Chunk  # noqa: E402
-from prism_pipelines.records import EXPORTED_FIELDS  # noqa: E402
+from prism_pipelines.records import (  # noqa: E402
+    BOOLEAN_FIELDS,
+    EXPORTED_FIELDS,
+    FLOAT_FIELDS,
+    INTEGER_FIELDS,
+)
 from prism_pipelines.sinks.storage.formats import FileWriter  # noqa: E402
 
 COMPRESSION = "zstd"
@@ -28,13 +33,9 @@ _TIMESTAMP = pa.timestamp("ms", tz="UTC")
 #: the exported fields that are not text (DESIGN.md, "Archive formats"); the rest are strings,
 #: ``guardrail_results`` the JSON text
 _NOT_TEXT = {
-    **dict.fromkeys(
-        ("latency_ms", "input_tokens", "output_tokens", "total_tokens", "status_code"), pa.int64()
-    ),
-    "cost": pa.float64(),
-    **dict.fromkeys(
-        ("is_error", "cache_hit", "guardrail_triggered", "fallback_used", "is_stream"), pa.bool_()
-    ),
+    **dict.fromkeys(INTEGER_FIELDS, pa.int64()),
+    **dict.fromkeys(FLOAT_FIELDS, pa.float64()),
+    **dict.fromkeys(BOOLEAN_FIELDS, pa.bool_()),
     "timestamp": _TIMESTAMP,
 }
 #: text columns with few distinct values, dictionary-encoded; the others (ids, messages) are not:
