@@ -1,4 +1,5 @@
-"""Real local servers for the sink tests: moto (S3, SQS), Azurite, fake-gcs-server, Pub/Sub.
+"""Real local servers for the sink tests: moto (S3, SQS), Azurite, fake-gcs-server, Pub/Sub,
+Datadog's APM test agent (an OTLP/HTTP trace receiver).
 
 The sinks are tested through the official SDKs against real servers, so request signing,
 block/resumable uploads and gRPC are exercised rather than mocked away. Every server binds
@@ -6,7 +7,8 @@ block/resumable uploads and gRPC are exercised rather than mocked away. Every se
 its whole process group when the session ends.
 
 Use the fixtures from a conftest with ``pytest_plugins = ["prism_pipelines_tests.services"]``.
-``python -m prism_pipelines_tests.services install`` pre-installs Azurite (for CI caches);
+``python -m prism_pipelines_tests.services install`` pre-installs Azurite and the APM test agent
+(for CI caches);
 ``python -m prism_pipelines_tests.services check`` starts every server and round-trips it.
 """
 
@@ -59,6 +61,10 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
+#: Datadog's APM test agent, in a virtual environment of its own: it pins an older
+#: opentelemetry-proto than the one the pipeline runs with.
+APM_AGENT_VERSION = "1.69.1"
+APM_AGENT_VENV = REPO / ".tools" / "ddapm-venv"
 PUBSUB_EMULATOR = Path(
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 )
@@ -94,6 +100,30 @@ class PubSub(NamedTuple):
     host: str
     project: str
     kind: str  # "emulator" or "standin"
+
+
+class ApmAgent(NamedTuple):
+    """The APM test agent's OTLP/HTTP receiver: spans are posted to ``{url}/v1/traces``; it
+    decodes what it took and hands it back on ``/test/session/traces`` and ``/requests``."""
+
+    url: str
+
+    def _get(self, path: str) -> bytes:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{self.url}{path}", timeout=30) as response:
+            return response.read()
+
+    def clear(self) -> None:
+        self._get("/test/session/clear")
+
+    def traces(self) -> list[dict]:
+        """One decoded ExportTraceServiceRequest per request the agent took, in order: protobuf
+        as ``MessageToDict`` with the proto's field names (ids in base64), JSON as it was sent."""
+        return json.loads(self._get("/test/session/traces"))
+
+    def requests(self) -> list[dict]:
+        """The requests it took, newest first: headers, body (base64, decompressed), url."""
+        return json.loads(self._get("/test/session/requests"))
 
 
 # -- process handling -----------------------------------------------------------------------
@@ -374,6 +404,86 @@ def run_fake_gcs(log_dir: Path) -> Iterator[FakeGcs]:
         log_dir,
     ) as port:
         yield FakeGcs(f"http://127.0.0.1:{port}")
+
+
+# -- Datadog's APM test agent ---------------------------------------------------------------
+
+
+def _apm_agent_installed() -> bool:
+    return (
+        bool(
+            list(
+                APM_AGENT_VENV.glob(
+                    f"lib/python*/site-packages/ddapm_test_agent-{APM_AGENT_VERSION}.dist-info"
+                )
+            )
+        )
+        and (APM_AGENT_VENV / "bin" / "ddapm-test-agent").exists()
+    )
+
+
+def ensure_apm_agent() -> Path:
+    """Install the pinned ddapm-test-agent into its own virtual environment under .tools unless
+    present; returns its command. An flock serialises concurrent sessions, as for Azurite."""
+    command = APM_AGENT_VENV / "bin" / "ddapm-test-agent"
+    if _apm_agent_installed():
+        return command
+    APM_AGENT_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with (APM_AGENT_VENV.parent / ".ddapm-install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _apm_agent_installed():
+            steps = (
+                [sys.executable, "-m", "venv", "--clear", str(APM_AGENT_VENV)],
+                [
+                    str(APM_AGENT_VENV / "bin" / "pip"),
+                    "install",
+                    "-q",
+                    f"ddapm-test-agent=={APM_AGENT_VERSION}",
+                ],
+            )
+            for step in steps:
+                result = subprocess.run(
+                    step, capture_output=True, text=True, timeout=600, check=False
+                )
+                if result.returncode:
+                    output = (result.stdout + result.stderr).splitlines()[-30:]
+                    raise RuntimeError(
+                        f"{' '.join(step)} failed (exit {result.returncode}):\n" + "\n".join(output)
+                    )
+            if not _apm_agent_installed():
+                raise RuntimeError(f"ddapm-test-agent {APM_AGENT_VERSION} did not install")
+    return command
+
+
+@contextlib.contextmanager
+def run_apm_agent(log_dir: Path) -> Iterator[ApmAgent]:
+    """The agent binds three ports (its APM intake, OTLP/HTTP and OTLP/gRPC); only OTLP/HTTP is
+    used. Its other two ports are picked free as well, so sessions never collide on 8126/4317.
+    """
+    command = ensure_apm_agent()
+    others: dict[int, tuple[int, int]] = {}
+
+    def argv(port: int) -> list[str]:
+        apm, grpc_port = others.setdefault(port, (free_port(), free_port()))
+        return [
+            str(command),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(apm),
+            "--otlp-http-port",
+            str(port),
+            "--otlp-grpc-port",
+            str(grpc_port),
+        ]
+
+    with run_server(
+        "ddapm-test-agent",
+        argv,
+        lambda port: f"http://127.0.0.1:{port}/test/session/traces",
+        log_dir,
+    ) as port:
+        yield ApmAgent(f"http://127.0.0.1:{port}")
 
 
 # -- Pub/Sub --------------------------------------------------------------------------------
@@ -660,6 +770,12 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
 
 
 @pytest.fixture(scope="session")
+def apm_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApmAgent]:
+    with run_apm_agent(_log_dir(tmp_path_factory)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSub]:
     with run_pubsub(_log_dir(tmp_path_factory)) as server:
         yield server
@@ -786,6 +902,21 @@ def roundtrip_pubsub(server: PubSub) -> None:
     publisher.transport.close()
 
 
+def roundtrip_apm_agent(server: ApmAgent) -> None:
+    """An empty export request, answered 200 and handed back decoded."""
+    server.clear()
+    request = urllib.request.Request(
+        f"{server.url}/v1/traces",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=30) as response:
+        assert response.status == 200, response.status
+    assert server.traces() == [{}], server.traces()
+
+
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -810,16 +941,24 @@ def _check() -> None:
         with run_pubsub_standin() as server:
             roundtrip_pubsub(server)
             print(f"OK pubsub {server.kind} {server.host}", flush=True)
+    with run_apm_agent(log_dir) as agent:
+        roundtrip_apm_agent(agent)
+        print(f"OK otlp (ddapm-test-agent {APM_AGENT_VERSION}) {agent.url}", flush=True)
     shutil.rmtree(log_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m prism_pipelines_tests.services")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("install", help=f"install Azurite {AZURITE_VERSION} into {NODE_PREFIX}")
+    commands.add_parser(
+        "install",
+        help=f"install Azurite {AZURITE_VERSION} into {NODE_PREFIX} and ddapm-test-agent "
+        f"{APM_AGENT_VERSION} into {APM_AGENT_VENV}",
+    )
     commands.add_parser("check", help="start every server and round-trip it with its client")
     if parser.parse_args(argv).command == "install":
         print(f"OK azurite {AZURITE_VERSION}: {ensure_azurite()}")
+        print(f"OK ddapm-test-agent {APM_AGENT_VERSION}: {ensure_apm_agent()}")
     else:
         _check()
 

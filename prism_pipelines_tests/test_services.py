@@ -43,6 +43,10 @@ def test_pubsub_standin_roundtrip(pubsub_standin):
     services.roundtrip_pubsub(pubsub_standin)
 
 
+def test_apm_agent_roundtrip(apm_agent):
+    services.roundtrip_apm_agent(apm_agent)
+
+
 def test_standin_selected_by_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PRISM_PUBSUB_STANDIN", "1")
     with services.run_pubsub(tmp_path) as server:
