@@ -29,8 +29,10 @@ Other parts: ``memory`` (peak RSS of ours on N rows and on N/10 rows), ``scale``
 10M rows: ours on one hour and on the 24 hours, and the query plans of what the late-data sensor
 and ``prism-pipelines status`` read from the gateway table), ``storage`` (the S3
 stand-in, moto, beside the local folder), ``senders`` (SQS, Pub/Sub, Datadog against their
-stand-ins beside one request per message), ``backfill`` (720 hourly partitions of small
-traffic through Dagster ranged runs, beside the same partitions through the sync path).
+stand-ins beside one request per message; OpenTelemetry traces to a loopback OTLP receiver that
+discards, beside the same spans through the OpenTelemetry SDK), ``backfill`` (720 hourly
+partitions of small traffic through Dagster ranged runs, beside the same partitions through the
+sync path).
 """
 
 from __future__ import annotations
@@ -67,7 +69,10 @@ SCALE_TABLE = "prism_request_logs_scale"
 SCALE_ROWS = 10_000_000
 SCALE_HOURS = 24
 SENDERS_TABLE = "prism_request_logs_senders"
-SENDER_KINDS = ("sqs", "pubsub", "datadog")
+#: each sender and its peer: one request per message (``single``), or the OpenTelemetry SDK
+#: (``sdk``: TracerProvider + BatchSpanProcessor + OTLPSpanExporter, explicit times)
+SENDER_PEERS = {"sqs": "single", "pubsub": "single", "datadog": "single", "otlp": "sdk"}
+SENDER_KINDS = tuple(SENDER_PEERS)
 #: the one-request-per-message senders run this many (their rate is steady; a full run of
 #: theirs would take minutes)
 SINGLE_MESSAGES = 1_000
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--senders",
         default=",".join(SENDER_KINDS),
-        help="comma-separated senders (senders part): sqs, pubsub, datadog",
+        help="comma-separated senders (senders part): sqs, pubsub, datadog, otlp",
     )
     parser.add_argument("--workdir", type=Path, help="where outputs go (default: a temp dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -361,7 +366,8 @@ class Bench:
     # -- senders: queues and Datadog ------------------------------------------------------------
 
     def senders(self, kinds: list[str]) -> None:
-        """Each sink against its stand-in, beside one request per message to the same."""
+        """Each sink against its stand-in, beside its peer (one request per message, or the
+        OpenTelemetry SDK) sending to the same."""
         sys.path.insert(0, str(REPO))
         from prism_pipelines_tests.datadog_intake import API_KEY, DatadogIntake
         from prism_pipelines_tests.services import pubsub_env, run_moto, run_pubsub
@@ -372,32 +378,39 @@ class Bench:
         sqs_moto = run_moto(logs, script=BENCH / "moto_server.py")
         with sqs_moto as moto, run_pubsub(logs) as pubsub:
             intake = DatadogIntake().start()
+            discard = OtlpDiscard()
             try:
                 services = {
                     "sqs": Sqs(moto),
                     "pubsub": PubSubTopic(pubsub, pubsub_env),
                     "datadog": DatadogLogs(intake, API_KEY),
+                    "otlp": discard,
                 }
                 for kind in kinds:
                     service = services[kind]
-                    counts = {
-                        f"send-{kind}": self.messages,
-                        f"send-{kind}-single": min(self.messages, SINGLE_MESSAGES),
-                    }
-                    for count in set(counts.values()):
+                    peer = f"send-{kind}-{SENDER_PEERS[kind]}"
+                    single = SENDER_PEERS[kind] == "single"
+                    runs = [
+                        (f"send-{kind}", self.messages),
+                        (peer, min(self.messages, SINGLE_MESSAGES) if single else self.messages),
+                    ]
+                    if kind == "otlp":  # memory flat in the partition's size: a tenth of it
+                        runs.append((f"send-{kind}", self.messages // 10))
+                    for count in {count for _, count in runs}:
                         ensure_table(f"{SENDERS_TABLE}_{count}", count, hour, 1, keep_if_hour=hour)
                     for round_ in range(1, self.rounds + 1):
-                        for candidate, count in counts.items():
+                        for candidate, count in runs:
                             table = f"{SENDERS_TABLE}_{count}"
                             self.measure_sender(candidate, service, table, count, hour, round_)
                     rates = {
                         candidate: count
                         / self.median(candidate, "send", f"{SENDERS_TABLE}_{count}", "seconds")
-                        for candidate, count in counts.items()
+                        for candidate, count in runs[:2]
                     }
-                    self.sender_ratios[kind] = rates[f"send-{kind}"] / rates[f"send-{kind}-single"]
+                    self.sender_ratios[kind] = rates[f"send-{kind}"] / rates[peer]
             finally:
                 intake.stop()
+                discard.stop()
 
     def measure_sender(
         self, candidate: str, service, table: str, count: int, hour: datetime, round_: int
@@ -565,12 +578,14 @@ class Bench:
                 "≤ 1.2",
                 lambda v: v <= 1.2,
             )
-        for kind in ("sqs", "pubsub", "datadog"):
+        for kind, peer in SENDER_PEERS.items():
+            goal = 5 if peer == "single" else 3
             target(
-                f"{kind} sender / one message per request",
+                f"{kind} sender / "
+                + ("one message per request" if peer == "single" else "the OpenTelemetry SDK"),
                 self.sender_ratios.get(kind),
-                "≥ 5",
-                lambda v: v >= 5,
+                f"≥ {goal}",
+                lambda v, goal=goal: v >= goal,
             )
         overhead = getattr(self, "backfill_overhead", None)
         target(
@@ -1201,6 +1216,57 @@ class DatadogLogs:
         return len({e["request_id"] for e in self.intake.logs if isinstance(e, dict)})
 
 
+class OtlpDiscard:
+    """A loopback OTLP/HTTP receiver that discards what it takes (answering 200 with an empty
+    ExportTraceServiceResponse) after counting the distinct span ids, in a thread of this
+    process: both candidates post to it, so neither is slowed by a backend."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        self.span_ids: set[bytes] = set()
+        discard = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as every OTLP exporter expects
+
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                discard.span_ids.update(
+                    span.span_id
+                    for resource_spans in request.resource_spans
+                    for scope_spans in resource_spans.scope_spans
+                    for span in scope_spans.spans
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def prepare(self) -> dict:
+        self.span_ids = set()
+        return {"endpoint": f"http://127.0.0.1:{self.server.server_address[1]}"}
+
+    def received(self, target: dict) -> int:
+        return len(self.span_ids)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def _sender_integration(kind: str, args: dict):
     from prism_pipelines.integrations import IntegrationsFile
 
@@ -1220,6 +1286,8 @@ def _sender_integration(kind: str, args: dict):
             "topic_path": args["topic_path"],
             "endpoint_url": f"http://{args['host']}",
         }
+    elif kind == "otlp":
+        entry |= {"type": "otlp", "endpoint": args["endpoint"]}
     else:
         os.environ["PRISM_BENCH_DD_API_KEY"] = args["api_key"]
         entry |= {
@@ -1301,6 +1369,73 @@ def _single_sender(kind: str, integration, args: dict):
     return send
 
 
+def child_send_sdk(scope: str, table: str, out: Path, args: dict, kind: str) -> dict:
+    """The peer of ``send-otlp``: the same records, read the same way, as spans of the
+    OpenTelemetry SDK (TracerProvider, BatchSpanProcessor, OTLPSpanExporter over HTTP/protobuf)
+    with the record's times and the same attributes; ids are the SDK's own (random). Its queue
+    holds the whole run, because the default 2,048 drops spans when the exporter falls behind."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    from prism_pipelines.records import EXPORTED_FIELDS, build_records, check_rows
+    from prism_pipelines.sinks.otlp.spans import GENAI_ATTRIBUTES, REQUEST_MODEL
+    from prism_pipelines.source import GatewaySource
+
+    source = GatewaySource(SOURCE_URL, table=table)
+    hour = datetime.fromisoformat(args["hour"])
+    provider = TracerProvider(resource=Resource.create({"service.name": "prism-gateway"}))
+    exporter = OTLPSpanExporter(endpoint=f"{args['endpoint']}/v1/traces")
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=1 << 22, max_export_batch_size=1000)
+    )
+    tracer = provider.get_tracer("prism-pipelines")
+    keys = {f: GENAI_ATTRIBUTES.get(f, (f"prism.{f}",)) for f in EXPORTED_FIELDS}
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    started = time.perf_counter()
+    spans = 0
+    for rows in source.stream_rows(hour, after_id=0):
+        checked, _, _, guardrails = check_rows(rows)
+        for record in build_records(checked, guardrails):
+            when = datetime.fromisoformat(record["timestamp"])
+            start = (when - epoch) // timedelta(milliseconds=1) * 1_000_000
+            attributes = {"gen_ai.operation.name": "chat"}
+            attributes[REQUEST_MODEL] = record["model_requested"] or record["model"]
+            for field, value in record.items():
+                if value is not None and field != "model_requested":
+                    if field == "guardrail_results":
+                        value = json.dumps(value)
+                    for key in keys[field]:
+                        attributes[key] = value
+            span = tracer.start_span(
+                f"chat {attributes[REQUEST_MODEL]}",
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                start_time=start,
+            )
+            if record["is_error"]:
+                span.set_attribute("error.type", str(record["status_code"]))
+                span.set_status(Status(StatusCode.ERROR, record["error_message"]))
+            for result in record["guardrail_results"] or ():
+                span.add_event(
+                    "guardrail",
+                    {
+                        f"guardrail.{k}": result[k]
+                        for k in ("name", "action", "score")
+                        if k in result
+                    },
+                    timestamp=start,
+                )
+            span.end(end_time=start + (record["latency_ms"] or 0) * 1_000_000)
+            spans += 1
+    provider.force_flush()
+    provider.shutdown()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "records": spans, "requests": 0}
+
+
 CHILDREN = {
     "ours": child_ours,
     "ours-s3": child_ours_s3,
@@ -1313,7 +1448,12 @@ CHILDREN = {
     "dlt-pyarrow-parquet": lambda **kw: child_dlt(**kw, backend="pyarrow", file_format="parquet"),
     "pandas": child_pandas,
     **{f"send-{kind}": partial(child_send, kind=kind) for kind in SENDER_KINDS},
-    **{f"send-{kind}-single": partial(child_send_single, kind=kind) for kind in SENDER_KINDS},
+    **{
+        f"send-{kind}-single": partial(child_send_single, kind=kind)
+        for kind, peer in SENDER_PEERS.items()
+        if peer == "single"
+    },
+    "send-otlp-sdk": partial(child_send_sdk, kind="otlp"),
 }
 
 

@@ -27,6 +27,7 @@ a re-sent record carries the same trace and span ids.
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import requests
 from isal import igzip
@@ -74,6 +75,8 @@ class OtlpSink(Sink):
     def __init__(self, integration):
         super().__init__(integration)
         self._session: requests.Session | None = None
+        #: one sender thread: a request is posted while the next one is built
+        self._pool: ThreadPoolExecutor | None = None
         self._headers: dict[str, str] | None = None
         self._builder = SpanBuilder(integration.service_name, integration.fields)
         self._encode = encode_json if integration.encoding == "json" else encode_protobuf
@@ -114,6 +117,9 @@ class OtlpSink(Sink):
         return self._headers
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -157,18 +163,38 @@ class OtlpSink(Sink):
         per_request = self.integration.spans_per_request
         builder = self._builder
         request = builder.new_request()
-        for chunk in batch.chunks():
-            guardrails = chunk.guardrails
-            for i, (row, source_id) in enumerate(zip(chunk.rows, chunk.ids, strict=True)):
-                builder.add(request, row, source_id, guardrails.get(i))
-                if len(request) >= per_request:
-                    self._send(request, delivery)
-                    request = builder.new_request()
-        if len(request):
-            self._send(request, delivery)
+        in_flight: Future | None = None
+        try:
+            for chunk in batch.chunks():
+                guardrails = chunk.guardrails
+                for i, (row, source_id) in enumerate(zip(chunk.rows, chunk.ids, strict=True)):
+                    builder.add(request, row, source_id, guardrails.get(i))
+                    if len(request) >= per_request:
+                        in_flight = self._hand_over(in_flight, request, delivery)
+                        request = builder.new_request()
+            if len(request):
+                in_flight = self._hand_over(in_flight, request, delivery)
+        finally:
+            # After a failure, the request in flight finishes before the batch is reported
+            # failed: nothing of the batch may still be sending then.
+            if in_flight is not None:
+                wait([in_flight])
+        if in_flight is not None:
+            in_flight.result()  # its failure, if it failed
         delivery.counters["spans"] = delivery.records
         delivery.retries = self.retries.value - retries_before
         return delivery
+
+    def _hand_over(
+        self, previous: Future | None, request: SpanRequest, delivery: Delivery
+    ) -> Future:
+        """Send ``request`` in the sender thread once ``previous`` was acknowledged (one request
+        in flight, in order: memory holds two requests whatever the batch's size)."""
+        if previous is not None:
+            previous.result()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="prism-otlp")
+        return self._pool.submit(self._send, request, delivery)
 
     def _send(self, request: SpanRequest, delivery: Delivery) -> None:
         """Post ``request``, split in halves while it is too large or refused as bad data,

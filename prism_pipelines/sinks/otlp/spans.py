@@ -231,15 +231,24 @@ class SpanBuilder:
 def _add_guardrail_events(span: Span, guardrails: object, time_unix_nano: int) -> None:
     """One ``guardrail`` event per result (its name, action and score), at the span's start:
     the gateway records no time of its own for a guardrail."""
-    results = guardrails if isinstance(guardrails, list) else [guardrails]
-    for result in results:
+    for result in guardrails if isinstance(guardrails, list) else (guardrails,):
         if not isinstance(result, dict):
             continue
-        event = span.events.add(time_unix_nano=time_unix_nano, name=GUARDRAIL_EVENT)
-        for name in ("name", "action", "score"):
+        add = span.events.add(time_unix_nano=time_unix_nano, name=GUARDRAIL_EVENT).attributes.add
+        for name, key in _GUARDRAIL_ATTRIBUTES:
             value = result.get(name)
-            if value is not None:
-                _set_value(event.attributes.add(key=f"guardrail.{name}").value, value)
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is str:  # name and action, nearly always
+                add(key=key).value.string_value = value
+            elif kind is float:  # score
+                add(key=key).value.double_value = value
+            else:
+                _set_value(add(key=key).value, value)
+
+
+_GUARDRAIL_ATTRIBUTES = tuple((name, f"guardrail.{name}") for name in ("name", "action", "score"))
 
 
 def _set_value(any_value, value) -> None:
