@@ -337,6 +337,8 @@ def make_destination(request, kind: str, folder: Path) -> dest.Destination:
         return dest.Sqs(request.getfixturevalue("moto_server"))
     if kind == "pubsub":
         return dest.PubSub(request.getfixturevalue("pubsub_emulator"))
+    if kind == "otlp":
+        return dest.Otlp(request.getfixturevalue("apm_agent"))
     return dest.Datadog(request.getfixturevalue("datadog_intake"))
 
 

@@ -1,9 +1,10 @@
-"""The seven destination types as the fault suite sees them: the integration entry that points at
+"""The eight destination types as the fault suite sees them: the integration entry that points at
 a fresh bucket / queue / topic on the session's stand-in, and the destination read back with its
-official client. Nothing here imports the product: the suite drives it from outside.
+official client (OTLP: the spans Datadog's APM test agent decoded). Nothing here imports the
+product: the suite drives it from outside.
 
-``received()`` is what a consumer sees: storage, request id → the files holding it; queues and
-Datadog, request id → how many times it arrived.
+``received()`` is what a consumer sees: storage, request id → the files holding it; queues,
+Datadog and OTLP, request id → how many times it arrived.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prism_pipelines_tests.services import AWS_REGION, AZURITE_KEY, gcs_client, 
 
 NAME = "faulty"
 STORAGE = ("local", "s3", "azure_blob", "gcs")
-QUEUES = ("sqs", "pubsub", "datadog")
+QUEUES = ("sqs", "pubsub", "datadog", "otlp")
 TYPES = STORAGE + QUEUES
 
 
@@ -460,3 +461,44 @@ class Datadog(Destination):
             yield
         finally:
             self.secrets["PRISM_FAULT_DD_API_KEY"] = saved
+
+
+class Otlp(Destination):
+    type = "otlp"
+    cannot_refuse = (
+        "the APM test agent takes any header; a refused header is covered by test_otlp.py with "
+        "a strict receiver"
+    )
+
+    def __init__(self, agent):
+        super().__init__()
+        agent.clear()
+        self.agent = agent
+
+    def integration(self, endpoint_url=None, **settings) -> dict:
+        return {
+            "name": NAME,
+            "type": "otlp",
+            "endpoint": endpoint_url or self.agent.url,
+            "headers": {"x-prism-fault-suite": "1"},
+            **settings,
+        }
+
+    def endpoint(self):
+        host, port = self.agent.url.split("//", 1)[1].split(":")
+        return host, int(port)
+
+    def received(self) -> Counter:
+        """Spans per request id, from the agent's decoded requests (protobuf, read through
+        protobuf's JSON mapping with the proto's field names)."""
+        found: Counter = Counter()
+        for request in self.agent.traces():
+            for resource_spans in request.get("resource_spans", ()):
+                for scope_spans in resource_spans.get("scope_spans", ()):
+                    for span in scope_spans.get("spans", ()):
+                        found.update(
+                            a["value"]["string_value"]
+                            for a in span.get("attributes", ())
+                            if a["key"] == "prism.request_id"
+                        )
+        return found

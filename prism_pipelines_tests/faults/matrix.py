@@ -95,7 +95,7 @@ FAULTS = (
     Fault(
         "http_5xx",
         "a burst of HTTP 503 answers",
-        ("s3", "azure_blob", "gcs", "sqs", "datadog"),
+        ("s3", "azure_blob", "gcs", "sqs", "datadog", "otlp"),
         Expect("0", "the SDK's retry with backoff"),
         Expect(ONE_BATCH, "the SDK's / sink's retry with backoff"),
         Operator("0", None, ""),
@@ -104,9 +104,9 @@ FAULTS = (
     Fault(
         "http_429",
         "a burst of HTTP 429 with Retry-After: 1",
-        ("s3", "gcs", "sqs", "datadog"),
+        ("s3", "gcs", "sqs", "datadog", "otlp"),
         Expect("0", "the SDK's retry; Datadog waits the Retry-After"),
-        Expect(ONE_BATCH, "the SDK's / sink's retry; Datadog waits the Retry-After"),
+        Expect(ONE_BATCH, "the SDK's / sink's retry; Datadog and OTLP wait the Retry-After"),
         Operator("0", None, ""),
         (
             ("pubsub", "gRPC, not HTTP/1.1: resets only"),
@@ -148,6 +148,7 @@ FAULTS = (
             ("local", "a folder has no credentials"),
             ("gcs", "fake-gcs-server does not authenticate"),
             ("pubsub", "the Pub/Sub emulator does not authenticate"),
+            ("otlp", "the APM test agent takes any header (test_otlp.py: a strict receiver)"),
         ),
     ),
 )
@@ -213,8 +214,8 @@ def render_doc() -> str:
         "What each fault may cost at each destination type: records lost / duplicate deliveries "
         "a consumer may see, as the fault suite (`prism_pipelines_tests/faults/`) asserts it. "
         "Storage is exactly once: each source row in exactly one file, no duplicate file, no "
-        "temporary file, block or multipart upload left behind. Queues and Datadog are at least "
-        "once, the duplicates bounded by the batch in flight (`batch_rows`) per fault. "
+        "temporary file, block or multipart upload left behind. Queues, Datadog and OTLP are at "
+        "least once, the duplicates bounded by the batch in flight (`batch_rows`) per fault. "
         "Generated from `prism_pipelines_tests/faults/matrix.py` "
         "(`python -m prism_pipelines_tests.faults.matrix`); a test keeps this section equal to "
         "it. What one run observed (duplicates seen, kills that landed, messages) is written to "
