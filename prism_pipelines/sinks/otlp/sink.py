@@ -2,8 +2,9 @@
 
 Anatomy, as for every sink: settings (``integrations.OtlpIntegration``) and the health check
 (``validate``: an empty export request), the request builder (``spans``) and the service below,
-which posts each request with ``requests`` (one keep-alive connection) and maps the receiver's
-answers the way the OTLP specification describes them:
+which posts each request with ``requests`` (one keep-alive connection, from one sender thread
+while the next request is built) and maps the receiver's answers the way the OTLP
+specification describes them:
 
 - 200 → acknowledged; a ``partial_success`` with ``rejected_spans`` sends that many spans to
   the rejects with the receiver's message (OTLP does not say which: the request's last ones are
