@@ -73,7 +73,9 @@ class PrismScaffolder(dg.Scaffolder):
         if request.scaffold_format != "yaml" or request.append:
             dg.scaffold_component(request, {"integrations": []})
             return
-        (request.target_path / "defs.yaml").write_text(DEFS_YAML.replace("{type}", request.type_name))
+        (request.target_path / "defs.yaml").write_text(
+            DEFS_YAML.replace("{type}", request.type_name)
+        )
 
 
 @dg.scaffold_with(PrismScaffolder)
