@@ -1,32 +1,22 @@
 """``prism-pipelines``: the command line beside the Dagster UI.
 
-Syncs started here run through Dagster on the instance in ``DAGSTER_HOME`` (the project's
-``.dagster_home`` by default), so they appear in the UI's run history like scheduled ones.
+Syncs started here run through Dagster on the instance in ``DAGSTER_HOME`` (by default
+``.dagster_home`` under ``PRISM_HOME``, see home.py), so they appear in the UI's run history like
+scheduled ones.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import warnings
 from datetime import UTC, datetime, timedelta
 
 import click
 
-from prism_pipelines.database import PROJECT_ROOT, redact
+from prism_pipelines.database import redact
 from prism_pipelines.errors import PrismError
+from prism_pipelines.home import dagster_home
 from prism_pipelines.hours import HOUR, floor_hour, hour_of_key, parse_time, partition_key, utcnow
-
-
-def _dagster_home() -> str:
-    """``DAGSTER_HOME``, else the project's own, seeded with the project's dagster.yaml."""
-    home = os.environ.get("DAGSTER_HOME") or str(PROJECT_ROOT / ".dagster_home")
-    os.makedirs(home, exist_ok=True)
-    if not os.path.exists(os.path.join(home, "dagster.yaml")):
-        shutil.copy(PROJECT_ROOT / "dagster.yaml", os.path.join(home, "dagster.yaml"))
-    os.environ["DAGSTER_HOME"] = home
-    return home
 
 
 def _hour(value: str) -> datetime:
@@ -70,6 +60,7 @@ def _prism(config):
 
 
 @click.group()
+@click.version_option(package_name="prism-pipelines")
 def main() -> None:
     """Export Prism Gateway request logs with Dagster."""
 
@@ -125,12 +116,17 @@ def seed_demo(
 
 
 def _live_traffic(source, rate: float, minutes: float | None, seed: int) -> None:
-    """Every second, the requests of the second just gone (about ``rate`` of them)."""
+    """Every second, the requests that started in the second just gone (about ``rate`` of them),
+    each inserted once it has ended: a gateway writes a request's row when the request ends
+    (``ingested_at``, after its latency), never before."""
+    import heapq
+    import itertools
     import time
 
     import numpy as np
 
     from prism_pipelines.demo import generate_rows
+    from prism_pipelines.source import INSERT_COLUMNS
 
     if rate <= 0:
         raise click.BadParameter(f"--rate must be above 0, got {rate}")
@@ -140,6 +136,9 @@ def _live_traffic(source, rate: float, minutes: float | None, seed: int) -> None
         f"inserting about {rate:g} requests a second into {redact(source.url)}"
         f"{f' for {minutes:g} min' if minutes else ''}; Ctrl-C stops"
     )
+    ingested_at = INSERT_COLUMNS.index("ingested_at")
+    in_flight: list[tuple] = []  # (ingested_at, n, row): requests started, not yet ended
+    order = itertools.count()
     inserted, tick = 0, 0
     try:
         while stop is None or time.monotonic() < stop:
@@ -148,11 +147,17 @@ def _live_traffic(source, rate: float, minutes: float | None, seed: int) -> None
             count = int(rng.poisson(rate))
             if count:
                 # a new seed each second: new request ids, the same realistic mix
-                batches = generate_rows(
+                for rows in generate_rows(
                     count, start=now - timedelta(seconds=1), end=now, seed=seed * 1_000_003 + tick
-                )
-                source.insert_rows(batches)
-                inserted += count
+                ):
+                    for row in rows:
+                        heapq.heappush(in_flight, (row[ingested_at], next(order), row))
+            ended = []
+            while in_flight and in_flight[0][0] <= now:
+                ended.append(heapq.heappop(in_flight)[2])
+            if ended:
+                source.insert_rows([ended])
+                inserted += len(ended)
             if tick % 60 == 0:
                 click.echo(f"{now:%H:%M:%S} UTC: {inserted:,} requests inserted")
     except KeyboardInterrupt:
@@ -179,7 +184,7 @@ def sync(
     from prism_pipelines.integrations import load_integrations
 
     load_integrations().get(name)  # a wrong name is told before Dagster loads
-    _dagster_home()
+    dagster_home()
     from dagster import DagsterInstance
 
     from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
@@ -334,7 +339,7 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
 
 def _operations():
     """The integrations file and the Dagster instance, for the commands below."""
-    _dagster_home()
+    dagster_home()
     from dagster import DagsterInstance
 
     from prism_pipelines.integrations import load_integrations

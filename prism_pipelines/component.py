@@ -24,9 +24,63 @@ from prism_pipelines.integrations import (
 
 _REFERENCE = "see docs/component.md and the README's 'The integrations file'"
 
+#: What ``dg scaffold defs prism_pipelines.PrismIntegrations <folder>`` writes: one integration
+#: that works as it is (a folder under PRISM_HOME, the project directory by default), the others
+#: commented out.
+DEFS_YAML = """\
+# Prism Gateway request logs, exported by prism-pipelines (its docs/component.md).
+# Attributes: those of prism-pipelines' integrations file. Secrets are {env: VAR}, never
+# "{{ env.VAR }}". Set PRISM_SOURCE_URL (the gateway database) and PRISM_STATE_URL (the ledger).
+type: {type}
 
+attributes:
+  integrations:
+    - name: archive_local          # asset prism/archive_local, job archive_local_sync
+      type: local
+      path: prism-archive          # relative: under PRISM_HOME (default: the working directory)
+      prefix: prism/logs
+      sync_interval_minutes: 5
+      history: none                # only new traffic; or {since: -7d} (or an ISO time)
+
+    # - name: archive_s3           # pip install 'prism-pipelines[s3]'
+    #   type: s3
+    #   bucket: my-llm-logs
+    #   region: us-east-1
+    #   access_key_id: {env: PRISM_S3_KEY_ID}
+    #   secret_access_key: {env: PRISM_S3_SECRET}
+    #   format: parquet            # pip install 'prism-pipelines[parquet]'
+    #   layout: hive
+    #   manifest: true
+
+    # - name: datadog_prod         # pip install 'prism-pipelines[datadog]'
+    #   type: datadog
+    #   site: EU1
+    #   api_key: {env: DD_API_KEY}
+
+  # source:                        # only if the gateway names its table or columns differently
+  #   table: prism_request_logs
+  #   columns: {timestamp: created_at}
+
+  # notifications:
+  #   webhook_url: {env: PRISM_WEBHOOK_URL}
+"""
+
+
+class PrismScaffolder(dg.Scaffolder):
+    """Writes ``DEFS_YAML`` (the Python format, or appending to a file, get Dagster's own)."""
+
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        if request.scaffold_format != "yaml" or request.append:
+            dg.scaffold_component(request, {"integrations": []})
+            return
+        (request.target_path / "defs.yaml").write_text(
+            DEFS_YAML.replace("{type}", request.type_name)
+        )
+
+
+@dg.scaffold_with(PrismScaffolder)
 class PrismIntegrations(dg.Component, dg.Model, dg.Resolvable):
-    """Prism Gateway request logs to storage, queues and Datadog.
+    """Prism Gateway request logs to storage, queues, Datadog and OpenTelemetry.
 
     Per integration an hourly-partitioned asset ``prism/<name>`` with its checks, the
     ``<name>_sync`` and ``<name>_validate`` jobs, ``<name>_schedule``, the ``<name>_late_data`` and

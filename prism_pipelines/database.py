@@ -10,19 +10,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from prism_pipelines.errors import PrismError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_DIR = PROJECT_ROOT / ".prism"
+from prism_pipelines.extras import require
+from prism_pipelines.home import embedded_dir
 
 
 def source_url() -> str:
     """``PRISM_SOURCE_URL``, else the embedded SQLite gateway database (demo traffic)."""
-    return os.environ.get("PRISM_SOURCE_URL") or f"sqlite:///{EMBEDDED_DIR / 'gateway.db'}"
+    return os.environ.get("PRISM_SOURCE_URL") or f"sqlite:///{embedded_dir() / 'gateway.db'}"
 
 
 def state_url() -> str:
-    """``PRISM_STATE_URL``, else an SQLite file beside the project (the ledger)."""
-    return os.environ.get("PRISM_STATE_URL") or f"sqlite:///{EMBEDDED_DIR / 'state.db'}"
+    """``PRISM_STATE_URL``, else an SQLite file under ``PRISM_HOME`` (the ledger)."""
+    return os.environ.get("PRISM_STATE_URL") or f"sqlite:///{embedded_dir() / 'state.db'}"
 
 
 def make_engine(url: str) -> Engine:
@@ -43,6 +42,8 @@ def make_engine(url: str) -> Engine:
         ) from None
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.drivername == "postgresql+psycopg2":
+        require("postgres", "a PostgreSQL database (PRISM_SOURCE_URL or PRISM_STATE_URL)")
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -27,8 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from prism_pipelines.database import PROJECT_ROOT
 from prism_pipelines.errors import CredentialsError, IntegrationsFileError, UnknownIntegrationError
+from prism_pipelines.extras import missing
+from prism_pipelines.home import in_home
 from prism_pipelines.hours import floor_hour
 from prism_pipelines.records import EXPORTED_FIELDS
 from prism_pipelines.sinks.datadog.sites import SITE_ALIASES, site_domain
@@ -67,11 +68,16 @@ SecretRef = Annotated[Secret, BeforeValidator(_secret_not_inline)]
 
 
 class History(BaseModel):
-    """Historical data: ``none`` (only new traffic) or the hours to backfill from (and until)."""
+    """Historical data: ``none`` (only new traffic) or the hours to backfill from (and until).
+    ``since`` is an ISO time, or a span like ``-24h`` / ``-30d``: that long before the hour the
+    integration was first configured (so the demo's history is the demo traffic's own window,
+    and the partitions' start does not move as time passes)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     since: datetime | None = None
     until: datetime | None = None
+    #: ``since: -24h``: how long before the hour the integration was first configured
+    since_before: timedelta = Field(timedelta(0), exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -79,7 +85,16 @@ class History(BaseModel):
         if value is None or value == "none":
             return {}
         if isinstance(value, str):
-            raise ValueError("history is 'none' or {since: <ISO time>, until: <ISO time>}")
+            raise ValueError(
+                "history is 'none' or {since: <ISO time, or a span like -24h or -30d>, "
+                "until: <ISO time>}"
+            )
+        if isinstance(value, dict) and isinstance(value.get("since"), str):
+            span = _SPAN.fullmatch(value["since"].strip())
+            if span:
+                number, unit = int(span[1]), span[2]
+                before = timedelta(hours=number) if unit == "h" else timedelta(days=number)
+                return {**{k: v for k, v in value.items() if k != "since"}, "since_before": before}
         return value
 
     @field_validator("since", "until")
@@ -89,11 +104,24 @@ class History(BaseModel):
 
     @model_validator(mode="after")
     def _until_after_since(self) -> History:
-        if self.until and not self.since:
+        if self.until and not (self.since or self.since_before):
             raise ValueError("history.until needs history.since")
         if self.since and self.until and self.until <= self.since:
             raise ValueError("history.until must be after history.since")
         return self
+
+    @property
+    def backfills(self) -> bool:
+        """Whether there is historical data to sync (not ``history: none``)."""
+        return self.since is not None or self.since_before > timedelta(0)
+
+    def start(self, first_configured: datetime) -> datetime:
+        """The first hour to sync, given the hour the integration was first configured."""
+        return self.since or first_configured - self.since_before
+
+
+#: ``since: -24h`` / ``-30d``
+_SPAN = re.compile(r"-\s*(\d+)\s*([hd])")
 
 
 class Alerts(BaseModel):
@@ -220,8 +248,7 @@ class LocalIntegration(StorageIntegration):
 
     @property
     def folder(self) -> Path:
-        path = Path(self.path)
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        return in_home(self.path)
 
 
 def _aws_keys_in_pairs(integration: S3Integration | SqsIntegration):
@@ -398,6 +425,8 @@ class Destination:
     sink: str
     #: the kind tag Dagster shows on the asset (one of Dagster's known kinds, for its icon)
     kind: str
+    #: the package extra that installs the type's SDK (``extras.EXTRAS``; None: nothing more)
+    extra: str | None = None
     #: whether the type has a dashboard template (a ``<name>_dashboard`` job)
     dashboard: bool = False
 
@@ -410,17 +439,25 @@ DESTINATIONS = {
     d.type: d
     for d in (
         Destination(LocalIntegration, "prism_pipelines.sinks.storage.local:LocalSink", "file"),
-        Destination(S3Integration, "prism_pipelines.sinks.storage.s3:S3Sink", "s3"),
+        Destination(S3Integration, "prism_pipelines.sinks.storage.s3:S3Sink", "s3", extra="s3"),
         Destination(
-            AzureBlobIntegration, "prism_pipelines.sinks.storage.azure_blob:AzureBlobSink", "azure"
+            AzureBlobIntegration,
+            "prism_pipelines.sinks.storage.azure_blob:AzureBlobSink",
+            "azure",
+            extra="azure",
         ),
-        Destination(GcsIntegration, "prism_pipelines.sinks.storage.gcs:GcsSink", "gcs"),
-        Destination(SqsIntegration, "prism_pipelines.sinks.sqs:SqsSink", "sqs"),
-        Destination(PubSubIntegration, "prism_pipelines.sinks.pubsub:PubSubSink", "pubsub"),
+        Destination(
+            GcsIntegration, "prism_pipelines.sinks.storage.gcs:GcsSink", "gcs", extra="gcs"
+        ),
+        Destination(SqsIntegration, "prism_pipelines.sinks.sqs:SqsSink", "sqs", extra="sqs"),
+        Destination(
+            PubSubIntegration, "prism_pipelines.sinks.pubsub:PubSubSink", "pubsub", extra="pubsub"
+        ),
         Destination(
             DatadogIntegration,
             "prism_pipelines.sinks.datadog.sink:DatadogSink",
             "datadog",
+            extra="datadog",
             dashboard=True,
         ),
         # Dagster has no icon for OpenTelemetry: its kind shows as text
@@ -481,7 +518,8 @@ _FILE = TypeAdapter(IntegrationsFile)
 
 
 def integrations_path() -> Path:
-    return Path(os.environ.get("PRISM_INTEGRATIONS") or PROJECT_ROOT / "integrations.yaml")
+    """``PRISM_INTEGRATIONS``, else ``integrations.yaml`` under ``PRISM_HOME``."""
+    return in_home(os.environ.get("PRISM_INTEGRATIONS") or "integrations.yaml")
 
 
 def load_integrations(path: str | Path | None = None) -> IntegrationsFile:
@@ -529,7 +567,24 @@ def parse_integrations(raw: Any, origin: str) -> IntegrationsFile:
         raise IntegrationsFileError(
             origin, [f"integration '{n}': name is used more than once" for n in duplicates]
         )
+    problems = list(filter(None, map(_missing_extra, parsed.integrations)))
+    if problems:
+        raise IntegrationsFileError(origin, problems)
     return parsed
+
+
+def _missing_extra(integration: IntegrationBase) -> str | None:
+    """The ``pip install`` an integration's type (or its Parquet format) still needs."""
+    label = f"integration '{integration.name}'"
+    extra = destination(integration).extra
+    return (
+        (extra and missing(extra, f"{label}: type {integration.type}"))
+        or (
+            getattr(integration, "format", None) == "parquet"
+            and missing("parquet", f"{label}: format parquet")
+        )
+        or None
+    )
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -13,12 +13,12 @@ from prism_pipelines.hours import HOUR, floor_hour, utcnow
 def partitions_for(integration, state_url: str | None = None) -> HourlyPartitionsDefinition:
     """From ``history.since`` (backfillable), or from the hour the integration was first
     configured (``history: none``: only new traffic; the late-data sensor records that hour, so
-    loading the definitions writes nothing). ``end_offset=1`` makes the current, still-open hour
-    a partition, which is what the schedule syncs."""
-    start = (
-        integration.history.since
-        or first_configured(integration.name, state_url)
-        or floor_hour(utcnow())
+    loading the definitions writes nothing), or that hour less a ``since: -24h`` span.
+    ``end_offset=1`` makes the current, still-open hour a partition, which is what the schedule
+    syncs."""
+    history = integration.history
+    start = history.since or history.start(
+        first_configured(integration.name, state_url) or floor_hour(utcnow())
     )
     return HourlyPartitionsDefinition(
         start_date=start, end_date=integration.history.until, timezone="UTC", end_offset=1

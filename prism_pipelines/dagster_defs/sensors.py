@@ -181,8 +181,9 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
         cursor = LateDataCursor.parse(context.cursor)
         source, ledger = prism.source(), prism.ledger()
         try:
-            if integration.history.since is None:  # records the partitions' start (read at load)
-                ledger.first_configured(name, now=partitions_def.start)
+            if integration.history.since is None:  # records the hour the partitions start from
+                first = partitions_def.start + integration.history.since_before
+                ledger.first_configured(name, now=first)
             end = floor_hour(now - grace)  # hours before this one are closed and past grace
             last = floor_hour(now) + HOUR  # the partitions end here (or at history.until)
             if integration.history.until:
@@ -307,14 +308,13 @@ def history_sensor(integration, sync_job, partitions_def):
         "new or moved earlier.",
     )
     def _history(context: SensorEvaluationContext):
-        since = integration.history.since
-        if since is None:
+        if not integration.history.backfills:
             return SkipReason(f"'{name}' has no historical data (history: none)")
         origin = context.code_location_origin  # None in build_sensor_context
         if is_paused(context.instance, integration, origin.location_name if origin else None):
             return SkipReason(f"'{name}' is paused (its schedule is stopped)")
         now = utcnow()
-        start = floor_hour(since)
+        start = partitions_def.start  # history.since, or first configured less its span
         requested_from = datetime.fromisoformat(context.cursor) if context.cursor else None
         end = floor_hour(now - grace) - lookback()  # the late-data sensor's look-back begins
         if integration.history.until:

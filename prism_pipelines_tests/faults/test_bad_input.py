@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prism_pipelines.database import PROJECT_ROOT
 from prism_pipelines.errors import IntegrationsFileError
 from prism_pipelines.integrations import load_integrations
 
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "AKIAVERYSECRETVALUE123"
 PASSWORD = "hunter2-secret-password"
 
@@ -46,7 +46,7 @@ def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """``prism-pipelines *args`` in a fresh process, with ``env`` over the project's settings."""
     environment = {
         **os.environ,
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": str(REPO),
         "DAGSTER_HOME": str(home / "dagster_home"),
         "PRISM_INTEGRATIONS": str(home / "integrations.yaml"),
         "PRISM_SOURCE_URL": f"sqlite:///{home}/gateway.db",
