@@ -16,7 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "pubsub": ("google.cloud.pubsub_v1",),
     "azure": ("azure.storage.blob",),
     "datadog": ("datadog_api_client",),
-    "otlp": ("opentelemetry.proto",),
+    "otlp": ("opentelemetry.proto", "google.rpc.status_pb2"),
     "parquet": ("pyarrow",),
     "postgres": ("psycopg2",),
 }

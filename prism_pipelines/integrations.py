@@ -460,8 +460,12 @@ DESTINATIONS = {
             extra="datadog",
             dashboard=True,
         ),
-        # Dagster has no icon for OpenTelemetry: its kind shows as text
-        Destination(OtlpIntegration, "prism_pipelines.sinks.otlp.sink:OtlpSink", "opentelemetry"),
+        Destination(
+            OtlpIntegration,
+            "prism_pipelines.sinks.otlp.sink:OtlpSink",
+            "opentelemetry",  # Dagster has no icon for it: the kind shows as text
+            extra="otlp",
+        ),
     )
 }
 INTEGRATION_TYPES = tuple(DESTINATIONS)

@@ -27,8 +27,15 @@ from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 
 import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.rpc.status_pb2 import Status as RpcStatus  # googleapis-common-protos
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from prism_pipelines.errors import DestinationError
 from prism_pipelines.records import (
     BOOLEAN_FIELDS,
     EXPORTED_FIELDS,
@@ -37,21 +44,6 @@ from prism_pipelines.records import (
     Reject,
     build_records,
 )
-
-try:
-    from google.protobuf import json_format
-    from google.protobuf.message import DecodeError
-    from google.rpc.status_pb2 import Status as RpcStatus  # googleapis-common-protos
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-        ExportTraceServiceResponse,
-    )
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-except ImportError:  # pragma: no cover - depends on the installed extras
-    raise DestinationError(
-        "type: otlp needs opentelemetry-proto: install prism-pipelines with its otlp extra "
-        "(pip install 'prism-pipelines[otlp]')"
-    ) from None
 
 KIND_CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
 STATUS_ERROR = Status.StatusCode.STATUS_CODE_ERROR
