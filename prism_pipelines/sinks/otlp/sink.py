@@ -131,7 +131,7 @@ class OtlpSink(Sink):
         integration = self.integration
         body = self._compressed(EMPTY_REQUEST[integration.encoding])
         try:
-            self._post(body, "validating", backoff=VALIDATE_BACKOFF)
+            self._post(body, "posting an empty export request", backoff=VALIDATE_BACKOFF)
         except Answer as answer:
             if answer.status in (404, 405):
                 raise DestinationError(
@@ -145,10 +145,10 @@ class OtlpSink(Sink):
                 raise DestinationError(
                     f"integration '{integration.name}': the receiver at {self.url} does not take "
                     f"OTLP/{integration.encoding} ({answer.status} {answer.reason}"
-                    f"{_said(answer)}); set encoding to the one it takes (protobuf is the one "
-                    "every OTLP/HTTP receiver must)"
+                    f"{_said(answer)}); set encoding to the one it takes: protobuf, the default, "
+                    "is the one OTLP receivers take most widely"
                 ) from None
-            raise self._unexpected(answer, "validating") from None
+            raise self._unexpected(answer, "posting an empty export request") from None
         sent = ", ".join(integration.headers) or "none"
         return (
             f"integration '{integration.name}': the OTLP receiver at {self.url} accepted an "
@@ -247,8 +247,8 @@ class OtlpSink(Sink):
             raise DestinationError(
                 f"integration '{integration.name}': the receiver at {self.url} refuses every "
                 f"span as bad data (400 {answer.reason}{_said(answer)}); check that it is an OTLP "
-                f"trace receiver and takes OTLP/{integration.encoding} (encoding: protobuf is "
-                "the one every receiver must take). The batch stays open"
+                f"trace receiver and takes OTLP/{integration.encoding} (protobuf, the default, is "
+                "the one OTLP receivers take most widely). The batch stays open"
             )
         for part, answer in suspects:
             reason = f"refused by the receiver (400){_said(answer)}"
