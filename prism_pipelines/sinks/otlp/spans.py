@@ -25,6 +25,7 @@ import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
+from operator import itemgetter
 
 import orjson
 from google.protobuf import json_format
@@ -130,17 +131,12 @@ class SpanRequest:
         return Reject(source_id, row[_REQUEST_ID], reason, record[0])
 
 
-class SpanBuilder:
-    """Rows of a chunk → spans appended to a request. The attribute plan (which field becomes
-    which attribute, with which value type) is worked out once, from the integration's fields."""
+class _Plan:
+    """Which exported fields become which attributes, by value type."""
 
-    def __init__(self, service_name: str, fields: tuple[str, ...] | None):
-        self.fields = fields
-        exported = set(fields or EXPORTED_FIELDS)
+    def __init__(self, fields: list[str]):
         plan: dict[str, list[tuple[str, int]]] = {"string": [], "int": [], "double": [], "bool": []}
-        for field in EXPORTED_FIELDS:
-            if field not in exported or field == "model_requested":
-                continue
+        for field in fields:
             kind = (
                 "int"
                 if field in INTEGER_FIELDS
@@ -152,14 +148,69 @@ class SpanBuilder:
             )
             for key in GENAI_ATTRIBUTES.get(field, (f"prism.{field}",)):
                 plan[kind].append((key, _POSITION[field]))
-        self._strings = tuple(plan["string"])
-        self._ints = tuple(plan["int"])
-        self._doubles = tuple(plan["double"])
-        self._bools = tuple(plan["bool"])
+        self.strings = tuple(plan["string"])
+        self.ints = tuple(plan["int"])
+        self.doubles = tuple(plan["double"])
+        self.bools = tuple(plan["bool"])
+
+    def add_attributes(self, span: Span, row: tuple) -> None:
+        add = span.attributes.add
+        for key, position in self.strings:
+            value = row[position]
+            if value is not None:
+                add(key=key).value.string_value = value
+        for key, position in self.ints:
+            value = row[position]
+            if value is not None:
+                add(key=key).value.int_value = value
+        for key, position in self.doubles:
+            value = row[position]
+            if value is not None:
+                add(key=key).value.double_value = value
+        for key, position in self.bools:
+            value = row[position]
+            if value is not None:
+                add(key=key).value.bool_value = value
+
+
+#: fields with few distinct values (models, providers, codes, flags): what the span takes from
+#: them (its name, status code, ``error.type`` and their attributes) is built once per
+#: combination as a template span, and merged into each span by protobuf, in C
+FEW_VALUES = (
+    "provider",
+    "model",
+    "model_requested",
+    "status_code",
+    "is_error",
+    "cache_hit",
+    "guardrail_triggered",
+    "routing_strategy",
+    "event_type",
+    "cache_status",
+    "fallback_used",
+    "is_stream",
+)
+#: templates kept at most (then they are built anew): a gateway has a few hundred combinations
+MAX_TEMPLATES = 4096
+
+
+class SpanBuilder:
+    """Rows of a chunk → spans appended to a request. The attribute plan (which field becomes
+    which attribute, with which value type) is worked out once, from the integration's fields."""
+
+    def __init__(self, service_name: str, fields: tuple[str, ...] | None):
+        self.fields = fields
+        exported = [f for f in EXPORTED_FIELDS if f in set(fields or EXPORTED_FIELDS)]
+        self._per_row = _Plan([f for f in exported if f not in FEW_VALUES])
+        self._per_template = _Plan(
+            [f for f in exported if f in FEW_VALUES and f != "model_requested"]
+        )
         #: where ``gen_ai.request.model`` comes from: model_requested, else model
         self._request_model = tuple(
             _POSITION[f] for f in ("model_requested", "model") if f in exported
         )
+        self._template_key = itemgetter(*(_POSITION[f] for f in FEW_VALUES))
+        self._templates: dict[tuple, Span] = {}
         self.template = ExportTraceServiceRequest()
         resource_spans = self.template.resource_spans.add()
         attribute = resource_spans.resource.attributes.add(key="service.name")
@@ -173,51 +224,47 @@ class SpanBuilder:
     def add(self, request: SpanRequest, row: tuple, source_id: int, guardrails: object) -> None:
         """The span of one checked reader row (``records.check_rows``), appended to
         ``request``; ``guardrails`` is the row's parsed guardrail results, or None."""
-        request_id = row[_REQUEST_ID]
-        digest = hashlib.sha256(request_id.encode()).digest()
+        key = self._template_key(row)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            template = self._templates[key] = self._template(row)
+        digest = hashlib.sha256(row[_REQUEST_ID].encode()).digest()
         start = (datetime.fromisoformat(row[_TIMESTAMP]) - _EPOCH) // _MILLISECOND * 1_000_000
         latency = row[_LATENCY]
         span = request.spans.add(
             trace_id=trace_id(row[_TRACE_ID], digest),
             span_id=span_id(digest),
-            name="chat " + (row[_MODEL_REQUESTED] or row[_MODEL]),
-            kind=KIND_CLIENT,
             start_time_unix_nano=start,
             end_time_unix_nano=start + latency * 1_000_000 if latency else start,
         )
+        span.MergeFrom(template)
+        if row[_IS_ERROR] and row[_ERROR_MESSAGE]:
+            span.status.message = row[_ERROR_MESSAGE]
+        self._per_row.add_attributes(span, row)
+        if guardrails is not None:
+            _add_guardrail_events(span, guardrails, start)
+        request.sources.append((source_id, row, guardrails))
+
+    def _template(self, row: tuple) -> Span:
+        """What spans of rows with these few-valued fields share: name, kind, status code, and
+        the attributes of those fields."""
+        span = Span(name="chat " + (row[_MODEL_REQUESTED] or row[_MODEL]), kind=KIND_CLIENT)
         add = span.attributes.add
         add(key="gen_ai.operation.name").value.string_value = "chat"
         for position in self._request_model:
             if row[position] is not None:
                 add(key=REQUEST_MODEL).value.string_value = row[position]
                 break
-        for key, position in self._strings:
-            value = row[position]
-            if value is not None:
-                add(key=key).value.string_value = value
-        for key, position in self._ints:
-            value = row[position]
-            if value is not None:
-                add(key=key).value.int_value = value
-        for key, position in self._doubles:
-            value = row[position]
-            if value is not None:
-                add(key=key).value.double_value = value
-        for key, position in self._bools:
-            value = row[position]
-            if value is not None:
-                add(key=key).value.bool_value = value
+        self._per_template.add_attributes(span, row)
         if row[_IS_ERROR]:
             span.status.code = STATUS_ERROR
-            if row[_ERROR_MESSAGE]:
-                span.status.message = row[_ERROR_MESSAGE]
             status_code = row[_STATUS_CODE]
             add(key="error.type").value.string_value = (
                 OTHER_ERROR if status_code is None else str(status_code)
             )
-        if guardrails is not None:
-            _add_guardrail_events(span, guardrails, start)
-        request.sources.append((source_id, row, guardrails))
+        return span
 
 
 def _add_guardrail_events(span: Span, guardrails: object, time_unix_nano: int) -> None:
