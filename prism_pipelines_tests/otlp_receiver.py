@@ -1,6 +1,7 @@
-"""A strict OTLP/HTTP trace receiver, for the two answers Datadog's APM test agent cannot give:
-a refused credential (401 unless the ``authorization`` header carries its token) and a
-``partial_success`` that refuses some spans. Every other OTLP test runs against the agent
+"""A strict OTLP/HTTP trace receiver, for the answers Datadog's APM test agent cannot give: a
+refused credential (401 unless the ``authorization`` header carries its token), a
+``partial_success`` that refuses some spans, and a 400 for a request holding a span it cannot
+take. Every other OTLP test runs against the agent
 (services.py); this one exists only because the agent takes every request.
 
 It decodes each request with opentelemetry-proto (protobuf, gzip or not) and answers the way
@@ -24,10 +25,17 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 
 class StrictReceiver:
-    def __init__(self, token: str, refuse: Callable[[Span], str | None] | None = None):
+    def __init__(
+        self,
+        token: str,
+        refuse: Callable[[Span], str | None] | None = None,
+        bad_data: Callable[[Span], str | None] | None = None,
+    ):
         self.token = token
-        #: a span → why the receiver refuses it (None: taken)
+        #: a span → why the receiver refuses it in a partial success (None: taken)
         self.refuse = refuse or (lambda span: None)
+        #: a span → why a request holding it is answered 400 as a whole (None: taken)
+        self.bad_data = bad_data or (lambda span: None)
         self.spans: list[Span] = []
         self.statuses: list[int] = []
         receiver = self
@@ -62,16 +70,23 @@ class StrictReceiver:
         if headers.get("authorization") != f"Bearer {self.token}":
             return 401, Status(code=16, message="invalid or missing token").SerializeToString()
         request = ExportTraceServiceRequest.FromString(body)
+        spans = [
+            span
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+        bad = sorted(set(filter(None, map(self.bad_data, spans))))
+        if bad:
+            return 400, Status(code=3, message="; ".join(bad)).SerializeToString()
         refused, reasons = 0, set()
-        for resource_spans in request.resource_spans:
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    reason = self.refuse(span)
-                    if reason:
-                        refused += 1
-                        reasons.add(reason)
-                    else:
-                        self.spans.append(span)
+        for span in spans:
+            reason = self.refuse(span)
+            if reason:
+                refused += 1
+                reasons.add(reason)
+            else:
+                self.spans.append(span)
         response = ExportTraceServiceResponse()
         if refused:
             response.partial_success.rejected_spans = refused

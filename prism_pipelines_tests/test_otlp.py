@@ -3,8 +3,8 @@ agent (a real OTLP/HTTP receiver, services.py) decodes them, in protobuf and OTL
 not; its 1 MiB body limit for the 413 split; the fault proxy in front of it for throttling,
 server errors and a lost answer; validation; the integrations file's messages.
 
-A refused credential and a ``partial_success`` are the two answers the agent cannot give: those
-two tests use ``otlp_receiver.StrictReceiver``.
+A refused credential, a ``partial_success`` and a 400 are the answers the agent cannot give:
+those tests use ``otlp_receiver.StrictReceiver``.
 """
 
 from __future__ import annotations
@@ -475,6 +475,49 @@ def test_spans_the_receiver_refuses_go_to_the_rejects_with_its_message(prism, ga
     assert all("user.id user_0 is blocked by policy" in r["reason"] for r in rejects)
     assert all("OTLP does not say which" in r["reason"] for r in rejects)
     assert prism.ledger.cursor(NAME, H) > 0  # refused for good: recorded, not retried
+
+
+def test_a_400_rejects_only_the_spans_the_receiver_cannot_take(prism, gateway, monkeypatch):
+    def bad_data(span) -> str | None:
+        if _values(span.attributes).get("user.id") == "user_0":
+            return "invalid attribute user.id"
+        return None
+
+    receiver = StrictReceiver(token="t", bad_data=bad_data)
+    rows = gateway_rows(H, 40)
+    gateway.insert_rows([rows])
+    monkeypatch.setenv("PRISM_TEST_OTLP_AUTH", "Bearer t")
+    prism.configure(otlp(receiver.url, headers={"authorization": {"env": "PRISM_TEST_OTLP_AUTH"}}))
+    try:
+        run = prism.sync(NAME, KEY)
+    finally:
+        receiver.close()
+
+    bad = {request_id(r) for r in rows if r[COLUMN["user_id"]] == "user_0"}
+    assert len(bad) == 3
+    assert run.metadata["records"] == 37 and run.metadata["rejects"] == 3
+    taken = [_values(s.attributes)["prism.request_id"] for s in receiver.spans]
+    assert sorted(taken) == sorted(set(map(request_id, rows)) - bad)  # each once
+    rejects = prism.ledger.rejects(NAME, H)
+    assert {r["request_id"] for r in rejects} == bad
+    assert {r["reason"] for r in rejects} == {
+        "refused by the receiver (400): invalid attribute user.id"
+    }
+
+
+def test_a_receiver_that_refuses_every_span_stops_the_run(prism, gateway, monkeypatch):
+    receiver = StrictReceiver(token="t", bad_data=lambda span: "cannot decode span")
+    gateway.insert_rows([gateway_rows(H, 10)])
+    monkeypatch.setenv("PRISM_TEST_OTLP_AUTH", "Bearer t")
+    prism.configure(otlp(receiver.url, headers={"authorization": {"env": "PRISM_TEST_OTLP_AUTH"}}))
+    try:
+        run = prism.sync(NAME, KEY, raise_on_error=False)
+    finally:
+        receiver.close()
+
+    assert not run.success
+    assert "refuses every span as bad data (400 Bad Request: cannot decode span)" in run.error
+    assert prism.ledger.cursor(NAME, H) == 0 and prism.ledger.rejects(NAME, H) == []
 
 
 # -- Validate & Continue and the integrations file -------------------------------------------------
