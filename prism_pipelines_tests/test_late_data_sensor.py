@@ -314,3 +314,23 @@ def test_historical_data_is_requested_once_and_again_when_since_moves_earlier(pr
         (key(hours_ago(106)), key(hours_ago(101))),
     ]
     assert tick(prism, earlier.cursor, name="archive_history").run_requests == []
+
+
+def test_history_span_counts_back_from_the_hour_first_configured(prism, tmp_path):
+    """``since: -100h``: the 100 hours before the integration was first configured, requested
+    once; the partitions' start stays put as time passes (the ledger remembers that hour)."""
+    prism.configure(archive(tmp_path, history={"since": "-100h"}))
+    assert prism.job("archive_sync").partitions_def.start == hours_ago(100)
+    tick(prism)  # the late-data sensor records the hour first configured: this one, not its start
+    assert prism.ledger.configured_at("archive") == THIS_HOUR
+
+    # Configured 30 hours ago: the history reaches 130 hours back, and the sensor requests it.
+    with prism.ledger.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE prism_integrations SET first_configured_at = :at WHERE name = 'archive'"),
+            {"at": hours_ago(30)},
+        )
+    prism.configure(archive(tmp_path, history={"since": "-100h"}))
+    assert prism.job("archive_sync").partitions_def.start == hours_ago(130)
+    requested = tick(prism, name="archive_history").run_requests
+    assert requested[0].tags["dagster/asset_partition_range_start"] == key(hours_ago(130))
