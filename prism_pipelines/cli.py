@@ -253,8 +253,15 @@ def validate(name: str) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--partition", help="Only this hour, e.g. 2026-11-22-14:00.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-def rejects(name: str, partition: str | None, limit: int) -> None:
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="List at most this many, oldest hour first.",
+)
+@click.option("--all", "show_all", is_flag=True, help="List every reject (no --limit).")
+def rejects(name: str, partition: str | None, limit: int, show_all: bool) -> None:
     """List records NAME's destination refused for good, with the reason."""
     from prism_pipelines.hours import hour_of_key
     from prism_pipelines.integrations import load_integrations
@@ -267,11 +274,21 @@ def rejects(name: str, partition: str | None, limit: int) -> None:
         raise click.BadParameter(
             f"{partition!r} is not a partition key, e.g. 2026-11-22-14:00"
         ) from None
-    found = _prism(config).ledger().rejects(name, hour, limit)
+    ledger = _prism(config).ledger()
+    found = ledger.rejects(name, hour, None if show_all else limit)
     for reject in found:
         click.echo(f"{reject['hour']:%Y-%m-%d-%H:%M}  {reject['request_id']}  {reject['reason']}")
     if not found:
         click.echo(f"{name}: no rejects")
+        return
+    total = len(found) if show_all else ledger.count_rejects(name, hour)
+    if total > len(found):
+        # On stderr: the listing stays one reject a line for whoever reads it with a script.
+        click.echo(
+            f"showing {len(found):,} of {total:,} rejects (oldest hour first); "
+            f"--limit {total} or --all to see every one",
+            err=True,
+        )
 
 
 @main.command("upgrade-state")

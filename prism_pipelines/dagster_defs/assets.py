@@ -4,6 +4,16 @@ Materializing a partition syncs it (``sync.deliver_partition``). A backfill run 
 hours (the backfill policy groups them, so a month of hours is not a month of run start-ups);
 each hour gets its own materialization event with its own metadata as soon as it is delivered,
 so the partition view in the UI is the sync history.
+
+An hour another run is delivering (it holds the hour's lease: the schedule's grace-period run
+beside the late-data sensor's, a backfill beside the schedule) is skipped: an info line names
+the holder, and the hour gets an observation (``skipped: busy``), not a materialization. A
+materialization would say this run delivered the hour (the partition view would count it, the
+sync history would list it) when the holder's run does; the holder's run records the hour's own
+materialization and checks. It is not a failure: the run succeeds if nothing else failed, no
+notification is posted, the status stays Active. Nothing is lost: the hour's delivery state is
+the ledger's, so if the holder fails, the hour stays behind and the late-data sensor (or the next
+backfill) requests it again.
 """
 
 from datetime import UTC
@@ -12,6 +22,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
     AssetSpec,
     BackfillPolicy,
     Config,
@@ -87,6 +98,14 @@ def integration_asset(integration, partitions_def):
                         who=f"Dagster run {context.run_id}",
                     )
                 except SyncError as exc:
+                    if exc.busy:
+                        context.log.info(f"partition {partition_key(hour)}: skipped: {exc}")
+                        yield AssetObservation(
+                            asset_key=asset_key(name),
+                            partition=partition_key(hour),
+                            metadata={"skipped": "busy", "reason": str(exc)},
+                        )
+                        continue
                     context.log.error(f"partition {partition_key(hour)}: {exc}")
                     failures.append(f"{partition_key(hour)}: {exc}")
                     if exc.credentials_refused:
@@ -102,9 +121,7 @@ def integration_asset(integration, partitions_def):
                     partition=partition_key(hour),
                     metadata=_typed(result.metadata()),
                 )
-                yield from checks.partition_checks(
-                    context, integration, source, ledger, hour, result
-                )
+                yield from checks.partition_checks(context, integration, source, ledger, hour)
         finally:
             sink.close()
         yield from checks.run_checks(context, integration, ledger, failures)

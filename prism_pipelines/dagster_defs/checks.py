@@ -42,7 +42,6 @@ from prism_pipelines.dagster_defs.names import asset_key
 from prism_pipelines.hours import partition_key, utcnow
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
-from prism_pipelines.sync import SyncResult
 
 RECONCILIATION, STATUS, FRESHNESS = "reconciliation", "status", "freshness"
 ALERT_DESCRIPTIONS = {
@@ -192,30 +191,51 @@ def partition_checks(
     source: GatewaySource,
     ledger: Ledger,
     hour: datetime,
-    result: SyncResult,
 ) -> Iterator[AssetCheckEvaluation]:
-    """The per-hour checks of an hour the run has just synced.
+    """The per-hour checks of an hour the run has just synced, recorded at every sync of it (an
+    event beside the hour's materialization), so the latest evaluation is always this sync's.
 
-    Each evaluation is an event in Dagster's storage, so a sync that changed nothing records
-    nothing new: reconciliation is recorded when the sync delivered, rejected or redid rows, or
-    when it fails (a gap is always reported); the alerts when the sync read new rows, since they
-    depend on the hour's traffic alone."""
-    selected, name = _selected(context), integration.name
-    changed = result.records + result.rejects + result.redone_batches > 0
+    A check that cannot be evaluated (its query failed) must not undo a delivered sync, nor
+    leave the last green result standing as if it had passed: it is recorded as failed, severity
+    WARN, with the reason, until the next sync of the hour evaluates it."""
+    name, hour_key = integration.name, partition_key(hour)
+    selected = _selected(context)
+    wanted = [c for c in (RECONCILIATION, *alert_names(integration.alerts)) if c in selected]
+    done = set()
     try:
-        if RECONCILIATION in selected:
-            reconciliation = reconcile(source, ledger, name, hour)
-            if changed or not reconciliation.passed:
-                yield reconciliation_evaluation(name, hour, reconciliation)
-        new_rows = result.records + result.rejects > 0
-        if new_rows and selected & set(alert_names(integration.alerts)):
+        if RECONCILIATION in wanted:
+            yield reconciliation_evaluation(name, hour, reconcile(source, ledger, name, hour))
+            done.add(RECONCILIATION)
+        if set(wanted) - done:
             for alert in evaluate_alerts(source, integration.alerts, hour):
-                if alert.name in selected:
+                if alert.name in wanted:
                     yield _alert_evaluation(name, hour, alert)
-    except Exception as exc:  # a check that cannot run must not undo a delivered sync
-        context.log.warning(
-            f"partition {partition_key(hour)}: checks not evaluated: {type(exc).__name__}: {exc}"
-        )
+                    done.add(alert.name)
+    except Exception as exc:
+        reason = integration.scrub(f"{type(exc).__name__}: {exc}").strip()
+        reason = reason.splitlines()[0][:MAX_REASON_CHARS] if reason else type(exc).__name__
+        context.log.warning(f"partition {hour_key}: checks not evaluated: {reason}")
+        for check in wanted:
+            if check not in done:
+                yield not_evaluated(name, hour, check, reason)
+
+
+#: how much of a failed query's message a "not evaluated" result keeps (its first line)
+MAX_REASON_CHARS = 500
+
+
+def not_evaluated(name: str, hour: datetime, check: str, reason: str) -> AssetCheckEvaluation:
+    """A per-hour check whose evaluation failed: failed, WARN, with the reason."""
+    return AssetCheckEvaluation(
+        asset_key=asset_key(name),
+        check_name=check,
+        passed=False,
+        severity=AssetCheckSeverity.WARN,
+        description=f"not evaluated: {reason}. The next sync of {partition_key(hour)} "
+        "evaluates it again.",
+        partition=partition_key(hour),
+        metadata={"evaluated": False, "reason": reason},
+    )
 
 
 def status_result(integration, ledger: Ledger, failures: list[str]) -> AssetCheckResult:

@@ -39,8 +39,16 @@ from prism_pipelines.dagster_defs.names import (
     schedule_name,
     sync_job_name,
 )
+from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.errors import PrismError
-from prism_pipelines.hours import PARTITION_KEY_FORMAT, utc, utcnow
+from prism_pipelines.hours import (
+    HOUR,
+    PARTITION_KEY_FORMAT,
+    hour_of_key,
+    partition_key,
+    utc,
+    utcnow,
+)
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
 
@@ -159,7 +167,7 @@ BACKFILLS_SEARCHED = 50
 
 
 def sync_run_records(
-    instance: DagsterInstance, name: str, statuses: list[DagsterRunStatus], limit: int
+    instance: DagsterInstance, name: str, statuses: list[DagsterRunStatus], limit: int | None
 ) -> list:
     """The integration's sync runs, newest first: runs of ``<name>_sync`` and the runs of
     backfills of its asset launched from the UI, which Dagster runs as its asset job without the
@@ -184,6 +192,29 @@ def sync_run_records(
         ]
     records.sort(key=lambda record: record.create_timestamp, reverse=True)
     return records[:limit]
+
+
+def run_partition_keys(tags) -> list[str]:
+    """The hours a run syncs, from its tags: ``dagster/partition`` for one hour, the asset
+    partition range for a run of many (a backfill's, the history sensor's, the CLI's)."""
+    if tags.get("dagster/partition"):
+        return [tags["dagster/partition"]]
+    start = tags.get("dagster/asset_partition_range_start")
+    end = tags.get("dagster/asset_partition_range_end")
+    if not (start and end):
+        return []
+    return [partition_key(h) for h in hours_between(hour_of_key(start), hour_of_key(end) + HOUR)]
+
+
+def partitions_in_progress(instance: DagsterInstance, name: str) -> dict[str, str]:
+    """Partition key → id of a queued or running sync run of the integration that covers it.
+    The sensors request none of these: that run delivers them (a second one would only find
+    the hour busy)."""
+    covered: dict[str, str] = {}
+    for record in sync_run_records(instance, name, IN_PROGRESS, limit=None):
+        for key in run_partition_keys(record.dagster_run.tags):
+            covered.setdefault(key, record.dagster_run.run_id)
+    return covered
 
 
 def integration_of_run(run) -> str | None:
