@@ -429,39 +429,50 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
     )
 
 
-def _pause(name: str, paused: bool) -> None:
+def _pause(name: str, paused: bool, workspace: str | None) -> None:
     from prism_pipelines.dagster_defs.status import set_paused
 
     config, instance = _operations()
     integration = config.get(name)  # a clear message for an unknown name
     with instance:
-        locations = ", ".join(set_paused(instance, integration, paused))
+        locations = ", ".join(set_paused(instance, integration, paused, workspace))
+    what = f"schedule {name}_schedule and sensors {name}_late_data and {name}_history"
     if paused:
         click.echo(
-            f"{name}: Paused (schedule {name}_schedule and sensor {name}_late_data stopped in "
-            f"code location {locations}). Nothing is lost: `prism-pipelines resume {name}` "
-            "catches up every hour."
+            f"{name}: Paused ({what} stopped in code location {locations}). Nothing is lost: "
+            f"`prism-pipelines resume {name}` catches up every hour."
         )
     else:
         click.echo(
-            f"{name}: resumed (schedule {name}_schedule and sensor {name}_late_data running in "
-            f"code location {locations}); the next syncs catch up the hours that accrued while "
-            "paused."
+            f"{name}: resumed ({what} running in code location {locations}); the next syncs "
+            "catch up the hours that accrued while paused."
         )
 
 
-@main.command()
-@click.argument("name")
-def pause(name: str) -> None:
-    """Pause NAME: stop its schedule and late-data sensor (the UI's toggles do the same)."""
-    _pause(name, True)
+_WORKSPACE = click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Load the code location from this workspace file (the deployment's), as `dagster "
+    "schedule stop -w` does; default: where the instance's daemon or UI recorded it, else "
+    "this package's.",
+)
 
 
 @main.command()
 @click.argument("name")
-def resume(name: str) -> None:
-    """Resume NAME: start its schedule and late-data sensor; missed hours are caught up."""
-    _pause(name, False)
+@_WORKSPACE
+def pause(name: str, workspace: str | None) -> None:
+    """Pause NAME: stop its schedule and sensors (the UI's toggles do the same)."""
+    _pause(name, True, workspace)
+
+
+@main.command()
+@click.argument("name")
+@_WORKSPACE
+def resume(name: str, workspace: str | None) -> None:
+    """Resume NAME: start its schedule and sensors; missed hours are caught up."""
+    _pause(name, False, workspace)
 
 
 @main.command()
