@@ -191,3 +191,24 @@ def test_pause_and_resume_work_on_a_fresh_instance_without_a_daemon(prism, gatew
     cli(prism, "resume", "archive")
     status = status_of(prism, gateway)
     assert status.status == ACTIVE and status.since >= before - timedelta(seconds=1)
+
+
+def test_rejects_says_how_many_there_are_and_how_to_see_the_rest(prism, gateway, tmp_path):
+    prism.configure(local(tmp_path / "bucket"))
+    gateway.insert_rows([gateway_rows(H, 3), gateway_rows(H, 12, start=3, guardrail_results="{")])
+    assert prism.sync("archive", KEY).metadata["rejects"] == 12
+
+    def rejects(*args: str):
+        result = CliRunner().invoke(
+            main,
+            ["rejects", "archive", *args],
+            env={"DAGSTER_HOME": str(prism.instance.root_directory)},
+        )
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines(), result.stderr
+
+    listed, note = rejects("--limit", "5")
+    assert len(listed) == 5 and all("malformed row" in line for line in listed)
+    assert "showing 5 of 12 rejects" in note and "--limit 12 or --all" in note
+    assert [len(rejects(*args)[0]) for args in ((), ("--all",), ("--limit", "12"))] == [12] * 3
+    assert rejects("--all")[1] == rejects()[1] == ""

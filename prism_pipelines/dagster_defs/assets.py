@@ -12,17 +12,19 @@ materialization would say this run delivered the hour (the partition view would 
 sync history would list it) when the holder's run does; the holder's run records the hour's own
 materialization and checks. It is not a failure: the run succeeds if nothing else failed, no
 notification is posted, the status stays Active. Nothing is lost: the hour's delivery state is
-the ledger's, so if the holder fails, the hour stays behind and the late-data sensor (or the next
-backfill) requests it again.
+the ledger's: if the hour is still behind after the holder's run (it failed, or rows arrived
+after it read), the late-data sensor requests it again at its next tick, seeing the observation
+(``skipped_busy_since``) rather than waiting as it does for a run that failed.
 """
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
     AssetObservation,
+    AssetRecordsFilter,
     AssetSpec,
     BackfillPolicy,
     Config,
@@ -44,6 +46,8 @@ from prism_pipelines.sync import SyncError, deliver_partition
 GATEWAY_TABLE = AssetKey(["prism_gateway", "prism_request_logs"])
 #: hours per backfill run: one run start-up per day of history
 HOURS_PER_BACKFILL_RUN = 24
+#: the metadata of an hour's observation when a run left it to the run that holds it
+SKIPPED, BUSY = "skipped", "busy"
 
 
 gateway_table = AssetSpec(
@@ -103,7 +107,7 @@ def integration_asset(integration, partitions_def):
                         yield AssetObservation(
                             asset_key=asset_key(name),
                             partition=partition_key(hour),
-                            metadata={"skipped": "busy", "reason": str(exc)},
+                            metadata={SKIPPED: BUSY, "reason": str(exc)},
                         )
                         continue
                     context.log.error(f"partition {partition_key(hour)}: {exc}")
@@ -133,6 +137,23 @@ def integration_asset(integration, partitions_def):
             )
 
     return sync_asset
+
+
+def skipped_busy_since(instance, name: str, key: str, since: datetime) -> bool:
+    """A run skipped partition ``key`` as busy since ``since`` (its ``skipped: busy``
+    observation): what the late-data sensor asks before waiting on an hour it requested."""
+    records = instance.fetch_observations(
+        AssetRecordsFilter(
+            asset_key=asset_key(name), asset_partitions=[key], after_timestamp=since.timestamp()
+        ),
+        limit=10,
+    ).records
+    return any(
+        (observation := record.asset_observation) is not None
+        and SKIPPED in observation.metadata
+        and observation.metadata[SKIPPED].value == BUSY
+        for record in records
+    )
 
 
 def _typed(metadata: dict) -> dict:

@@ -14,6 +14,9 @@ integration-wide checks (``run_checks``).
 - ``status`` (ERROR): the last sync succeeded (Active) or not (Error, with its message).
 - ``freshness`` (WARN): the integration synced within twice its interval. The late-data sensor
   re-evaluates it between runs, so a stalled integration turns it red too.
+
+A per-partition check whose query fails is recorded failed, WARN, "not evaluated" with the
+reason (``not_evaluated``), until the next sync of the hour evaluates it.
 """
 
 from __future__ import annotations
@@ -198,26 +201,41 @@ def partition_checks(
     A check that cannot be evaluated (its query failed) must not undo a delivered sync, nor
     leave the last green result standing as if it had passed: it is recorded as failed, severity
     WARN, with the reason, until the next sync of the hour evaluates it."""
-    name, hour_key = integration.name, partition_key(hour)
-    selected = _selected(context)
-    wanted = [c for c in (RECONCILIATION, *alert_names(integration.alerts)) if c in selected]
-    done = set()
+    name, selected = integration.name, _selected(context)
+    if RECONCILIATION in selected:
+        yield from _evaluated(
+            context,
+            integration,
+            hour,
+            [RECONCILIATION],
+            lambda: [reconciliation_evaluation(name, hour, reconcile(source, ledger, name, hour))],
+        )
+    alerts = [check for check in alert_names(integration.alerts) if check in selected]
+    if alerts:
+        yield from _evaluated(
+            context,
+            integration,
+            hour,
+            alerts,
+            lambda: [
+                _alert_evaluation(name, hour, alert)
+                for alert in evaluate_alerts(source, integration.alerts, hour)
+                if alert.name in alerts
+            ],
+        )
+
+
+def _evaluated(context, integration, hour: datetime, names: list[str], evaluate):
+    """``evaluate()``'s evaluations, or, if it raised, each of ``names`` not evaluated."""
     try:
-        if RECONCILIATION in wanted:
-            yield reconciliation_evaluation(name, hour, reconcile(source, ledger, name, hour))
-            done.add(RECONCILIATION)
-        if set(wanted) - done:
-            for alert in evaluate_alerts(source, integration.alerts, hour):
-                if alert.name in wanted:
-                    yield _alert_evaluation(name, hour, alert)
-                    done.add(alert.name)
+        return evaluate()
     except Exception as exc:
-        reason = integration.scrub(f"{type(exc).__name__}: {exc}").strip()
-        reason = reason.splitlines()[0][:MAX_REASON_CHARS] if reason else type(exc).__name__
-        context.log.warning(f"partition {hour_key}: checks not evaluated: {reason}")
-        for check in wanted:
-            if check not in done:
-                yield not_evaluated(name, hour, check, reason)
+        reason = integration.scrub(f"{type(exc).__name__}: {exc}").strip().splitlines()[0]
+        reason = reason[:MAX_REASON_CHARS]
+        context.log.warning(
+            f"partition {partition_key(hour)}: {', '.join(names)} not evaluated: {reason}"
+        )
+        return [not_evaluated(integration.name, hour, check, reason) for check in names]
 
 
 #: how much of a failed query's message a "not evaluated" result keeps (its first line)

@@ -19,7 +19,8 @@ of months its cost follows the traffic since the last tick, not the look-back wi
 Its cursor remembers, per hour, the source's (highest id, rows) it requested a sync for: it
 asks again only when the source moved past that, or if the hour is still behind (its run
 failed) an hour later, or as soon as a sync of the integration succeeded after that failure
-(the destination is back). With ``manifest: true`` it also requests a sync of each closed hour
+(the destination is back), or as soon as its run skipped it as busy (another run held it;
+``skipped: busy``). With ``manifest: true`` it also requests a sync of each closed hour
 whose manifest is missing or stale (``Ledger.manifests_due``): that sync writes it. While the
 integration is paused (its schedule stopped) it skips, keeping its cursor, so resuming catches
 up every hour. Between runs it also re-evaluates the ``freshness`` check, so an integration that
@@ -63,7 +64,7 @@ from prism_pipelines.backlog import (
     lookback,
 )
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
+from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, skipped_busy_since
 from prism_pipelines.dagster_defs.names import (
     asset_key,
     history_sensor_name,
@@ -241,6 +242,8 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
                     and hour.rows <= asked[1]
                     and now - asked[2] < RETRY_AFTER
                     and not failed_then_recovered
+                    # its run left it to another run, which did not catch it up
+                    and not skipped_busy_since(context.instance, name, key, asked[2])
                 ):
                     continue  # already requested for this state of the source
                 cursor.requested[key] = (hour.max_id, hour.rows, now)

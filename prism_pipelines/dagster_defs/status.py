@@ -13,9 +13,9 @@ since).
 
 Schedule and sensor state are the instance's instigator states, found by the schedule's and the
 sensor's names in whatever code location serves them (the daemon records a running one on its
-first tick, the UI's toggles record theirs): nothing here rebuilds a location's identity, so a
-deployment that names its location differently, or serves it from a gRPC code server, reads
-and toggles the same state as the UI.
+first tick, the UI's toggles and ``set_paused`` record theirs): nothing here rebuilds a
+location's identity by hand, so a deployment that names its location differently, or serves it
+from a gRPC code server, reads and toggles the same state as the UI.
 """
 
 from __future__ import annotations
