@@ -113,7 +113,7 @@ def test_check_whose_query_fails_is_reported_failed_until_it_runs_again(
     failed = evaluation(prism, "reconciliation", KEY)
     assert not failed.passed and failed.severity == AssetCheckSeverity.WARN
     assert failed.description.startswith("not evaluated: OperationalError")
-    assert "terminating connection" in failed.description
+    assert "connection" in failed.description  # the driver's first line
     assert numbers(failed)["evaluated"] is False
     assert evaluation(prism, "error_rate", KEY).passed  # its own queries ran
 

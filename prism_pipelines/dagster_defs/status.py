@@ -13,9 +13,10 @@ since).
 
 Schedule and sensor state are the instance's instigator states, found by the schedule's and the
 sensor's names in whatever code location serves them (the daemon records a running one on its
-first tick, the UI's toggles and ``set_paused`` record theirs): nothing here rebuilds a
-location's identity by hand, so a deployment that names its location differently, or serves it
-from a gRPC code server, reads and toggles the same state as the UI.
+first tick, the UI's toggles and ``set_paused`` record theirs), and ``set_paused`` loads the
+location from the origin recorded with them: nothing here assumes a location's name, so a
+deployment that names its location differently, or serves it from a gRPC code server, reads
+and toggles the same state as the UI.
 """
 
 from __future__ import annotations
@@ -122,9 +123,9 @@ def set_paused(
     Done by ``dagster schedule stop|start`` and ``dagster sensor stop|start``, the commands
     Dagster ships for this: they load the code location and toggle through the instance's
     scheduler (``DagsterInstance.start_schedule`` and its siblings), which need the location's
-    loaded schedule or sensor. Loading one is only public through those commands (the workspace
-    API is ``dagster._core``), so they run here as processes. Toggled that way, a start
-    records a fresh start time (what ``status`` reads as "Active since") and works before any
+    loaded schedule or sensor. Loading one is only public through those commands (Dagster's
+    workspace API is private), so they run here as processes. Toggled that way, a start records
+    a fresh start time (what ``status`` reads as "Active since") and works before any
     daemon or UI recorded a state, and a stop is what the daemon and the UI's toggles see.
 
     Where the location is served: ``workspace`` (a workspace file, e.g. the deployment's) when
@@ -141,7 +142,7 @@ def set_paused(
     action = "stop" if paused else "start"
     with tempfile.TemporaryDirectory(prefix="prism-toggle-") as folder:
         if workspace is not None:
-            workspaces = {os.path.basename(workspace): workspace}
+            workspaces = {_location_names(workspace): workspace}
         else:
             entries = _recorded_locations(instance, [n for _, n in instigators])
             if not entries:
@@ -157,6 +158,19 @@ def set_paused(
                 [[kind, action, instigator, "-w", path] for kind, instigator in instigators]
             )
     return sorted(workspaces)
+
+
+def _location_names(workspace: str) -> str:
+    """The code locations a workspace file names, for the command's message."""
+    with open(workspace) as file:
+        entries = (yaml.safe_load(file) or {}).get("load_from") or []
+    names = [
+        target.get("location_name")
+        for entry in entries
+        for target in entry.values()
+        if isinstance(target, dict)
+    ]
+    return ", ".join(filter(None, names)) or os.path.basename(workspace)
 
 
 def _recorded_locations(instance: DagsterInstance, names: list[str]) -> dict[str, dict]:
