@@ -187,7 +187,7 @@ def sync(
     dagster_home()
     from dagster import DagsterInstance
 
-    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
+    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, SKIPPED
     from prism_pipelines.dagster_defs.names import asset_key, sync_job_name, sync_run_config
     from prism_pipelines.definitions import defs
 
@@ -229,6 +229,10 @@ def sync(
                         f"{event.partition}: {meta['records']:>9,} records  {meta['rejects']:>5,} "
                         f"rejects  {meta['files']:>3} files  {meta['bytes']:>12,} bytes"
                     )
+            for event in result.get_asset_observation_events():
+                observed = event.asset_observation_data.asset_observation.metadata
+                if event.asset_key == asset_key(name) and SKIPPED in observed:
+                    click.echo(f"{event.partition}: skipped: {observed['reason'].value}")
             if not result.success:
                 failed = True
                 for event in result.all_events:

@@ -214,6 +214,7 @@ def test_hour_another_run_is_delivering_is_skipped_without_error_or_notification
 
     run = runs[KEY].result
     assert run.success and cli.exit_code == 0, cli.output
+    assert f"{KEY}: skipped: " in cli.output and "the schedule's run" in cli.output
     # The two free hours are delivered and materialized; the busy one is only observed.
     assert {key: r.metadata.get("records") for key, r in runs.items()} == {
         keys[0]: 10,
