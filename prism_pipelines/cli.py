@@ -187,7 +187,7 @@ def sync(
     dagster_home()
     from dagster import DagsterInstance
 
-    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
+    from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, SKIPPED
     from prism_pipelines.dagster_defs.names import asset_key, sync_job_name, sync_run_config
     from prism_pipelines.definitions import defs
 
@@ -229,6 +229,10 @@ def sync(
                         f"{event.partition}: {meta['records']:>9,} records  {meta['rejects']:>5,} "
                         f"rejects  {meta['files']:>3} files  {meta['bytes']:>12,} bytes"
                     )
+            for event in result.get_asset_observation_events():
+                observed = event.asset_observation_data.asset_observation.metadata
+                if event.asset_key == asset_key(name) and SKIPPED in observed:
+                    click.echo(f"{event.partition}: skipped: {observed['reason'].value}")
             if not result.success:
                 failed = True
                 for event in result.all_events:
@@ -258,8 +262,15 @@ def validate(name: str) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--partition", help="Only this hour, e.g. 2026-11-22-14:00.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-def rejects(name: str, partition: str | None, limit: int) -> None:
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="List at most this many, oldest hour first.",
+)
+@click.option("--all", "show_all", is_flag=True, help="List every reject (no --limit).")
+def rejects(name: str, partition: str | None, limit: int, show_all: bool) -> None:
     """List records NAME's destination refused for good, with the reason."""
     from prism_pipelines.hours import hour_of_key
     from prism_pipelines.integrations import load_integrations
@@ -272,11 +283,21 @@ def rejects(name: str, partition: str | None, limit: int) -> None:
         raise click.BadParameter(
             f"{partition!r} is not a partition key, e.g. 2026-11-22-14:00"
         ) from None
-    found = _prism(config).ledger().rejects(name, hour, limit)
+    ledger = _prism(config).ledger()
+    found = ledger.rejects(name, hour, None if show_all else limit)
     for reject in found:
         click.echo(f"{reject['hour']:%Y-%m-%d-%H:%M}  {reject['request_id']}  {reject['reason']}")
     if not found:
         click.echo(f"{name}: no rejects")
+        return
+    total = len(found) if show_all else ledger.count_rejects(name, hour)
+    if total > len(found):
+        # On stderr: the listing stays one reject a line for whoever reads it with a script.
+        click.echo(
+            f"showing {len(found):,} of {total:,} rejects (oldest hour first); "
+            f"--limit {total} or --all to see every one",
+            err=True,
+        )
 
 
 @main.command("upgrade-state")
@@ -417,39 +438,50 @@ def status(names: tuple[str, ...], as_json: bool) -> None:
     )
 
 
-def _pause(name: str, paused: bool) -> None:
+def _pause(name: str, paused: bool, workspace: str | None) -> None:
     from prism_pipelines.dagster_defs.status import set_paused
 
     config, instance = _operations()
     integration = config.get(name)  # a clear message for an unknown name
     with instance:
-        locations = ", ".join(set_paused(instance, integration, paused))
+        locations = ", ".join(set_paused(instance, integration, paused, workspace))
+    what = f"schedule {name}_schedule and sensors {name}_late_data and {name}_history"
     if paused:
         click.echo(
-            f"{name}: Paused (schedule {name}_schedule and sensor {name}_late_data stopped in "
-            f"code location {locations}). Nothing is lost: `prism-pipelines resume {name}` "
-            "catches up every hour."
+            f"{name}: Paused ({what} stopped in code location {locations}). Nothing is lost: "
+            f"`prism-pipelines resume {name}` catches up every hour."
         )
     else:
         click.echo(
-            f"{name}: resumed (schedule {name}_schedule and sensor {name}_late_data running in "
-            f"code location {locations}); the next syncs catch up the hours that accrued while "
-            "paused."
+            f"{name}: resumed ({what} running in code location {locations}); the next syncs "
+            "catch up the hours that accrued while paused."
         )
 
 
-@main.command()
-@click.argument("name")
-def pause(name: str) -> None:
-    """Pause NAME: stop its schedule and late-data sensor (the UI's toggles do the same)."""
-    _pause(name, True)
+_WORKSPACE = click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Load the code location from this workspace file (the deployment's), as `dagster "
+    "schedule stop -w` does; default: where the instance's daemon or UI recorded it, else "
+    "this package's.",
+)
 
 
 @main.command()
 @click.argument("name")
-def resume(name: str) -> None:
-    """Resume NAME: start its schedule and late-data sensor; missed hours are caught up."""
-    _pause(name, False)
+@_WORKSPACE
+def pause(name: str, workspace: str | None) -> None:
+    """Pause NAME: stop its schedule and sensors (the UI's toggles do the same)."""
+    _pause(name, True, workspace)
+
+
+@main.command()
+@click.argument("name")
+@_WORKSPACE
+def resume(name: str, workspace: str | None) -> None:
+    """Resume NAME: start its schedule and sensors; missed hours are caught up."""
+    _pause(name, False, workspace)
 
 
 @main.command()

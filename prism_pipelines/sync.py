@@ -39,7 +39,14 @@ from operator import itemgetter
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError, Superseded
 from prism_pipelines.hours import utc, utcnow
-from prism_pipelines.ledger import Lease, LeaseError, Ledger, RecordedBatch, lease_seconds
+from prism_pipelines.ledger import (
+    Lease,
+    LeaseError,
+    Ledger,
+    PartitionBusy,
+    RecordedBatch,
+    lease_seconds,
+)
 from prism_pipelines.manifest import write_manifest_if_due
 from prism_pipelines.records import (
     ROW_ID,
@@ -55,11 +62,14 @@ CHUNK_ROWS = 5_000
 
 
 class SyncError(PrismError):
-    """A sync failed; the message names the integration, the partition and what to do."""
+    """A sync failed; the message names the integration, the partition and what to do.
+    ``busy``: it did not start, another run holds the partition (``PartitionBusy``), which is
+    the normal overlap of schedule, sensors and backfills, not a failure of the partition."""
 
-    def __init__(self, message: str, credentials_refused: bool = False):
+    def __init__(self, message: str, credentials_refused: bool = False, busy: bool = False):
         super().__init__(message)
         self.credentials_refused = credentials_refused
+        self.busy = busy
 
 
 @dataclass
@@ -161,7 +171,8 @@ def deliver_partition(
             return _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds)
     except (LeaseError, Superseded) as exc:
         # Not the partition's failure (another run is delivering it): not recorded as its error.
-        raise SyncError(integration.scrub(str(exc))) from None
+        busy = isinstance(exc, PartitionBusy)
+        raise SyncError(integration.scrub(str(exc)), busy=busy) from None
 
 
 def _deliver(integration, sink, source, ledger, hour, lease, full, settle_seconds) -> SyncResult:

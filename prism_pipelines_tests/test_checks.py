@@ -12,6 +12,7 @@ from sqlalchemy import delete, text, update
 from prism_pipelines.dagster_defs import checks
 from prism_pipelines.dagster_defs.assets import asset_key
 from prism_pipelines.ledger import batches, partitions
+from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_late_data_sensor import hours_ago, tick
 from prism_pipelines_tests.test_late_data_sensor import key as key_of
@@ -92,6 +93,32 @@ def test_rows_inserted_below_the_cursor_are_a_gap_until_synced(prism, gateway, t
     prism.sync("archive", KEY)  # the sync redoes the batch whose range gained rows
     assert evaluation(prism, "reconciliation", KEY).passed
     assert numbers(evaluation(prism, "reconciliation", KEY))["delivered"] == 20
+
+
+def test_check_whose_query_fails_is_reported_failed_until_it_runs_again(
+    prism, gateway, tmp_path, monkeypatch
+):
+    prism.configure(local(tmp_path / "bucket"))
+    gateway.insert_rows([gateway_rows(H, 20)])
+    prism.sync("archive", KEY)
+    assert evaluation(prism, "reconciliation", KEY).passed
+
+    def terminated(self, hour, cursor):  # the server ends the check's session mid-query
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(GatewaySource, "count_around", terminated)
+        assert prism.sync("archive", KEY).success  # the delivery itself is not undone
+    failed = evaluation(prism, "reconciliation", KEY)
+    assert not failed.passed and failed.severity == AssetCheckSeverity.WARN
+    assert failed.description.startswith("not evaluated: OperationalError")
+    assert "connection" in failed.description  # the driver's first line
+    assert numbers(failed)["evaluated"] is False
+    assert evaluation(prism, "error_rate", KEY).passed  # its own queries ran
+
+    prism.sync("archive", KEY)  # nothing new to deliver: evaluated again all the same
+    assert evaluation(prism, "reconciliation", KEY).passed
 
 
 def test_gateway_alerts_trip_on_crafted_traffic_and_stay_green_on_normal_traffic(

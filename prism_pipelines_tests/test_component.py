@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -86,23 +87,17 @@ def test_example_project_materializes_a_partition_into_the_archive(
     assert sorted(r["request_id"] for r in records) == sorted(row[0] for row in rows)
 
 
-def test_dg_lists_the_component_and_checks_the_example(project, tmp_path):
-    # The entry point as an installed prism-pipelines registers it, from setup.py itself.
-    metadata = tmp_path / "metadata"
-    metadata.mkdir()
-    subprocess.run(
-        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(metadata)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+@pytest.fixture
+def dg(project):
+    """``dg`` in the example project; prism-pipelines is registered with it by the entry point
+    of its (editable) install, as an installed one is."""
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": os.pathsep.join([str(metadata), str(ROOT), str(project / "src")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(project / "src")]),
     }
 
-    def dg(*args: str) -> subprocess.CompletedProcess:
+    def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(BIN / "dg"), *args],
             cwd=project,
@@ -112,13 +107,44 @@ def test_dg_lists_the_component_and_checks_the_example(project, tmp_path):
             timeout=300,
         )
 
+    return run
+
+
+def test_dg_lists_the_component_and_checks_the_example(dg):
     listed = dg("list", "components", "--json")
     assert listed.returncode == 0, listed.stderr[-2000:]
-    assert "prism_pipelines.PrismIntegrations" in listed.stdout
+    [entry] = [
+        c
+        for c in json.loads(listed.stdout)["items"]
+        if c["key"] == "prism_pipelines.PrismIntegrations"
+    ]
+    assert entry["summary"].startswith("Prism Gateway request logs to storage")
 
     checked = dg("check", "defs")
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
     assert "All definitions loaded successfully" in checked.stdout
+
+
+def test_dg_scaffolds_a_defs_yaml_that_loads_and_checks_it(dg, project):
+    shutil.rmtree(project / DEFS_YAML.parent)  # a project without prism yet
+    scaffolded = dg("scaffold", "defs", "prism_pipelines.PrismIntegrations", "prism")
+    assert scaffolded.returncode == 0, scaffolded.stdout[-2000:] + scaffolded.stderr[-2000:]
+    written = (project / DEFS_YAML).read_text()
+    assert written.splitlines()[0].startswith("#")  # commented, for a person to edit
+    assert yaml.safe_load(written)["type"] == "prism_pipelines.PrismIntegrations"
+    for check in ("yaml", "defs"):
+        checked = dg("check", check)
+        assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+
+    (project / DEFS_YAML).write_text(
+        written.replace("sync_interval_minutes: 5", "sync_interval_minutes: 7")
+    )
+    refused = dg("check", "defs")
+    assert refused.returncode != 0
+    assert (
+        "integration 'archive_local': sync_interval_minutes: must be one of 1, 2, 5, 10, 15, 30, "
+        "60 (minutes)" in refused.stdout + refused.stderr
+    )
 
 
 def test_templated_secret_is_refused_not_resolved(monkeypatch):

@@ -1,5 +1,5 @@
 """The Dagster layer as an operator meets it: only public Dagster API, read-only loading, the
-run limit per integration, the late-data interval, and pause without a served code location."""
+run limit per integration and the late-data interval."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from dagster import DagsterInstance
 from sqlalchemy import create_engine, inspect
 
-from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs.definitions import build_definitions
 from prism_pipelines.dagster_defs.names import asset_key
 from prism_pipelines.errors import PrismError
@@ -83,13 +81,3 @@ def test_late_data_interval_is_read_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PRISM_LATE_DATA_INTERVAL_SECONDS", "soon")
     with pytest.raises(PrismError, match="PRISM_LATE_DATA_INTERVAL_SECONDS .* got 'soon'"):
         interval()
-
-
-def test_pause_says_so_when_no_code_location_serves_the_integration(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRISM_STATE_URL", f"sqlite:///{tmp_path}/state.db")
-    _integrations(tmp_path, monkeypatch)
-    home = tmp_path / "dagster_home"
-    result = CliRunner().invoke(main, ["pause", "files"], env={"DAGSTER_HOME": str(home)})
-    assert result.exit_code != 0
-    assert "no code location on this Dagster instance" in str(result.exception)
-    assert "files_schedule" in str(result.exception)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import yaml
-from dagster import build_schedule_context, build_sensor_context
+from dagster import DagsterRunStatus, build_schedule_context, build_sensor_context
 from sqlalchemy import text
 
 from prism_pipelines.dagster_defs.status import ACTIVE, PAUSED
@@ -314,3 +314,79 @@ def test_historical_data_is_requested_once_and_again_when_since_moves_earlier(pr
         (key(hours_ago(106)), key(hours_ago(101))),
     ]
     assert tick(prism, earlier.cursor, name="archive_history").run_requests == []
+
+
+def test_history_span_counts_back_from_the_hour_first_configured(prism, tmp_path):
+    """``since: -100h``: the 100 hours before the integration was first configured, requested
+    once; the partitions' start stays put as time passes (the ledger remembers that hour)."""
+    prism.configure(archive(tmp_path, history={"since": "-100h"}))
+    assert prism.job("archive_sync").partitions_def.start == hours_ago(100)
+    tick(prism)  # the late-data sensor records the hour first configured: this one, not its start
+    assert prism.ledger.configured_at("archive") == THIS_HOUR
+
+    # Configured 30 hours ago: the history reaches 130 hours back, and the sensor requests it.
+    with prism.ledger.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE prism_integrations SET first_configured_at = :at WHERE name = 'archive'"),
+            {"at": hours_ago(30)},
+        )
+    prism.configure(archive(tmp_path, history={"since": "-100h"}))
+    assert prism.job("archive_sync").partitions_def.start == hours_ago(130)
+    requested = tick(prism, name="archive_history").run_requests
+    assert requested[0].tags["dagster/asset_partition_range_start"] == key(hours_ago(130))
+
+
+def run_in_progress(prism, **tags) -> object:
+    """A sync run in progress, as the instance records it (its process is elsewhere)."""
+    return prism.instance.create_run_for_job(
+        prism.job("archive_sync"),
+        tags={"prism/integration": "archive", **tags},
+        status=DagsterRunStatus.STARTED,
+    )
+
+
+def test_sensors_do_not_request_an_hour_a_queued_or_running_run_covers(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path), source={"settle_seconds": 0})
+    gateway.insert_rows([gateway_rows(hours_ago(5), 10), gateway_rows(hours_ago(3), 10)])
+    running = run_in_progress(prism, **{"dagster/partition": key(hours_ago(5))})
+
+    first = tick(prism)
+    assert {r.partition_key for r in first.run_requests} == {key(hours_ago(3))}
+    # Once that run is over, the hour is requested.
+    prism.instance.report_run_canceled(running)
+    assert {r.partition_key for r in tick(prism, first.cursor).run_requests} == {key(hours_ago(5))}
+
+    # The history sensor leaves the hours of a running range to it, and splits around them.
+    prism.configure(archive(tmp_path, history={"since": hours_ago(100).isoformat()}))
+    run_in_progress(
+        prism,
+        **{
+            "dagster/asset_partition_range_start": key(hours_ago(90)),
+            "dagster/asset_partition_range_end": key(hours_ago(80)),
+        },
+    )
+    history = tick(prism, name="archive_history")
+    ranges = [
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+        for r in history.run_requests
+    ]
+    assert ranges[:2] == [
+        (key(hours_ago(100)), key(hours_ago(91))),
+        (key(hours_ago(79)), key(hours_ago(56))),
+    ]
+
+
+def test_hour_its_run_skipped_as_busy_is_requested_again_at_the_next_tick(prism, gateway, tmp_path):
+    prism.configure(archive(tmp_path), source={"settle_seconds": 0})
+    gateway.insert_rows([gateway_rows(hours_ago(5), 10)])
+    first = tick(prism)
+    assert [r.partition_key for r in first.run_requests] == [key(hours_ago(5))]
+    with prism.ledger.lease("archive", hours_ago(5), "a CLI sync on another host"):
+        skipped = prism.sync("archive", key(hours_ago(5)))
+        assert skipped.success and skipped.metadata == {}
+        # Not an hour's wait (as after a failed run): its run left it to another.
+        again = tick(prism, first.cursor)
+        assert [r.partition_key for r in again.run_requests] == [key(hours_ago(5))]
+    assert prism.sync("archive", key(hours_ago(5))).metadata["records"] == 10
+    assert tick(prism, again.cursor).run_requests == []
+    assert sum(delivered_ids(tmp_path / "bucket").values()) == 10

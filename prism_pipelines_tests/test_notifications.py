@@ -9,11 +9,14 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from click.testing import CliRunner
 from dagster import build_sensor_context
 from sqlalchemy import update
 
+from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.status import ERROR
+from prism_pipelines.dagster_defs.status import ACTIVE, ERROR
+from prism_pipelines.hours import partition_key
 from prism_pipelines.notifications import notified
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_status import local as local_from_now
@@ -187,3 +190,46 @@ def test_run_that_dies_before_its_asset_reports_still_turns_the_status_check_red
     assert evaluation.metadata["run_id"].value == failed.result.run_id
     status = status_of(prism, gateway)
     assert status.status == ERROR and "RuntimeError: the sink could not start" in status.error
+
+
+def test_hour_another_run_is_delivering_is_skipped_without_error_or_notification(
+    prism, gateway, tmp_path, receiver, capfd
+):
+    """The normal overlap (the schedule's grace-period run beside the late-data sensor's, a
+    backfill beside the schedule): the hour is left to the run that holds it, and nothing says
+    Error."""
+    before, after = H - timedelta(hours=1), H + timedelta(hours=1)
+    gateway.insert_rows([gateway_rows(hour, 10) for hour in (before, H, after)])
+    configure(prism, tmp_path / "bucket")
+    sensor = FailureSensor(prism, capfd)
+    keys = [partition_key(hour) for hour in (before, H, after)]
+    with prism.ledger.lease("archive", H, "the schedule's run"):
+        runs = prism.backfill("archive", keys)
+        cli = CliRunner().invoke(
+            main,
+            ["sync", "archive", "--partition", KEY],
+            env={"DAGSTER_HOME": str(prism.instance.root_directory)},
+        )
+    sensor.tick()
+
+    run = runs[KEY].result
+    assert run.success and cli.exit_code == 0, cli.output
+    assert f"{KEY}: skipped: " in cli.output and "the schedule's run" in cli.output
+    # The two free hours are delivered and materialized; the busy one is only observed.
+    assert {key: r.metadata.get("records") for key, r in runs.items()} == {
+        keys[0]: 10,
+        KEY: None,
+        keys[2]: 10,
+    }
+    (observed,) = run.get_asset_observation_events()
+    assert observed.partition == KEY
+    assert observed.asset_observation_data.asset_observation.metadata["skipped"].value == "busy"
+    logged = [e.message for e in prism.instance.all_logs(run.run_id) if e.message]
+    assert any(f"partition {KEY}: skipped" in m and "the schedule's run" in m for m in logged)
+    # No failure: no notification, the status check green, the integration Active.
+    assert receiver.messages == [] and "failed" not in sensor.log
+    evaluation, _ = checks.latest_evaluation(prism.instance, "archive", checks.STATUS)
+    assert evaluation.passed
+    assert status_of(prism, gateway).status == ACTIVE
+    # Nothing lost: once the holder is done, the hour is delivered.
+    assert prism.sync("archive", KEY).metadata["records"] == 10

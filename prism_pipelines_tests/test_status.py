@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.status import ACTIVE, ERROR, SYNCING, integration_status
+from prism_pipelines.dagster_defs.status import ACTIVE, ERROR, PAUSED, SYNCING, integration_status
 from prism_pipelines.sinks.storage.local import LocalSink
 from prism_pipelines_tests.factories import gateway_rows
 
@@ -165,3 +165,50 @@ def test_integration_is_syncing_while_its_run_is_in_progress(prism, gateway, tmp
 
     assert runs[0].metadata["records"] == 30
     assert status_of(prism, gateway).status == ACTIVE
+
+
+def test_pause_and_resume_work_on_a_fresh_instance_without_a_daemon(prism, gateway, tmp_path):
+    """No daemon or UI ever recorded the schedule: pause and resume still work, and each resume
+    starts a fresh "Active since"."""
+    prism.configure(local(tmp_path / "bucket"))
+    assert prism.instance.all_instigator_state() == []
+
+    assert "Paused" in cli(prism, "pause", "archive")
+    assert "Paused" in cli(prism, "status", "archive")
+    stopped = {s.name: s.is_running for s in prism.instance.all_instigator_state()}
+    assert stopped == dict.fromkeys(
+        ["archive_schedule", "archive_late_data", "archive_history"], False
+    )
+
+    before = datetime.now(UTC)
+    assert "resumed" in cli(prism, "resume", "archive")
+    assert status_of(prism, gateway).status == ACTIVE
+    assert status_of(prism, gateway).since >= before - timedelta(seconds=1)
+    cli(prism, "pause", "archive")
+    assert status_of(prism, gateway).status == PAUSED
+
+    before = datetime.now(UTC)  # the second resume is the one a stale "since" would show
+    cli(prism, "resume", "archive")
+    status = status_of(prism, gateway)
+    assert status.status == ACTIVE and status.since >= before - timedelta(seconds=1)
+
+
+def test_rejects_says_how_many_there_are_and_how_to_see_the_rest(prism, gateway, tmp_path):
+    prism.configure(local(tmp_path / "bucket"))
+    gateway.insert_rows([gateway_rows(H, 3), gateway_rows(H, 12, start=3, guardrail_results="{")])
+    assert prism.sync("archive", KEY).metadata["rejects"] == 12
+
+    def rejects(*args: str):
+        result = CliRunner().invoke(
+            main,
+            ["rejects", "archive", *args],
+            env={"DAGSTER_HOME": str(prism.instance.root_directory)},
+        )
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines(), result.stderr
+
+    listed, note = rejects("--limit", "5")
+    assert len(listed) == 5 and all("malformed row" in line for line in listed)
+    assert "showing 5 of 12 rejects" in note and "--limit 12 or --all" in note
+    assert [len(rejects(*args)[0]) for args in ((), ("--all",), ("--limit", "12"))] == [12] * 3
+    assert rejects("--all")[1] == rejects()[1] == ""

@@ -4,14 +4,27 @@ Materializing a partition syncs it (``sync.deliver_partition``). A backfill run 
 hours (the backfill policy groups them, so a month of hours is not a month of run start-ups);
 each hour gets its own materialization event with its own metadata as soon as it is delivered,
 so the partition view in the UI is the sync history.
+
+An hour another run is delivering (it holds the hour's lease: the schedule's grace-period run
+beside the late-data sensor's, a backfill beside the schedule) is skipped: an info line names
+the holder, and the hour gets an observation (``skipped: busy``), not a materialization. A
+materialization would say this run delivered the hour (the partition view would count it, the
+sync history would list it) when the holder's run does; the holder's run records the hour's own
+materialization and checks. It is not a failure: the run succeeds if nothing else failed, no
+notification is posted, the status stays Active. Nothing is lost: the hour's delivery state is
+the ledger's: if the hour is still behind after the holder's run (it failed, or rows arrived
+after it read), the late-data sensor requests it again at its next tick, seeing the observation
+(``skipped_busy_since``) rather than waiting as it does for a run that failed.
 """
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
+    AssetRecordsFilter,
     AssetSpec,
     BackfillPolicy,
     Config,
@@ -33,6 +46,8 @@ from prism_pipelines.sync import SyncError, deliver_partition
 GATEWAY_TABLE = AssetKey(["prism_gateway", "prism_request_logs"])
 #: hours per backfill run: one run start-up per day of history
 HOURS_PER_BACKFILL_RUN = 24
+#: the metadata of an hour's observation when a run left it to the run that holds it
+SKIPPED, BUSY = "skipped", "busy"
 
 
 gateway_table = AssetSpec(
@@ -87,6 +102,14 @@ def integration_asset(integration, partitions_def):
                         who=f"Dagster run {context.run_id}",
                     )
                 except SyncError as exc:
+                    if exc.busy:
+                        context.log.info(f"partition {partition_key(hour)}: skipped: {exc}")
+                        yield AssetObservation(
+                            asset_key=asset_key(name),
+                            partition=partition_key(hour),
+                            metadata={SKIPPED: BUSY, "reason": str(exc)},
+                        )
+                        continue
                     context.log.error(f"partition {partition_key(hour)}: {exc}")
                     failures.append(f"{partition_key(hour)}: {exc}")
                     if exc.credentials_refused:
@@ -102,9 +125,7 @@ def integration_asset(integration, partitions_def):
                     partition=partition_key(hour),
                     metadata=_typed(result.metadata()),
                 )
-                yield from checks.partition_checks(
-                    context, integration, source, ledger, hour, result
-                )
+                yield from checks.partition_checks(context, integration, source, ledger, hour)
         finally:
             sink.close()
         yield from checks.run_checks(context, integration, ledger, failures)
@@ -116,6 +137,23 @@ def integration_asset(integration, partitions_def):
             )
 
     return sync_asset
+
+
+def skipped_busy_since(instance, name: str, key: str, since: datetime) -> bool:
+    """A run skipped partition ``key`` as busy since ``since`` (its ``skipped: busy``
+    observation): what the late-data sensor asks before waiting on an hour it requested."""
+    records = instance.fetch_observations(
+        AssetRecordsFilter(
+            asset_key=asset_key(name), asset_partitions=[key], after_timestamp=since.timestamp()
+        ),
+        limit=10,
+    ).records
+    return any(
+        (observation := record.asset_observation) is not None
+        and SKIPPED in observation.metadata
+        and observation.metadata[SKIPPED].value == BUSY
+        for record in records
+    )
 
 
 def _typed(metadata: dict) -> dict:

@@ -14,6 +14,9 @@ integration-wide checks (``run_checks``).
 - ``status`` (ERROR): the last sync succeeded (Active) or not (Error, with its message).
 - ``freshness`` (WARN): the integration synced within twice its interval. The late-data sensor
   re-evaluates it between runs, so a stalled integration turns it red too.
+
+A per-partition check whose query fails is recorded failed, WARN, "not evaluated" with the
+reason (``not_evaluated``), until the next sync of the hour evaluates it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from prism_pipelines.dagster_defs.names import asset_key
 from prism_pipelines.hours import partition_key, utcnow
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
-from prism_pipelines.sync import SyncResult
 
 RECONCILIATION, STATUS, FRESHNESS = "reconciliation", "status", "freshness"
 ALERT_DESCRIPTIONS = {
@@ -192,30 +194,66 @@ def partition_checks(
     source: GatewaySource,
     ledger: Ledger,
     hour: datetime,
-    result: SyncResult,
 ) -> Iterator[AssetCheckEvaluation]:
-    """The per-hour checks of an hour the run has just synced.
+    """The per-hour checks of an hour the run has just synced, recorded at every sync of it (an
+    event beside the hour's materialization), so the latest evaluation is always this sync's.
 
-    Each evaluation is an event in Dagster's storage, so a sync that changed nothing records
-    nothing new: reconciliation is recorded when the sync delivered, rejected or redid rows, or
-    when it fails (a gap is always reported); the alerts when the sync read new rows, since they
-    depend on the hour's traffic alone."""
-    selected, name = _selected(context), integration.name
-    changed = result.records + result.rejects + result.redone_batches > 0
-    try:
-        if RECONCILIATION in selected:
-            reconciliation = reconcile(source, ledger, name, hour)
-            if changed or not reconciliation.passed:
-                yield reconciliation_evaluation(name, hour, reconciliation)
-        new_rows = result.records + result.rejects > 0
-        if new_rows and selected & set(alert_names(integration.alerts)):
-            for alert in evaluate_alerts(source, integration.alerts, hour):
-                if alert.name in selected:
-                    yield _alert_evaluation(name, hour, alert)
-    except Exception as exc:  # a check that cannot run must not undo a delivered sync
-        context.log.warning(
-            f"partition {partition_key(hour)}: checks not evaluated: {type(exc).__name__}: {exc}"
+    A check that cannot be evaluated (its query failed) must not undo a delivered sync, nor
+    leave the last green result standing as if it had passed: it is recorded as failed, severity
+    WARN, with the reason, until the next sync of the hour evaluates it."""
+    name, selected = integration.name, _selected(context)
+    if RECONCILIATION in selected:
+        yield from _evaluated(
+            context,
+            integration,
+            hour,
+            [RECONCILIATION],
+            lambda: [reconciliation_evaluation(name, hour, reconcile(source, ledger, name, hour))],
         )
+    alerts = [check for check in alert_names(integration.alerts) if check in selected]
+    if alerts:
+        yield from _evaluated(
+            context,
+            integration,
+            hour,
+            alerts,
+            lambda: [
+                _alert_evaluation(name, hour, alert)
+                for alert in evaluate_alerts(source, integration.alerts, hour)
+                if alert.name in alerts
+            ],
+        )
+
+
+def _evaluated(context, integration, hour: datetime, names: list[str], evaluate):
+    """``evaluate()``'s evaluations, or, if it raised, each of ``names`` not evaluated."""
+    try:
+        return evaluate()
+    except Exception as exc:
+        reason = integration.scrub(f"{type(exc).__name__}: {exc}").strip().splitlines()[0]
+        reason = reason[:MAX_REASON_CHARS]
+        context.log.warning(
+            f"partition {partition_key(hour)}: {', '.join(names)} not evaluated: {reason}"
+        )
+        return [not_evaluated(integration.name, hour, check, reason) for check in names]
+
+
+#: how much of a failed query's message a "not evaluated" result keeps (its first line)
+MAX_REASON_CHARS = 500
+
+
+def not_evaluated(name: str, hour: datetime, check: str, reason: str) -> AssetCheckEvaluation:
+    """A per-hour check whose evaluation failed: failed, WARN, with the reason."""
+    return AssetCheckEvaluation(
+        asset_key=asset_key(name),
+        check_name=check,
+        passed=False,
+        severity=AssetCheckSeverity.WARN,
+        description=f"not evaluated: {reason}. The next sync of {partition_key(hour)} "
+        "evaluates it again.",
+        partition=partition_key(hour),
+        metadata={"evaluated": False, "reason": reason},
+    )
 
 
 def status_result(integration, ledger: Ledger, failures: list[str]) -> AssetCheckResult:

@@ -19,11 +19,17 @@ of months its cost follows the traffic since the last tick, not the look-back wi
 Its cursor remembers, per hour, the source's (highest id, rows) it requested a sync for: it
 asks again only when the source moved past that, or if the hour is still behind (its run
 failed) an hour later, or as soon as a sync of the integration succeeded after that failure
-(the destination is back). With ``manifest: true`` it also requests a sync of each closed hour
+(the destination is back), or as soon as its run skipped it as busy (another run held it;
+``skipped: busy``). With ``manifest: true`` it also requests a sync of each closed hour
 whose manifest is missing or stale (``Ledger.manifests_due``): that sync writes it. While the
 integration is paused (its schedule stopped) it skips, keeping its cursor, so resuming catches
 up every hour. Between runs it also re-evaluates the ``freshness`` check, so an integration that
 stopped syncing turns red without a run.
+
+Neither sensor requests an hour that a queued or running sync run of the integration already
+covers (the schedule's, a backfill's, the other sensor's; ``partitions_in_progress``): that run
+delivers it, and a second one would only find the hour busy. The late-data sensor compares the
+hour again once that run is done.
 
 ``prism_sync_failures`` reports every failed sync — integration, partitions, error — in its log
 (the run's own failure event is in the UI already), marks the ``status`` check failed if the run
@@ -58,7 +64,7 @@ from prism_pipelines.backlog import (
     lookback,
 )
 from prism_pipelines.dagster_defs import checks
-from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN
+from prism_pipelines.dagster_defs.assets import HOURS_PER_BACKFILL_RUN, skipped_busy_since
 from prism_pipelines.dagster_defs.names import (
     asset_key,
     history_sensor_name,
@@ -70,6 +76,7 @@ from prism_pipelines.dagster_defs.status import (
     integration_of_run,
     is_paused,
     is_sync_run,
+    partitions_in_progress,
     run_failure_message,
 )
 from prism_pipelines.errors import PrismError
@@ -215,8 +222,13 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
             cursor.seen_id = watermark
             requests = []
             recovered_at = ledger_errors(ledger, name).last_success_at if behind else None
+            manifest = getattr(integration, "manifest", False)
+            covered = partitions_in_progress(context.instance, name) if behind or manifest else {}
             for hour in behind:
                 key = partition_key(hour.hour)
+                if key in covered:
+                    context.log.info(f"{key}: run {covered[key]} is syncing it: not requested")
+                    continue  # compared again at the next tick, once that run is done
                 asked = cursor.requested.get(key)
                 failed_then_recovered = (
                     asked is not None
@@ -231,6 +243,8 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
                     and hour.rows <= asked[1]
                     and now - asked[2] < RETRY_AFTER
                     and not failed_then_recovered
+                    # its run left it to another run, which did not catch it up
+                    and not skipped_busy_since(context.instance, name, key, asked[2])
                 ):
                     continue  # already requested for this state of the source
                 cursor.requested[key] = (hour.max_id, hour.rows, now)
@@ -246,13 +260,17 @@ def late_data_sensor(integration, sync_job, partitions_def, prism: PrismResource
                     f"accounts for {hour.accounted} (cursor {hour.cursor}): requesting a sync"
                 )
             still_behind = {partition_key(h.hour) for h in behind}
-            if getattr(integration, "manifest", False):
+            if manifest:
                 # Complete hours whose last sync came before their grace period ended: a sync
                 # writes their manifest (manifest.py).
                 for hour in ledger.manifests_due(name, start, end):
                     key = partition_key(hour)
                     asked = cursor.requested.get(key)
-                    if key in still_behind or (asked and now - asked[2] < RETRY_AFTER):
+                    if (
+                        key in still_behind
+                        or key in covered
+                        or (asked and now - asked[2] < RETRY_AFTER)
+                    ):
                         still_behind.add(key)
                         continue
                     still_behind.add(key)
@@ -327,10 +345,12 @@ def history_sensor(integration, sync_job, partitions_def):
                 skip_reason=f"the historical data of '{name}' from {start:%Y-%m-%d %H:%M} UTC "
                 "is requested already or recent enough for the late-data sensor",
             )
-        keys = [partition_key(hour) for hour in hours_between(start, end)]
+        hours = hours_between(start, end)
+        covered = partitions_in_progress(context.instance, name)
+        wanted = [hour for hour in hours if partition_key(hour) not in covered]
         requests = []
-        for i in range(0, len(keys), HOURS_PER_BACKFILL_RUN):
-            first, last = keys[i], keys[min(i + HOURS_PER_BACKFILL_RUN, len(keys)) - 1]
+        for run_hours in contiguous_runs(wanted, HOURS_PER_BACKFILL_RUN):
+            first, last = partition_key(run_hours[0]), partition_key(run_hours[-1])
             requests.append(
                 RunRequest(
                     run_key=f"history:{first}:{last}",
@@ -342,12 +362,30 @@ def history_sensor(integration, sync_job, partitions_def):
                 )
             )
         context.log.info(
-            f"historical data of '{name}': {len(keys)} hours from {keys[0]} to {keys[-1]} in "
-            f"{len(requests)} runs"
+            f"historical data of '{name}': {len(wanted)} hours from {partition_key(hours[0])} "
+            f"to {partition_key(hours[-1])} in {len(requests)} runs"
+            + (
+                f" ({len(hours) - len(wanted)} hours left to the queued or running runs "
+                "that cover them)"
+                if len(wanted) < len(hours)
+                else ""
+            )
         )
         return SensorResult(run_requests=requests, cursor=start.isoformat())
 
     return _history
+
+
+def contiguous_runs(hours: list[datetime], size: int) -> list[list[datetime]]:
+    """Ascending hours → runs of consecutive hours, at most ``size`` each: a run's partitions
+    are a range, so a gap (an hour another run covers) starts a new one."""
+    runs: list[list[datetime]] = []
+    for hour in hours:
+        if runs and hour - runs[-1][-1] == HOUR and len(runs[-1]) < size:
+            runs[-1].append(hour)
+        else:
+            runs.append([hour])
+    return runs
 
 
 def _report_freshness(context, integration, ledger: Ledger, now: datetime) -> None:

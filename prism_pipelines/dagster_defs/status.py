@@ -13,16 +13,22 @@ since).
 
 Schedule and sensor state are the instance's instigator states, found by the schedule's and the
 sensor's names in whatever code location serves them (the daemon records a running one on its
-first tick, the UI's toggles record theirs): nothing here rebuilds a location's identity, so a
+first tick, the UI's toggles and ``set_paused`` record theirs), and ``set_paused`` loads the
+location from the origin recorded with them: nothing here assumes a location's name, so a
 deployment that names its location differently, or serves it from a gRPC code server, reads
 and toggles the same state as the UI.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from prism_pipelines.backlog import (
@@ -35,12 +41,21 @@ from prism_pipelines.backlog import (
 )
 from prism_pipelines.dagster_defs.names import (
     asset_key,
+    history_sensor_name,
     late_data_sensor_name,
     schedule_name,
     sync_job_name,
 )
+from prism_pipelines.dagster_defs.partitions import hours_between
 from prism_pipelines.errors import PrismError
-from prism_pipelines.hours import PARTITION_KEY_FORMAT, utc, utcnow
+from prism_pipelines.hours import (
+    HOUR,
+    PARTITION_KEY_FORMAT,
+    hour_of_key,
+    partition_key,
+    utc,
+    utcnow,
+)
 from prism_pipelines.ledger import Ledger
 from prism_pipelines.source import GatewaySource
 
@@ -82,28 +97,150 @@ def is_paused(instance: DagsterInstance, integration, location: str | None = Non
     return not any(state.is_running for state in states)
 
 
-class NotServed(PrismError):
-    """No code location on the instance has recorded the integration's schedule."""
+#: The code location as the project's workspace.yaml declares it: where ``set_paused`` loads it
+#: when no daemon or UI has recorded where the instance's location is served yet.
+PROJECT_LOCATION = {
+    "python_module": {
+        "module_name": "prism_pipelines.definitions",
+        "location_name": "prism_pipelines",
+    }
+}
+#: how long one ``dagster schedule|sensor start|stop`` may take (it loads the code location)
+TOGGLE_TIMEOUT_SECONDS = 600
 
 
-def set_paused(instance: DagsterInstance, integration, paused: bool) -> list[str]:
-    """Pause: stop the schedule and the late-data sensor (what the UI's toggles do), in every
-    code location that serves them; resume: start both, and the next syncs and the sensor catch
-    up the hours that accrued meanwhile. Returns the locations."""
+class ToggleFailed(PrismError):
+    """``dagster schedule|sensor start|stop`` failed: its own message says why."""
+
+
+def set_paused(
+    instance: DagsterInstance, integration, paused: bool, workspace: str | None = None
+) -> list[str]:
+    """Pause: stop the integration's schedule and its late-data and history sensors; resume:
+    start them, and the next syncs and the late-data sensor catch up the hours that accrued
+    meanwhile. Returns the code locations where they were toggled.
+
+    Done by ``dagster schedule stop|start`` and ``dagster sensor stop|start``, the commands
+    Dagster ships for this: they load the code location and toggle through the instance's
+    scheduler (``DagsterInstance.start_schedule`` and its siblings), which need the location's
+    loaded schedule or sensor. Loading one is only public through those commands (Dagster's
+    workspace API is private), so they run here as processes. Toggled that way, a start records
+    a fresh start time (what ``status`` reads as "Active since") and works before any
+    daemon or UI recorded a state, and a stop is what the daemon and the UI's toggles see.
+
+    Where the location is served: ``workspace`` (a workspace file, e.g. the deployment's) when
+    given; else every location the instance has recorded them in (its origin, as recorded by
+    the daemon or the UI: a gRPC code server's host and port, a module and its Python), so the
+    state toggled is the one the deployment reads whatever it names its location; else the
+    project's own (``PROJECT_LOCATION``)."""
     name = integration.name
-    schedules = instigator_states(instance, schedule_name(name))
-    if not schedules:
-        raise NotServed(
-            f"'{name}': no code location on this Dagster instance ({instance.root_directory}) "
-            f"has recorded schedule {schedule_name(name)} yet. Start the code location with its "
-            "daemon (`make ui`, or the deployment's dagster-daemon) and try again, or toggle "
-            "the schedule in the UI (Automation)."
+    instigators = [
+        ("schedule", schedule_name(name)),
+        ("sensor", late_data_sensor_name(name)),
+        ("sensor", history_sensor_name(name)),
+    ]
+    action = "stop" if paused else "start"
+    with tempfile.TemporaryDirectory(prefix="prism-toggle-") as folder:
+        if workspace is not None:
+            workspaces = {_location_names(workspace): workspace}
+        else:
+            entries = _recorded_locations(instance, [n for _, n in instigators])
+            if not entries:
+                entries = {"prism_pipelines": PROJECT_LOCATION}
+            workspaces = {}
+            for i, (location, entry) in enumerate(sorted(entries.items())):
+                path = os.path.join(folder, f"workspace_{i}.yaml")
+                with open(path, "w") as file:
+                    yaml.safe_dump({"load_from": [entry]}, file)
+                workspaces[location] = path
+        for path in workspaces.values():
+            _run_toggles(
+                [[kind, action, instigator, "-w", path] for kind, instigator in instigators]
+            )
+    return sorted(workspaces)
+
+
+def _location_names(workspace: str) -> str:
+    """The code locations a workspace file names, for the command's message."""
+    with open(workspace) as file:
+        entries = (yaml.safe_load(file) or {}).get("load_from") or []
+    names = [
+        target.get("location_name")
+        for entry in entries
+        for target in entry.values()
+        if isinstance(target, dict)
+    ]
+    return ", ".join(filter(None, names)) or os.path.basename(workspace)
+
+
+def _recorded_locations(instance: DagsterInstance, names: list[str]) -> dict[str, dict]:
+    """Location name → its workspace entry, rebuilt from the origin the instance recorded with
+    the stored states of ``names`` (dagster keeps it so the daemon can reach the location)."""
+    entries = {}
+    for name in names:
+        for state in instigator_states(instance, name):
+            origin = state.origin.repository_origin.code_location_origin
+            entry = _workspace_entry(origin)
+            if entry is not None:
+                entries.setdefault(location_of(state), entry)
+    return entries
+
+
+def _workspace_entry(origin) -> dict | None:
+    """A recorded code location origin → a workspace.yaml entry that loads it the same way."""
+    location = {"location_name": origin.location_name}
+    if getattr(origin, "host", None) or getattr(origin, "socket", None):  # a gRPC code server
+        server = {"host": origin.host, "port": origin.port, "socket": origin.socket}
+        server = {k: v for k, v in server.items() if v is not None}
+        return {"grpc_server": {**server, **location, "ssl": bool(origin.use_ssl)}}
+    target = getattr(origin, "loadable_target_origin", None)
+    if target is None:
+        return None  # in-process (a test's build_sensor_context): no location to load
+    common = {
+        k: v
+        for k, v in {
+            "attribute": target.attribute,
+            "working_directory": target.working_directory,
+            "executable_path": target.executable_path,
+        }.items()
+        if v
+    }
+    if target.module_name:
+        return {"python_module": {"module_name": target.module_name, **common, **location}}
+    if target.python_file:
+        return {"python_file": {"relative_path": target.python_file, **common, **location}}
+    if target.package_name:
+        return {"python_package": {"package_name": target.package_name, **common, **location}}
+    return None
+
+
+def _run_toggles(commands: list[list[str]]) -> None:
+    """``dagster <command>`` for each, side by side (each loads the code location)."""
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dagster", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    status = "STOPPED" if paused else "RUNNING"
-    for state in schedules + instigator_states(instance, late_data_sensor_name(name)):
-        # dagster does not export InstigatorStatus: the stored state's own enum names it
-        instance.update_instigator_state(state.with_status(type(state.status)[status]))
-    return sorted({location_of(state) for state in schedules})
+        for command in commands
+    ]
+    failed = []
+    for command, process in zip(commands, started, strict=True):
+        try:
+            out, err = process.communicate(timeout=TOGGLE_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            err += f"\nno answer within {TOGGLE_TIMEOUT_SECONDS} s"
+        if process.returncode != 0:
+            lines = [line for line in (err or out).strip().splitlines() if line.strip()]
+            failed.append(f"dagster {' '.join(command[:3])}: {lines[-1] if lines else 'failed'}")
+    if failed:
+        raise ToggleFailed(
+            "could not toggle the integration's schedule and sensors (is the code location "
+            "reachable from here?):\n" + "\n".join(failed)
+        )
 
 
 def _paused_since(instance: DagsterInstance, name: str) -> datetime | None:
@@ -159,7 +296,7 @@ BACKFILLS_SEARCHED = 50
 
 
 def sync_run_records(
-    instance: DagsterInstance, name: str, statuses: list[DagsterRunStatus], limit: int
+    instance: DagsterInstance, name: str, statuses: list[DagsterRunStatus], limit: int | None
 ) -> list:
     """The integration's sync runs, newest first: runs of ``<name>_sync`` and the runs of
     backfills of its asset launched from the UI, which Dagster runs as its asset job without the
@@ -184,6 +321,29 @@ def sync_run_records(
         ]
     records.sort(key=lambda record: record.create_timestamp, reverse=True)
     return records[:limit]
+
+
+def run_partition_keys(tags) -> list[str]:
+    """The hours a run syncs, from its tags: ``dagster/partition`` for one hour, the asset
+    partition range for a run of many (a backfill's, the history sensor's, the CLI's)."""
+    if tags.get("dagster/partition"):
+        return [tags["dagster/partition"]]
+    start = tags.get("dagster/asset_partition_range_start")
+    end = tags.get("dagster/asset_partition_range_end")
+    if not (start and end):
+        return []
+    return [partition_key(h) for h in hours_between(hour_of_key(start), hour_of_key(end) + HOUR)]
+
+
+def partitions_in_progress(instance: DagsterInstance, name: str) -> dict[str, str]:
+    """Partition key → id of a queued or running sync run of the integration that covers it.
+    The sensors request none of these: that run delivers them (a second one would only find
+    the hour busy)."""
+    covered: dict[str, str] = {}
+    for record in sync_run_records(instance, name, IN_PROGRESS, limit=None):
+        for key in run_partition_keys(record.dagster_run.tags):
+            covered.setdefault(key, record.dagster_run.run_id)
+    return covered
 
 
 def integration_of_run(run) -> str | None:
@@ -301,13 +461,14 @@ def integration_status(
 
 
 def _active_since(instance, job: str, ledger: Ledger, name: str) -> datetime | None:
-    """When it last recovered from a failed run, else when its schedule was started, else when
-    the integration was first configured."""
+    """The later of when it last recovered from a failed run and when its schedule was last
+    started (a resume); else when it first delivered, else when it was first configured."""
+    recovered = None
     failed = instance.get_run_records(
         RunsFilter(job_name=job, statuses=[DagsterRunStatus.FAILURE]), limit=1
     )
     if failed and failed[0].end_time:
-        recovered = instance.get_run_records(
+        succeeded = instance.get_run_records(
             RunsFilter(
                 job_name=job,
                 statuses=[DagsterRunStatus.SUCCESS],
@@ -316,13 +477,10 @@ def _active_since(instance, job: str, ledger: Ledger, name: str) -> datetime | N
             limit=1,
             ascending=True,
         )
-        if recovered and recovered[0].end_time:
-            return _from_timestamp(recovered[0].end_time)
-    return (
-        _started_at(instance, name)
-        or first_delivery(ledger, name)
-        or first_configured(name, ledger.url)
-    )
+        if succeeded and succeeded[0].end_time:
+            recovered = _from_timestamp(succeeded[0].end_time)
+    latest = max(filter(None, (recovered, _started_at(instance, name))), default=None)
+    return latest or first_delivery(ledger, name) or first_configured(name, ledger.url)
 
 
 # -- sync history --------------------------------------------------------------------------------

@@ -200,8 +200,9 @@ class Ledger:
         return states[0] if states else None
 
     def rejects(
-        self, integration: str, hour: datetime | None = None, limit: int = 100
+        self, integration: str, hour: datetime | None = None, limit: int | None = 100
     ) -> list[dict]:
+        """The integration's rejects (of ``hour``), oldest hour first; ``limit`` None: all."""
         statement = (
             select(
                 rejects.c.hour,
@@ -218,6 +219,14 @@ class Ledger:
             statement = statement.where(rejects.c.hour == hour)
         with self.engine.connect() as conn:
             return [dict(row) for row in conn.execute(statement).mappings()]
+
+    def count_rejects(self, integration: str, hour: datetime | None = None) -> int:
+        """How many rejects ``rejects`` would list without a limit."""
+        statement = select(func.count()).where(rejects.c.integration == integration)
+        if hour is not None:
+            statement = statement.where(rejects.c.hour == hour)
+        with self.engine.connect() as conn:
+            return conn.execute(statement).scalar_one()
 
     def first_configured(self, integration: str, now: datetime | None = None) -> datetime:
         """The hour an integration with ``history: none`` starts at: when it was first seen."""

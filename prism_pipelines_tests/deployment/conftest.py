@@ -36,6 +36,7 @@ from prism_pipelines.hours import HOUR, floor_hour, utcnow
 from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.services import REPO, _patched_env, _tail, run_server
+from prism_pipelines_tests.test_notifications import Receiver
 
 DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
@@ -138,6 +139,8 @@ class Deployment:
     traffic: Traffic
     started_at: datetime
     hour: datetime  # the hour the tier started in
+    #: the notification webhook's stand-in (notifications.webhook_url)
+    webhook: Receiver | None = None
     paused_at: dict[str, float] = field(default_factory=dict)
     fixed_at: float = 0.0  # when the refused destination was fixed
     backfilled: set[str] = field(default_factory=set)  # the rows the GraphQL backfill delivered
@@ -222,7 +225,11 @@ class Deployment:
     def write_integrations(self) -> None:
         self.integrations_file.write_text(
             yaml.safe_dump(
-                {"integrations": list(self.integrations.values()), "source": {"settle_seconds": 1}}
+                {
+                    "integrations": list(self.integrations.values()),
+                    "source": {"settle_seconds": 1},
+                    "notifications": {"webhook_url": {"env": "PRISM_TEST_WEBHOOK"}},
+                }
             )
         )
 
@@ -304,6 +311,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "broken": {**_integration("broken", archive, hour), "path": str(refused)},
         # its history.since is moved earlier while the deployment runs
         "grown": {**_integration("grown", archive, hour), "sync_interval_minutes": 5},
+        # its hours are held by another run while the schedule and the sensor reach them
+        "overlap": _integration("overlap", archive, hour - HOUR),
     }
     with contextlib.ExitStack() as stack:
         instance_db = stack.enter_context(database("prism_deploy_dagster"))
@@ -330,6 +339,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "PRISM_LATE_DATA_INTERVAL_SECONDS": str(LATE_DATA_INTERVAL_SECONDS),
         }
         traffic = Traffic(source)
+        webhook = Receiver()
+        stack.callback(webhook.close)
+        env["PRISM_TEST_WEBHOOK"] = webhook.url
         deployment = Deployment(
             url="",
             client=None,
@@ -341,6 +353,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             traffic=traffic,
             started_at=utcnow(),
             hour=hour,
+            webhook=webhook,
         )
         deployment.write_integrations()
         # The children inherit this environment when they start; the tests' own stays as it was.

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from prism_pipelines.hours import HOUR, partition_key, utcnow
+from prism_pipelines.hours import HOUR, floor_hour, partition_key, utcnow
+from prism_pipelines.ledger import Ledger
 from prism_pipelines_tests.deployment.conftest import (
     HISTORY_HOURS,
     LOCATION,
@@ -45,6 +46,42 @@ query ($id: String!) {
 }"""
 
 
+RUN_LOG = """
+query ($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { ... on MessageEvent { message } } }
+  }
+}"""
+
+INSTIGATOR_STATES = """
+query ($schedule: ScheduleSelector!, $lateData: SensorSelector!, $history: SensorSelector!) {
+  scheduleOrError(scheduleSelector: $schedule) { ... on Schedule { scheduleState { status } } }
+  lateData: sensorOrError(sensorSelector: $lateData) { ... on Sensor { sensorState { status } } }
+  history: sensorOrError(sensorSelector: $history) { ... on Sensor { sensorState { status } } }
+}"""
+
+
+def instigator_states(deployment: Deployment, name: str) -> list[str]:
+    """The status of the integration's schedule and its two sensors, as the UI shows them."""
+    where = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
+    data = deployment.graphql(
+        INSTIGATOR_STATES,
+        schedule={**where, "scheduleName": f"{name}_schedule"},
+        lateData={**where, "sensorName": f"{name}_late_data"},
+        history={**where, "sensorName": f"{name}_history"},
+    )
+    return [
+        data["scheduleOrError"]["scheduleState"]["status"],
+        data["lateData"]["sensorState"]["status"],
+        data["history"]["sensorState"]["status"],
+    ]
+
+
+def run_log(deployment: Deployment, run_id: str) -> str:
+    events = deployment.graphql(RUN_LOG, runId=run_id)["logsForRun"]["events"]
+    return "\n".join(event.get("message") or "" for event in events)
+
+
 def missing_or_doubled(deployment: Deployment, name: str, expected: set[str]) -> dict:
     """What is wrong with ``name``'s archive for ``expected``: rows not delivered, rows
     delivered more than once; empty when each expected row is there exactly once."""
@@ -64,6 +101,9 @@ def test_pause_from_the_command_line(deployment):
     result = deployment.cli("pause", "pausable")
     assert result.returncode == 0, result.stderr
     deployment.paused_at["pausable"] = time.time()
+    assert f"code location {LOCATION}" in result.stdout, result.stdout
+    # The state the daemon and the UI read, in the deployment's own code location.
+    assert instigator_states(deployment, "pausable") == ["STOPPED"] * 3
     # Syncing only while runs queued before the pause finish
     assert deployment.status("pausable")["status"] in ("Paused", "Syncing")
 
@@ -161,6 +201,55 @@ def test_schedule_delivers_new_rows(deployment):
     assert any(run["status"] == "SUCCESS" for run in scheduled), scheduled
 
 
+def test_overlapping_runs_of_one_hour_leave_the_integration_active_without_a_notification(
+    deployment,
+):
+    """Another run (here the test's own sync, holding the hours' leases) delivers the current
+    hour and a closed hour with late rows while the schedule's run and the late-data sensor's run
+    reach them: they skip them and succeed; no Error, no webhook message; once the hours are free
+    every row is delivered once."""
+    name, hour = "overlap", floor_hour(utcnow())
+    closed = hour - HOUR
+    ledger = Ledger(deployment.env["PRISM_STATE_URL"])
+    held_at = time.time()
+    holder = "a CLI sync on another host"
+    with ledger.lease(name, hour, holder), ledger.lease(name, closed, holder):
+        late = deployment.traffic.insert(closed + timedelta(minutes=30), 5)
+
+        def skipped_runs():
+            return {
+                run["tags"].get("prism/trigger") or "schedule": run
+                for run in deployment.runs(name)
+                if run["creationTime"] > held_at
+                and run["status"] in FINISHED
+                and "skipped" in run_log(deployment, run["runId"])
+            }
+
+        runs = wait_for(
+            "a scheduled run and a late-data run that found their hour busy",
+            skipped_runs,
+            SCHEDULED,
+            until=lambda found: {"schedule", "late_data"} <= set(found),
+        )
+        for trigger in ("schedule", "late_data"):
+            run = runs[trigger]
+            assert run["status"] == "SUCCESS", run
+            assert holder in run_log(deployment, run["runId"])
+        status = deployment.status(name)
+        assert status["status"] in ("Active", "Syncing") and not status["error"], status
+    failed = [r for r in deployment.runs(name) if r["status"] == "FAILURE"]
+    assert not failed, failed
+    wait_for(
+        "the held hours delivered once they are free",
+        lambda: missing_or_doubled(deployment, name, deployment.source_ids(closed, hour)),
+        SCHEDULED,
+        until=lambda problems: not problems,
+    )
+    assert set(late) <= set(deployment.delivered(name))
+    assert not [m for m in deployment.webhook.messages if f"*{name}*" in m["text"]]
+    ledger.engine.dispose()
+
+
 def test_late_rows_in_a_closed_hour_are_delivered_by_the_sensor(deployment):
     """Rows that arrive in an hour past its grace period, after the hour was delivered."""
     hour = deployment.hour - 2 * HOUR
@@ -245,7 +334,11 @@ def test_resume_catches_up_what_accrued_while_paused(deployment):
         SCHEDULED,
         until=lambda problems: not problems,
     )
-    assert deployment.status("pausable")["status"] in ("Active", "Syncing")
+    assert instigator_states(deployment, "pausable") == ["RUNNING"] * 3
+    status = deployment.status("pausable")
+    assert status["status"] in ("Active", "Syncing"), status
+    if status["status"] == "Active":  # since the resume, not since the tier started
+        assert datetime.fromisoformat(status["since"]) >= resumed_at - timedelta(seconds=1)
 
 
 def test_every_source_row_lands_exactly_once(deployment):
