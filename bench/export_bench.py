@@ -1320,7 +1320,7 @@ def child_send(scope: str, table: str, out: Path, args: dict, kind: str) -> dict
 def child_send_single(scope: str, table: str, out: Path, args: dict, kind: str) -> dict:
     """The naive sender: the same records, read the same way, one request per message, each
     acknowledged before the next."""
-    from prism_pipelines.records import build_records, encode_record
+    from prism_pipelines.records import build_records, check_rows, encode_record
     from prism_pipelines.source import GatewaySource
 
     integration = _sender_integration(kind, args)
@@ -1330,8 +1330,8 @@ def child_send_single(scope: str, table: str, out: Path, args: dict, kind: str) 
     started = time.perf_counter()
     requests = 0
     for rows in source.stream_rows(hour, after_id=0):
-        records, ids, _ = build_records(rows)
-        for record, source_id in zip(records, ids, strict=True):
+        checked, ids, _, guardrails = check_rows(rows)
+        for record, source_id in zip(build_records(checked, guardrails), ids, strict=True):
             send(record, encode_record(record), source_id)
             requests += 1
     seconds = time.perf_counter() - started
