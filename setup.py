@@ -55,6 +55,8 @@ setup(
             "duckdb>=1.2",
             "psutil>=6",
             "hypothesis>=6.100,<7",
+            # moves the process's clock for the lease clock-skew test
+            "time-machine>=2.16,<4",
             "ruff>=0.9",
             "dagster-dg-cli==1.13.27",  # `dg check defs` on the example project
         ],
