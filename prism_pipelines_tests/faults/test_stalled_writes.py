@@ -59,10 +59,11 @@ def stalled_then_taken_over(harness, key: str, stop_at: str, takeover, *args: st
 
 
 def check_outcome(harness, fault: str, kind: str, took_over, woke, where: str) -> None:
-    assert took_over.code == 0, f"{where}: the run that took over: {took_over.output}"
-    assert woke.code == 1, f"{where}: the stalled run: {woke.output}"
-    assert BY_NAME[fault].operator.message in woke.err, f"{where}: {woke.output}"
-    assert "Traceback" not in woke.err, f"{where}: {woke.output}"
+    seen = f"{where} (seed {SEED})"
+    assert took_over.code == 0, f"{seen}: the run that took over: {took_over.output}"
+    assert woke.code == 1, f"{seen}: the stalled run: {woke.output}"
+    assert BY_NAME[fault].operator.message in woke.err, f"{seen}: {woke.output}"
+    assert "Traceback" not in woke.err, f"{seen}: {woke.output}"
     harness.assert_delivered(0, where)
     harness.results.record(
         fault, kind, lost=0, duplicates=0, message=woke.err.strip().splitlines()[-1], seed=SEED
@@ -101,7 +102,7 @@ def test_a_run_stalled_as_it_empties_a_redone_file_cannot_destroy_the_newer_file
         harness, key, "publish_file", harness.restore_rows, "--full"
     )
 
-    where = f"{kind}, layout {layout}: stalled while emptying a redone file (seed {SEED})"
+    where = f"{kind}, layout {layout}: stalled while emptying a redone file"
     check_outcome(harness, "stall_emptying", kind, took_over, woke, where)
     check_manifest(harness, hour, layout, ROWS, where)
 
@@ -119,7 +120,7 @@ def test_a_run_stalled_as_it_writes_the_manifest_cannot_replace_the_newer_one(
         harness, key, "publish_manifest", lambda: harness.traffic.add(LATE_ROWS, hour)
     )
 
-    where = f"{kind}, layout {layout}: stalled while writing the manifest (seed {SEED})"
+    where = f"{kind}, layout {layout}: stalled while writing the manifest"
     check_outcome(harness, "stall_manifest", kind, took_over, woke, where)
     newer = check_manifest(harness, hour, layout, ROWS + LATE_ROWS, where)
     # The hour is recorded done with the newer manifest: the next sync leaves it as it is.
@@ -150,7 +151,7 @@ def test_kill_9_as_a_hive_parquet_file_is_published_leaves_nothing_behind(harnes
 
     ran = harness.run("sync", NAME, "--partition", key)
 
-    where = f"{kind}: killed as it published a hive/parquet file (seed {SEED})"
-    assert ran.code == 0, f"{where}: {ran.output}"
+    where = f"{kind}: killed as it published a hive/parquet file"
+    assert ran.code == 0, f"{where} (seed {SEED}): {ran.output}"
     harness.assert_delivered(1, where)  # every row once, and no leftovers of any kind
     harness.results.record("kill_publishing", kind, lost=0, duplicates=0, seed=SEED)
