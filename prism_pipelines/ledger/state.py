@@ -136,7 +136,7 @@ class Ledger:
         hours = set(recorded)
         hours |= {h for h, (ok, _) in manifests.items() if ok or not synced_only}
         if not synced_only:
-            hours |= {start}
+            hours |= {start}  # the hour being synced, before its sync is recorded
         due = []
         for hour in sorted(hours):
             last_finished, still_open, unlisted = recorded.get(hour, (None, 0, 0))
