@@ -104,7 +104,7 @@ class FileWriter:
 
 
 class JsonlWriter(FileWriter):
-    """Gzip JSONL (isa-l): one gzip member whose header's comment is the file's write id
+    """Gzip JSONL (isa-l): one gzip member whose header's extra field holds the file's write id
     (``write_id``), then the deflated lines and the gzip trailer."""
 
     def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
@@ -114,8 +114,11 @@ class JsonlWriter(FileWriter):
         )
         self._crc = 0
         self._length = 0
-        # magic, deflate, FCOMMENT, no mtime, no extra flags, OS unknown; the comment
-        self._out.write(b"\x1f\x8b\x08\x10\0\0\0\0\0\xff" + write_id().encode() + b"\0")
+        # magic, deflate, FEXTRA, no mtime, no extra flags, OS unknown; then the extra field:
+        # one subfield "PW" holding the write id (readers skip it; DuckDB refuses a comment)
+        ident = write_id().encode()
+        extra = b"PW" + struct.pack("<H", len(ident)) + ident
+        self._out.write(b"\x1f\x8b\x08\x04\0\0\0\0\0\xff" + struct.pack("<H", len(extra)) + extra)
 
     def write(self, chunk: Chunk) -> int:
         data = chunk.jsonl()
@@ -133,7 +136,7 @@ class JsonlWriter(FileWriter):
 
 
 def write_id() -> str:
-    """A random id each file carries (JSONL: the gzip comment; Parquet: the footer's
+    """A random id each file carries (JSONL: the gzip header's extra field; Parquet: the footer's
     ``prism_write_id``), so two writes of the same rows differ in their bytes: S3's version of
     a file is its ETag, the MD5 of its bytes, and a newer run's file must never carry the
     version a stalled run expects to replace (fencing, storage/base.py)."""
