@@ -1,6 +1,6 @@
 """What the four archives share (local folder, S3, Azure Blob, GCS): the layout, the formats
-(formats.py), the manifest and the exactly-once rule; each provider only says how to put, remove
-and check an object, each conditional on the version found.
+(formats.py), the manifest and the exactly-once rule; each provider only says how to put, check
+and remove an object, every put and remove conditional on the version it may replace.
 
 A batch is encoded chunk by chunk into a staging file (by default a spooled file: memory up
 to ``SPOOL_IN_MEMORY``, then disk) and handed to the provider in one upload, which each SDK
