@@ -222,7 +222,7 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                 cursor = batch.through_id
                 ordinal += 1
         if getattr(integration, "manifest", False):
-            result.manifest = write_manifest_if_due(integration, sink, source, ledger, hour)
+            result.manifest = write_manifest_if_due(integration, sink, source, ledger, hour, lease)
     except (LeaseError, Superseded):
         raise
     except PrismError as exc:

@@ -348,6 +348,45 @@ def test_manifest_appears_once_the_hour_is_complete_and_is_rewritten_after_late_
     assert len(second["files"]) == 4
 
 
+def test_an_hour_with_no_traffic_gets_an_empty_manifest_once_complete(
+    prism, gateway, tmp_path, monkeypatch
+):
+    """A consumer that waits for ``_manifest.json`` does not wait forever for a quiet hour."""
+    clock = {"now": H + timedelta(minutes=30)}
+    monkeypatch.setattr(manifest_module, "utcnow", lambda: clock["now"])
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: clock["now"])
+    monkeypatch.setenv("PRISM_LATE_DATA_LOOKBACK_HOURS", "6")
+    prism.configure(local(tmp_path, layout="hive", manifest=True))
+    folder = tmp_path / "bucket/prism/logs/date=2026-11-22/hour=14"
+    repository = prism.defs.get_repository_def()
+
+    def sensor_requests() -> list[tuple[str, str]]:
+        tick = repository.get_sensor_def(f"{NAME}_late_data").evaluate_tick(
+            build_sensor_context(instance=prism.instance, repository_def=repository)
+        )
+        return [(r.partition_key, r.tags["prism/trigger"]) for r in tick.run_requests]
+
+    prism.sync(NAME, KEY)  # the schedule's sync of the open hour, which has no rows
+    assert not folder.exists()
+    clock["now"] = H + timedelta(minutes=76)  # closed and past its grace period
+    assert sensor_requests() == [(KEY, "manifest")]
+    written = prism.sync(NAME, KEY)
+
+    assert written.metadata["manifest"].endswith("date=2026-11-22/hour=14/_manifest.json")
+    assert orjson.loads((folder / "_manifest.json").read_bytes()) == {
+        "partition": KEY,
+        "records": 0,
+        "rejects": 0,
+        "first_event_time": None,
+        "last_event_time": None,
+        "written_at": format_timestamp(clock["now"]),
+        "files": [],
+    }
+    assert sorted(p.name for p in folder.iterdir()) == ["_manifest.json"]
+    clock["now"] = H + timedelta(minutes=90)
+    assert sensor_requests() == []  # written: not requested again
+
+
 def test_manifest_on_each_cloud_is_rewritten_in_place_after_late_rows(
     prism,
     gateway,

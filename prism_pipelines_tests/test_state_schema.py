@@ -133,15 +133,17 @@ def test_revision_0001_is_the_schema_created_before_versioning(state_url):
     assert len(before) == 6
     after = schema_of(state_url)
     # Later revisions only add to it: 0002 the batches' published_version, 0003 what the
-    # manifests need (each batch's sha256 and event times, each partition's manifest time).
+    # manifests need (each batch's sha256 and event times, each partition's manifest time),
+    # 0004 the version of the manifest each partition wrote last.
     columns, primary_key, indexes = after["prism_batches"]
     added = [c[0] for c in columns[-4:]]
     assert added == ["published_version", "sha256", "first_event", "last_event"]
     assert all(c[2] for c in columns[-4:])  # nullable
     after["prism_batches"] = (columns[:-4], primary_key, indexes)
     columns, primary_key, indexes = after["prism_partitions"]
-    assert columns[-1][0] == "manifest_at" and columns[-1][2]
-    after["prism_partitions"] = (columns[:-1], primary_key, indexes)
+    assert [c[0] for c in columns[-2:]] == ["manifest_at", "manifest_version"]
+    assert all(c[2] for c in columns[-2:])  # nullable
+    after["prism_partitions"] = (columns[:-2], primary_key, indexes)
     assert after == before
 
 

@@ -93,22 +93,26 @@ def held_by(lease: Lease):
     return leases.c.holder == lease.holder
 
 
-def renew(conn, lease: Lease) -> bool:
-    """Push the lease's expiry on, if it is still ours (in the caller's transaction)."""
+def renew(conn, lease: Lease) -> datetime | None:
+    """Push the lease's expiry on, if it is still ours (in the caller's transaction); returns
+    the state database's time it did so (None: the lease is not ours any more)."""
+    now = database_now(conn)
     renewed = conn.execute(
-        update(leases)
-        .where(lease_key(lease) & held_by(lease))
-        .values(expires_at=expiry(database_now(conn)))
+        update(leases).where(lease_key(lease) & held_by(lease)).values(expires_at=expiry(now))
     ).rowcount
-    return renewed == 1
+    return now if renewed == 1 else None
 
 
-def still_held(conn, lease: Lease) -> None:
-    """Renew the lease in the caller's transaction, or raise (rolling that transaction back)."""
-    if not renew(conn, lease):
+def still_held(conn, lease: Lease) -> datetime:
+    """Renew the lease in the caller's transaction, or raise (rolling that transaction back).
+    Returns the state database's time: what the ledger stamps the transaction's writes with,
+    so that times written by runs on different hosts compare."""
+    now = renew(conn, lease)
+    if now is None:
         raise LeaseLost(
             f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
             "taken over by another run after this run's lease ran out (this run stalled for "
             f"over {lease_seconds():.0f} s). This run stopped; the batch it had open is redone "
             "by the run that holds the partition now."
         )
+    return now

@@ -28,7 +28,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: The newest revision this code knows (test_state_schema checks it is Alembic's head). Known
 #: without Alembic, so a process whose database is at head never imports it: every run's
 #: process opens the ledger, and Alembic was an eighth of its imports (bench/README.md, target 1).
-HEAD = "0003"
+HEAD = "0004"
 VERSION_TABLE = "prism_alembic_version"
 #: The PostgreSQL advisory lock key the upgrade holds ("prism" in ASCII).
 MIGRATION_LOCK = 0x707269736D

@@ -98,58 +98,78 @@ class Ledger:
             return conn.execute(statement).scalar_one()
 
     def batches(self, integration: str, hour: datetime) -> list[RecordedBatch]:
-        statement = (
-            select(
-                batches.c.after_id,
-                batches.c.through_id,
-                batches.c.location,
-                batches.c.published_version,
-                batches.c.records,
-                batches.c.rejects,
-                batches.c.bytes,
-                batches.c.finished_at.is_not(None),
-                batches.c.sha256,
-                batches.c.first_event,
-                batches.c.last_event,
-            )
-            .where(_partition(integration, hour))
-            .order_by(batches.c.after_id)
-        )
         with self.engine.connect() as conn:
-            return [
-                RecordedBatch(*row[:-2], utc(row[-2]), utc(row[-1]))
-                for row in conn.execute(statement)
-            ]
+            return _recorded_batches(conn, integration, hour)
 
     def manifest_due(self, integration: str, hour: datetime) -> bool:
-        """Whether the hour's manifest is missing or older than a batch recorded since."""
-        return bool(self.manifests_due(integration, hour, hour + HOUR))
+        """Whether the hour being synced needs its manifest (re)written: none was recorded, or
+        a batch was recorded (or opened) since it was."""
+        return hour in self._manifests_due(integration, hour, hour + HOUR, synced_only=False)
 
     def manifests_due(self, integration: str, start: datetime, end: datetime) -> list[datetime]:
-        """Hours in ``[start, end)`` with rows whose manifest is missing or older than a batch
-        recorded since (late rows changed the hour)."""
+        """Hours in ``[start, end)`` that a sync succeeded for, with rows or without (an hour
+        with no traffic gets a manifest too), or that hold batches, whose manifest is missing
+        or older than a batch recorded since (late rows changed the hour)."""
+        return self._manifests_due(integration, start, end, synced_only=True)
+
+    def _manifests_due(
+        self, integration: str, start: datetime, end: datetime, synced_only: bool
+    ) -> list[datetime]:
         b, p = batches.c, partitions.c
-        statement = (
-            select(b.hour)
-            .select_from(
-                batches.outerjoin(partitions, (p.integration == b.integration) & (p.hour == b.hour))
+        per_hour = (
+            select(
+                b.hour,
+                func.max(b.finished_at),
+                func.count() - func.count(b.finished_at),
+                # a file recorded before revision 0003 has no sha256 to list
+                func.count(b.location) - func.count(b.sha256),
             )
             .where((b.integration == integration) & (b.hour >= start) & (b.hour < end))
-            .group_by(b.hour, p.manifest_at)
-            .having(
-                (func.sum(b.records + b.rejects) > 0)
-                # a file recorded before revision 0003 has no sha256 to list
-                & (func.count(b.location) == func.count(b.sha256))
-                & (
-                    p.manifest_at.is_(None)
-                    | (func.max(b.finished_at) > p.manifest_at)
-                    | (func.count() > func.count(b.finished_at))
-                )
-            )
-            .order_by(b.hour)
+            .group_by(b.hour)
+        )
+        synced = select(p.hour, p.last_success_at, p.manifest_at).where(
+            (p.integration == integration) & (p.hour >= start) & (p.hour < end)
         )
         with self.engine.connect() as conn:
-            return [utc(hour) for (hour,) in conn.execute(statement)]
+            recorded = {utc(row[0]): row[1:] for row in conn.execute(per_hour)}
+            manifests = {utc(hour): (ok, utc(at)) for hour, ok, at in conn.execute(synced)}
+        hours = set(recorded)
+        hours |= {h for h, (ok, _) in manifests.items() if ok or not synced_only}
+        if not synced_only:
+            hours |= {start}  # the hour being synced, before its sync is recorded
+        due = []
+        for hour in sorted(hours):
+            last_finished, still_open, unlisted = recorded.get(hour, (None, 0, 0))
+            written_at = manifests.get(hour, (None, None))[1]
+            if unlisted:
+                continue
+            if (
+                written_at is None
+                or still_open
+                or (last_finished is not None and utc(last_finished) > written_at)
+            ):
+                due.append(hour)
+        return due
+
+    def manifest_to_write(
+        self, integration: str, hour: datetime, lease: Lease
+    ) -> tuple[list[RecordedBatch], str | None]:
+        """The hour's batches and the version of its manifest the ledger recorded (None: none),
+        read in one transaction that confirms the lease: while it is confirmed no other run
+        records anything for the hour, so a manifest built from these batches and written
+        only over that version cannot replace a newer run's (manifest.py)."""
+        with self.engine.begin() as conn:
+            still_held(conn, lease)
+            recorded = _recorded_batches(conn, integration, hour)
+            version = conn.execute(
+                select(partitions.c.manifest_version).where(_partition_row(integration, hour))
+            ).scalar()
+        return recorded, version
+
+    def confirm(self, lease: Lease) -> None:
+        """Renew the lease now, or raise ``LeaseLost``."""
+        with self.engine.begin() as conn:
+            still_held(conn, lease)
 
     def partition_states(
         self, integration: str, since: datetime | None = None
@@ -336,7 +356,7 @@ class Ledger:
         the location it had, so the redo overwrites what the first attempt wrote."""
         key = _batch_key(batch)
         with self.engine.begin() as conn:
-            still_held(conn, lease)
+            now = still_held(conn, lease)
             recorded = conn.execute(select(batches.c.location).where(key)).first()
             if recorded is None:
                 conn.execute(
@@ -345,7 +365,7 @@ class Ledger:
                         hour=batch.partition,
                         after_id=batch.after_id,
                         location=location,
-                        started_at=utcnow(),
+                        started_at=now,
                     )
                 )
                 batch.location = location
@@ -355,18 +375,16 @@ class Ledger:
                 conn.execute(
                     update(batches)
                     .where(key)
-                    .values(
-                        finished_at=None, started_at=utcnow(), published_version=None, sha256=None
-                    )
+                    .values(finished_at=None, started_at=now, published_version=None, sha256=None)
                 )
                 batch.location = recorded.location or location
 
     def finish_batch(self, batch: Batch, sent_bytes: int, lease: Lease) -> None:
         """Record an acknowledged batch and its rejects together: the cursor moves here, and
-        only if the run still holds the partition's lease."""
-        now = utcnow()
+        only if the run still holds the partition's lease. Stamped with the state database's
+        clock, as the manifest is: which came last holds whichever host recorded them."""
         with self.engine.begin() as conn:
-            still_held(conn, lease)
+            now = still_held(conn, lease)
             conn.execute(
                 update(batches)
                 .where(_batch_key(batch))
@@ -410,17 +428,19 @@ class Ledger:
                     ],
                 )
 
-    def record_manifest(self, integration: str, hour: datetime) -> None:
-        """Note that the hour's manifest was just written: on the clock ``finish_batch`` stamps
-        batches with, so a batch recorded later makes it due again."""
-        at = utcnow()
+    def record_manifest(self, integration: str, hour: datetime, version: str, lease: Lease) -> None:
+        """Note that the hour's manifest was just written, as ``version``: only if the run still
+        holds the lease (a run that lost it must not mark the hour done), and on the state
+        database's clock, as batches are stamped, so a batch recorded later makes it due again."""
         with self.engine.begin() as conn:
+            at = still_held(conn, lease)
+            values = {"manifest_at": at, "manifest_version": version}
             found = conn.execute(
-                update(partitions).where(_partition_row(integration, hour)).values(manifest_at=at)
+                update(partitions).where(_partition_row(integration, hour)).values(**values)
             ).rowcount
             if not found:
                 conn.execute(
-                    insert(partitions).values(integration=integration, hour=hour, manifest_at=at)
+                    insert(partitions).values(integration=integration, hour=hour, **values)
                 )
 
     def record_sync(self, integration: str, hour: datetime, error: str | None = None) -> None:
@@ -439,6 +459,27 @@ class Ledger:
                 conn.execute(
                     insert(partitions).values(integration=integration, hour=hour, **values)
                 )
+
+
+def _recorded_batches(conn, integration: str, hour: datetime) -> list[RecordedBatch]:
+    statement = (
+        select(
+            batches.c.after_id,
+            batches.c.through_id,
+            batches.c.location,
+            batches.c.published_version,
+            batches.c.records,
+            batches.c.rejects,
+            batches.c.bytes,
+            batches.c.finished_at.is_not(None),
+            batches.c.sha256,
+            batches.c.first_event,
+            batches.c.last_event,
+        )
+        .where(_partition(integration, hour))
+        .order_by(batches.c.after_id)
+    )
+    return [RecordedBatch(*row[:-2], utc(row[-2]), utc(row[-1])) for row in conn.execute(statement)]
 
 
 def _partition(integration: str, hour: datetime):

@@ -40,8 +40,11 @@ partitions = Table(
     Column("last_success_at", DateTime(timezone=True), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("last_error_at", DateTime(timezone=True), nullable=True),
-    #: when the hour's manifest was last written (revision 0003; storage with ``manifest``)
+    #: when the hour's manifest was last written, by the state database's clock (revision
+    #: 0003; storage with ``manifest``)
     Column("manifest_at", DateTime(timezone=True), nullable=True),
+    #: the destination's version of that manifest: what its next write may replace (0004)
+    Column("manifest_version", Text, nullable=True),
 )
 
 rejects = Table(

@@ -157,11 +157,13 @@ class Harness:
             **self.destination.secrets,
         }
 
-    def start(self, *args: str) -> subprocess.Popen:
+    def start(self, *args: str, stop_at: str | None = None) -> subprocess.Popen:
+        """A ``prism-pipelines`` command; ``stop_at`` names a stop point where the process
+        stops itself (``PRISM_STOP_AT``, prism_pipelines/stop_points.py)."""
         self.dagster_home.mkdir(exist_ok=True)
         return subprocess.Popen(
             [str(CLI), *args],
-            env=self.env(),
+            env={**self.env(), **({"PRISM_STOP_AT": stop_at} if stop_at else {})},
             cwd=self.folder,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -182,6 +184,41 @@ class Harness:
 
     def sync(self) -> Ran:
         return self.finish(self.start_sync())
+
+    def wait_until_stopped(self, proc: subprocess.Popen) -> None:
+        """Until the process has stopped itself at its stop point (state T in /proc)."""
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            if proc.poll() is not None:
+                ran = self.finish(proc)
+                raise AssertionError(f"the sync ended before its stop point: {ran.output}")
+            assert time.monotonic() < deadline, "the sync never reached its stop point"
+            time.sleep(0.05)
+
+    def set_rows_aside(self, hour: datetime) -> None:
+        """Take the hour's rows out of the gateway's table (kept, ids and all), as a deletion
+        would; ``restore_rows`` puts them back, as a restore from a backup would."""
+        with self.traffic.source.engine.begin() as conn:
+            window = {"start": hour, "end": hour + timedelta(hours=1)}
+            conn.execute(
+                text(
+                    "CREATE TABLE prism_rows_aside AS SELECT * FROM prism_request_logs "
+                    'WHERE "timestamp" >= :start AND "timestamp" < :end'
+                ),
+                window,
+            )
+            conn.execute(
+                text(
+                    'DELETE FROM prism_request_logs WHERE "timestamp" >= :start '
+                    'AND "timestamp" < :end'
+                ),
+                window,
+            )
+
+    def restore_rows(self) -> None:
+        with self.traffic.source.engine.begin() as conn:
+            conn.execute(text("INSERT INTO prism_request_logs SELECT * FROM prism_rows_aside"))
+            conn.execute(text("DROP TABLE prism_rows_aside"))
 
     def run(self, *args: str) -> Ran:
         return self.finish(self.start(*args))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import json
 import time
 import urllib.request
@@ -18,6 +19,7 @@ import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from azure.storage.blob import BlobServiceClient
 from google.cloud import pubsub_v1
 
@@ -27,6 +29,8 @@ NAME = "faulty"
 STORAGE = ("local", "s3", "azure_blob", "gcs")
 QUEUES = ("sqs", "pubsub", "datadog", "otlp")
 TYPES = STORAGE + QUEUES
+#: the hour's manifest (``manifest: true``)
+MANIFEST = "_manifest.json"
 
 
 def _unique(kind: str = "prism") -> str:
@@ -61,7 +65,17 @@ class Destination:
         raise NotImplementedError
 
     def received(self) -> dict[str, list[str]] | Counter:
+        """Storage: request id → the data files holding it."""
+        return _by_file({k: v for k, v in self.objects().items() if _data_file(k)})
+
+    def objects(self) -> dict[str, bytes]:
+        """Storage: every object, by key (read with the provider's client)."""
         raise NotImplementedError
+
+    def manifest(self, folder: str) -> dict | None:
+        """Storage: the ``_manifest.json`` in ``folder`` (an hour's), or None."""
+        data = self.objects().get(f"{folder}/{MANIFEST}")
+        return None if data is None else json.loads(data)
 
     def leftovers(self) -> list[str]:
         """Storage: temporary files, uncommitted blocks, unfinished multipart uploads."""
@@ -77,8 +91,10 @@ class Destination:
 
 
 def _records(data: bytes) -> list[str]:
-    """Request ids of a gzip JSONL file (the Azure client hands it over already decoded, as
-    the blob's Content-Encoding says)."""
+    """Request ids of a Parquet file or a gzip JSONL file (the Azure client hands the latter
+    over already decoded, as the blob's Content-Encoding says)."""
+    if data[:4] == b"PAR1":
+        return pq.read_table(io.BytesIO(data), columns=["request_id"])["request_id"].to_pylist()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     return [json.loads(line)["request_id"] for line in data.splitlines()]
@@ -97,6 +113,11 @@ def _data_file(key: str) -> bool:
     return key.rsplit("/", 1)[-1].startswith("batch_")
 
 
+def _published(key: str) -> bool:
+    """A data file or an hour's manifest: what the export leaves on purpose."""
+    return _data_file(key) or key.rsplit("/", 1)[-1] == MANIFEST
+
+
 class Local(Destination):
     type = "local"
     cannot_refuse = "a local folder has no credentials (an unwritable folder is the full-disk case)"
@@ -109,21 +130,18 @@ class Local(Destination):
     def integration(self, endpoint_url=None, **settings) -> dict:
         return {"name": NAME, "type": "local", "path": str(self.folder), **settings}
 
-    def files(self) -> dict[str, bytes]:
+    def objects(self) -> dict[str, bytes]:
         return {
             str(p.relative_to(self.folder)): p.read_bytes()
             for p in self.folder.rglob("*")
-            if p.is_file() and _data_file(p.name)
+            if p.is_file()
         }
-
-    def received(self):
-        return _by_file(self.files())
 
     def leftovers(self) -> list[str]:
         return [
             str(p.relative_to(self.folder))
             for p in self.folder.rglob("*")
-            if p.is_file() and not _data_file(p.name)
+            if p.is_file() and not _published(p.name)
         ]
 
 
@@ -155,26 +173,20 @@ class S3(Destination):
         host, port = self.moto.endpoint_url.rsplit("/", 1)[-1].split(":")
         return host, int(port)
 
-    def received(self):
+    def objects(self) -> dict[str, bytes]:
         keys = [
             o["Key"]
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
             for o in page.get("Contents", [])
         ]
-        return _by_file(
-            {
-                k: self.client.get_object(Bucket=self.bucket, Key=k)["Body"].read()
-                for k in keys
-                if _data_file(k)
-            }
-        )
+        return {k: self.client.get_object(Bucket=self.bucket, Key=k)["Body"].read() for k in keys}
 
     def leftovers(self) -> list[str]:
         uploads = self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
         keys = [
             o["Key"]
             for o in self.client.list_objects_v2(Bucket=self.bucket).get("Contents", [])
-            if not _data_file(o["Key"])
+            if not _published(o["Key"])
         ]
         return keys + [f"multipart upload of {u['Key']}" for u in uploads]
 
@@ -238,21 +250,17 @@ class AzureBlob(Destination):
         host, port = parts["BlobEndpoint"].split("//", 1)[1].split("/", 1)[0].split(":")
         return host, int(port)
 
-    def received(self):
+    def objects(self) -> dict[str, bytes]:
         container = self.service.get_container_client(self.container)
-        return _by_file(
-            {
-                name: container.download_blob(name).readall()
-                for name in container.list_blob_names()
-                if _data_file(name)
-            }
-        )
+        return {
+            name: container.download_blob(name).readall() for name in container.list_blob_names()
+        }
 
     def leftovers(self) -> list[str]:
         container = self.service.get_container_client(self.container)
         names = {b.name for b in container.list_blobs()}
         uncommitted = {b.name for b in container.list_blobs(include=["uncommittedblobs"])} - names
-        return sorted(n for n in names if not _data_file(n)) + [
+        return sorted(n for n in names if not _published(n)) + [
             f"uncommitted blocks of {n}" for n in sorted(uncommitted)
         ]
 
@@ -293,17 +301,14 @@ class Gcs(Destination):
         host, port = self.server.endpoint.split("//", 1)[1].split("/", 1)[0].split(":")
         return host, int(port)
 
-    def received(self):
-        return _by_file(
-            {
-                b.name: b.download_as_bytes(raw_download=True)
-                for b in self.client.list_blobs(self.bucket)
-                if _data_file(b.name)
-            }
-        )
+    def objects(self) -> dict[str, bytes]:
+        return {
+            b.name: b.download_as_bytes(raw_download=True)
+            for b in self.client.list_blobs(self.bucket)
+        }
 
     def leftovers(self) -> list[str]:
-        return [b.name for b in self.client.list_blobs(self.bucket) if not _data_file(b.name)]
+        return [b.name for b in self.client.list_blobs(self.bucket) if not _published(b.name)]
 
 
 class Sqs(Destination):

@@ -77,6 +77,32 @@ FAULTS = (
         Operator("1 for the woken run, 0 for the one that took over", None, "taken over"),
     ),
     Fault(
+        "stall_emptying",
+        "sync stopped past its lease as it empties a redone file (its rows left the gateway); "
+        "another sync takes over with the rows back (both layouts)",
+        STORAGE,
+        Expect("0", "the destination refuses the stalled run's write (fencing): nothing deleted"),
+        None,
+        Operator("1 for the woken run, 0 for the one that took over", None, "taken over"),
+    ),
+    Fault(
+        "stall_manifest",
+        "sync stopped past its lease as it writes the hour's manifest; another sync takes over "
+        "with late rows (both layouts)",
+        STORAGE,
+        Expect("0", "the newer manifest is kept: the stalled run's write and record are fenced"),
+        None,
+        Operator("1 for the woken run, 0 for the one that took over", None, "taken over"),
+    ),
+    Fault(
+        "kill_publishing",
+        "`kill -9` of the sync as it publishes a file, `layout: hive`, `format: parquet`",
+        STORAGE,
+        Expect("0", "the next sync removes what the killed run left and redoes the batch"),
+        None,
+        Operator("killed; the next sync exits 0", None, ""),
+    ),
+    Fault(
         "reset",
         "connection reset by the network (before, and after the request reached the service)",
         TYPES[1:],

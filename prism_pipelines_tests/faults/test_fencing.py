@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import time_machine
 import yaml
 from sqlalchemy import text
 
@@ -207,19 +208,23 @@ def test_a_sync_killed_mid_batch_leaves_nothing_behind_after_the_next_sync(
 
 
 def test_lease_expiry_follows_the_state_database_clock_not_the_hosts(pg_url, monkeypatch, gateway):
-    """A host whose clock runs an hour fast must not take over a live lease; a lease that ran
-    out by the database's clock is free, whatever the host's clock says."""
+    """A host whose clock runs two hours fast must not take over a live lease; a lease that ran
+    out by the database's clock is free, whatever the host's clock says. The host's clock is
+    this process's own, moved by time-machine for every reader of it (``datetime.now``,
+    ``time.time``), so whichever clock the lease code might read, the test moves it."""
+    monkeypatch.setenv("PRISM_LEASE_SECONDS", "3600")  # no renewal while the test runs
     ledger = Ledger(pg_url)
     with ledger.lease("archive", HOUR_UNDER_TEST, "the first run"):
-        skewed = utcnow() + timedelta(hours=1)
-        for module in ("prism_pipelines.ledger.state", "prism_pipelines.ledger.lease"):
-            monkeypatch.setattr(f"{module}.utcnow", lambda: skewed, raising=False)
-        with pytest.raises(PartitionBusy), ledger.lease("archive", HOUR_UNDER_TEST, "a fast host"):
+        with (
+            time_machine.travel(utcnow() + timedelta(hours=2), tick=True),
+            pytest.raises(PartitionBusy),
+            ledger.lease("archive", HOUR_UNDER_TEST, "a fast host"),
+        ):
             pass
         with ledger.engine.begin() as conn:
             conn.execute(text("UPDATE prism_leases SET expires_at = now() - interval '1 second'"))
-        slow = skewed - timedelta(hours=2)  # a host an hour slow still sees it ran out
-        for module in ("prism_pipelines.ledger.state", "prism_pipelines.ledger.lease"):
-            monkeypatch.setattr(f"{module}.utcnow", lambda: slow, raising=False)
-        with ledger.lease("archive", HOUR_UNDER_TEST, "a slow host"):
+        with (
+            time_machine.travel(utcnow() - timedelta(hours=2), tick=True),
+            ledger.lease("archive", HOUR_UNDER_TEST, "a slow host"),
+        ):
             pass

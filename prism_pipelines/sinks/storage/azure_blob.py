@@ -166,9 +166,17 @@ class AzureBlobSink(StorageSink):
             raise self._error(exc, f"read {self.describe(key)}") from None
         return properties.etag, (properties.metadata or {}).get(ATTEMPT_METADATA)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, version: str) -> None:
         try:
-            self.container.delete_blob(key, retry_hook=self._count_retry)
+            self.container.delete_blob(
+                key,
+                etag=version,
+                match_condition=MatchConditions.IfNotModified,
+                retry_hook=self._count_retry,
+            )
+        except ResourceModifiedError:
+            if self.stored(key)[0] is not None:  # Azurite answers 412 for a missing blob too
+                raise self.superseded(key) from None
         except ResourceNotFoundError as exc:
             if _code(exc) != "BlobNotFound":
                 raise self._error(exc, f"delete {self.describe(key)}") from None

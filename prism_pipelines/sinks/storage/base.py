@@ -1,6 +1,6 @@
 """What the four archives share (local folder, S3, Azure Blob, GCS): the layout, the formats
-(formats.py), the manifest and the exactly-once rule; each provider only says how to put, remove
-and check an object.
+(formats.py), the manifest and the exactly-once rule; each provider only says how to put, check
+and remove an object, every put and remove conditional on the version it may replace.
 
 A batch is encoded chunk by chunk into a staging file (by default a spooled file: memory up
 to ``SPOOL_IN_MEMORY``, then disk) and handed to the provider in one upload, which each SDK
@@ -15,8 +15,11 @@ returns the version it published (S3 ETag, GCS generation, Azure ETag, local fil
 raises ``Superseded`` when the precondition fails. Every upload carries a random attempt id in
 the object's metadata: when an SDK retries a write whose answer the network lost, the retry
 finds the name taken, and the object's attempt id tells this write's own object from a newer
-run's. What a crashed run left behind (temporary
-files, unfinished multipart uploads) is removed by ``clean_up`` on the partition's next sync.
+run's. Nothing the export publishes is ever deleted: a redo whose rows are all gone publishes an
+empty file over the old one, by the same conditional write, and the manifest is replaced, never
+removed; the one delete is the validation marker's, conditional on the version just written.
+What a crashed run left behind (temporary files, unfinished multipart uploads) is removed by
+``clean_up`` on the partition's next sync.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from prism_pipelines.batch import Batch
 from prism_pipelines.errors import Superseded
 from prism_pipelines.sinks.base import Delivery, Sink
 from prism_pipelines.sinks.storage.formats import FORMATS
+from prism_pipelines.stop_points import stop_point
 
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 #: the hour's manifest (DESIGN.md, "Archive formats, layouts and manifests")
@@ -75,13 +79,14 @@ class StorageSink(Sink):
                 for chunk in batch.chunks():
                     uncompressed += out.write(chunk)
             records = batch.records_read
-            if records == 0:
-                # No rows, no file; and a redo that now has none removes what an earlier
-                # attempt may have written under this name.
-                self.remove(key)
-                return Delivery(location=None)
+            if records == 0 and batch.replaces is None:
+                return Delivery(location=None)  # no rows and nothing to replace: no file
+            # A redo whose rows are all gone (deleted from the gateway) publishes the empty file
+            # over the earlier attempt's, by the same conditional write: never a delete, which
+            # not every destination can make conditional (docs/reliability.md, Fencing).
             size = out.size
             spool.seek(0)
+            stop_point("publish_file")
             version = self._publish(key, spool, size, batch.replaces)
         return Delivery(
             published_version=version,
@@ -94,15 +99,17 @@ class StorageSink(Sink):
             counters={"uncompressed_bytes": uncompressed, "files": 1},
         )
 
-    def publish_manifest(self, partition: datetime, manifest: bytes) -> str:
-        """Write the hour's ``_manifest.json``, replacing the one there (the version found now:
-        under the partition's lease no other run writes it); returns its key."""
-        key = f"{self.folder_of(partition)}/{MANIFEST_NAME}"
+    def manifest_key(self, partition: datetime) -> str:
+        return f"{self.folder_of(partition)}/{MANIFEST_NAME}"
+
+    def publish_manifest(self, partition: datetime, manifest: bytes, replaces: str | None) -> str:
+        """Write the hour's ``_manifest.json`` only if the destination holds version
+        ``replaces`` of it (None: none); returns the version written. Raises ``Superseded``
+        otherwise (manifest.py decides whose manifest is there)."""
         with SpooledTemporaryFile() as data:
             size = data.write(manifest)
             data.seek(0)
-            self._publish(key, data, size, self.published_version(key))
-        return key
+            return self._publish(self.manifest_key(partition), data, size, replaces)
 
     def _publish(self, key: str, data: BinaryIO, size: int, replaces: str | None) -> str:
         """``put``, taking a refusal whose object carries this very attempt's id for the
@@ -124,8 +131,8 @@ class StorageSink(Sink):
         with SpooledTemporaryFile() as marker:
             size = marker.write(b"prism-pipelines validation marker\n")
             marker.seek(0)
-            self._publish(key, marker, size, replaces=None)
-        self.remove(key)
+            version = self._publish(key, marker, size, replaces=None)
+        self.remove(key, version)
         return f"wrote and deleted {self.describe(key)}"
 
     def staging(self, key: str) -> AbstractContextManager[BinaryIO]:
@@ -156,8 +163,10 @@ class StorageSink(Sink):
         return None, None
 
     @abstractmethod
-    def remove(self, key: str) -> None:
-        """Delete ``key`` if it exists."""
+    def remove(self, key: str, version: str) -> None:
+        """Delete ``key`` only if it still holds ``version`` (the destination's precondition);
+        nothing if it is gone. Only the validation marker is ever deleted: a data file or a
+        manifest is replaced, never deleted (docs/reliability.md, Fencing)."""
 
     @abstractmethod
     def describe(self, key: str) -> str:

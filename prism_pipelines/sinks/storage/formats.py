@@ -8,6 +8,8 @@ file, so the file's sha256 (the manifest's) is known without reading the file ag
 from __future__ import annotations
 
 import hashlib
+import struct
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import import_module
@@ -19,7 +21,6 @@ from prism_pipelines.batch import Chunk
 
 #: isa-l's level 1 (of 0-3): standard gzip output, several times zlib's speed at a similar size
 GZIP_LEVEL = 1
-GZIP_WBITS = 16 + 15  # a gzip header and trailer, not a raw zlib stream
 
 
 class _Hashed:
@@ -103,11 +104,21 @@ class FileWriter:
 
 
 class JsonlWriter(FileWriter):
-    """Gzip JSONL (isa-l)."""
+    """Gzip JSONL (isa-l): one gzip member whose header's extra field holds the file's write id
+    (``write_id``), then the deflated lines and the gzip trailer."""
 
     def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
         super().__init__(target, fields)
-        self._compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, GZIP_WBITS)
+        self._compressor = isal_zlib.compressobj(
+            GZIP_LEVEL, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS
+        )
+        self._crc = 0
+        self._length = 0
+        # magic, deflate, FEXTRA, no mtime, no extra flags, OS unknown; then the extra field:
+        # one subfield "PW" holding the write id (readers skip it; DuckDB refuses a comment)
+        ident = write_id().encode()
+        extra = b"PW" + struct.pack("<H", len(ident)) + ident
+        self._out.write(b"\x1f\x8b\x08\x04\0\0\0\0\0\xff" + struct.pack("<H", len(extra)) + extra)
 
     def write(self, chunk: Chunk) -> int:
         data = chunk.jsonl()
@@ -115,10 +126,21 @@ class JsonlWriter(FileWriter):
         return len(data)
 
     def _compress(self, data: bytes) -> None:
+        self._crc = isal_zlib.crc32(data, self._crc)
+        self._length += len(data)
         self._out.write(self._compressor.compress(data))
 
     def _end(self) -> None:
         self._out.write(self._compressor.flush())
+        self._out.write(struct.pack("<II", self._crc, self._length & 0xFFFFFFFF))
+
+
+def write_id() -> str:
+    """A random id each file carries (JSONL: the gzip header's extra field; Parquet: the footer's
+    ``prism_write_id``), so two writes of the same rows differ in their bytes: S3's version of
+    a file is its ETag, the MD5 of its bytes, and a newer run's file must never carry the
+    version a stalled run expects to replace (fencing, storage/base.py)."""
+    return f"prism-write-{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)

@@ -162,11 +162,15 @@ class GcsSink(StorageSink):
             return None, None
         return str(blob.generation), (blob.metadata or {}).get(ATTEMPT_METADATA)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, version: str) -> None:
         try:
-            self.bucket.blob(key).delete(timeout=TIMEOUT, retry=self._retry())
+            self.bucket.blob(key).delete(
+                timeout=TIMEOUT, retry=self._retry(), if_generation_match=int(version)
+            )
         except api.NotFound:
             pass  # no such object (or no bucket): nothing to remove
+        except api.PreconditionFailed:
+            raise self.superseded(key) from None
         except (api.GoogleAPIError, GoogleAuthError, *_UNREACHABLE) as exc:
             raise self._error(exc, f"delete {self.describe(key)}") from None
 

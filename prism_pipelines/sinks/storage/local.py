@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prism_pipelines.errors import DestinationError
-from prism_pipelines.sinks.storage.base import StorageSink, partition_folder
+from prism_pipelines.sinks.storage.base import MANIFEST_NAME, StorageSink
+
+#: the temporary files ``_temporary_beside`` names: a batch's file, and the manifest
+TEMPORARY_FILES = (".batch_*.tmp", f".{MANIFEST_NAME}.*.tmp")
 
 
 class LocalSink(StorageSink):
@@ -91,19 +94,28 @@ class LocalSink(StorageSink):
             raise
 
     def clean_up(self, partition: datetime, stale_after: float) -> None:
-        """Delete the hour's temporary files that crashed runs left (``.batch_*.tmp``). Only
-        those untouched for ``stale_after`` seconds: a live run writes its own continuously."""
-        folder = self.folder / partition_folder(self.integration.prefix, partition)
+        """Delete the temporary files (``.batch_*.tmp``, ``._manifest.json.*.tmp``) crashed
+        runs left in the hour's folder, in the integration's layout. Only those untouched for
+        ``stale_after`` seconds: a live run writes its own continuously."""
+        folder = self.folder / self.folder_of(partition)
         cutoff = time.time() - stale_after
-        for temporary in folder.glob(".batch_*.tmp"):
-            try:
-                if temporary.stat().st_mtime < cutoff:
-                    temporary.unlink()
-            except FileNotFoundError:
-                pass  # another sync's clean-up came first
+        for pattern in TEMPORARY_FILES:
+            for temporary in folder.glob(pattern):
+                try:
+                    if temporary.stat().st_mtime < cutoff:
+                        temporary.unlink()
+                except FileNotFoundError:
+                    pass  # another sync's clean-up came first
 
-    def remove(self, key: str) -> None:
-        (self.folder / key).unlink(missing_ok=True)
+    def remove(self, key: str, version: str) -> None:
+        target = self.folder / key
+        try:
+            with _locked(target.parent):  # as in _swap_in: no write slips in after the check
+                if _identity(target) != version:
+                    raise self.superseded(key)
+                target.unlink()
+        except FileNotFoundError:
+            pass  # nothing to remove
 
     def published_version(self, location: str) -> str | None:
         path = self.folder / location

@@ -25,7 +25,7 @@ from prism_pipelines.records import (  # noqa: E402
     FLOAT_FIELDS,
     INTEGER_FIELDS,
 )
-from prism_pipelines.sinks.storage.formats import FileWriter  # noqa: E402
+from prism_pipelines.sinks.storage.formats import FileWriter, write_id  # noqa: E402
 
 COMPRESSION = "zstd"
 
@@ -58,7 +58,10 @@ class ParquetWriter(FileWriter):
 
     def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
         super().__init__(target, fields)
-        self._schema = pa.schema([SCHEMA.field(f) for f in fields or EXPORTED_FIELDS])
+        self._schema = pa.schema(
+            [SCHEMA.field(f) for f in fields or EXPORTED_FIELDS],
+            metadata={"prism_write_id": write_id()},
+        )
         self._writer = pq.ParquetWriter(
             self._out,
             self._schema,

@@ -193,11 +193,16 @@ class S3Sink(StorageSink):
         except BotoCoreError as exc:
             raise self._error(exc, f"list the uploads under {self.describe(prefix)}") from None
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, version: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.integration.bucket, Key=key)
+            self.client.delete_object(Bucket=self.integration.bucket, Key=key, IfMatch=version)
         except ClientError as exc:
-            if _is_marker(key) and error_code(exc) == "AccessDenied":
+            code = error_code(exc)
+            if code in {"404", "NoSuchKey", "NotFound"}:
+                return
+            if code in _SUPERSEDED:
+                raise self.superseded(key) from None
+            if code == "AccessDenied":
                 # The export needs only s3:PutObject (the spec's permission): a validation
                 # marker we may not delete is reported, not a failed validation.
                 self._kept_marker = key
@@ -224,8 +229,8 @@ class S3Sink(StorageSink):
         if self._kept_marker:
             return (
                 f"wrote {self.describe(self._kept_marker)}, so the export can write; it could "
-                f"not delete it (no s3:DeleteObject, which the export needs only to remove a file "
-                f"whose rows were all deleted from the gateway): delete the marker by hand"
+                f"not delete it (no s3:DeleteObject, or no s3:GetObject, which a conditional "
+                f"delete needs too; the export itself never deletes): delete the marker by hand"
             )
         return message
 
@@ -314,8 +319,3 @@ def _aws_regions() -> set[str]:
         for partition in session.get_available_partitions()
         for region in session.get_available_regions("s3", partition)
     }
-
-
-def _is_marker(key: str) -> bool:
-    """The base's validation marker (``_prism_validate_<uuid>`` under the prefix)."""
-    return key.rpartition("/")[2].startswith("_prism_validate_")
