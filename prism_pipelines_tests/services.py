@@ -6,16 +6,16 @@ block/resumable uploads and gRPC are exercised rather than mocked away. Every se
 its whole process group when the session ends.
 
 Use the fixtures from a conftest with ``pytest_plugins = ["prism_pipelines_tests.services"]``.
+``python -m prism_pipelines_tests.services install`` pre-installs Azurite (for CI caches);
+``python -m prism_pipelines_tests.services check`` starts every server and round-trips it.
 
 Pub/Sub is Google's emulator (Java), and nothing else unless asked for: without it the tests
 that use ``pubsub_emulator`` fail, naming what is missing and how to install it (a machine
 without Java must not pass them against our own stand-in). ``PRISM_TEST_PUBSUB_EMULATOR`` names
 the emulator's launcher when it is not at ``PUBSUB_EMULATOR`` (a ``gcloud components install``);
 ``PRISM_TEST_PUBSUB=standin`` runs those tests against the in-process stand-in instead, for a
-quick local run (it proves less). The ``pubsub_standin`` fixture is always the stand-in: its own
-tests, and faults the emulator cannot produce, ask for it by name.
-``python -m prism_pipelines_tests.services install`` pre-installs Azurite (for CI caches);
-``python -m prism_pipelines_tests.services check`` starts every server and round-trips it.
+quick local run (it proves less). The ``pubsub_standin`` fixture is always the stand-in, for
+the tests that mean it by name (its own, and the export's main path, run on both).
 """
 
 from __future__ import annotations
