@@ -16,6 +16,10 @@ SQLite has no time type: writers store text, and not all the same text (SQLAlche
 late-data sensor all place a row in its hour through ``row_hour`` (the one definition of a
 row's partition), so none of them can disagree about where a row belongs. See
 docs/reliability.md, "Bad rows", for what happens to rows that cannot be read.
+
+A lost connection mid-read (a replica restarting, a failover, a proxy's timeout) is routine: the
+reader reconnects and reads on after the last row it handed over (``_resuming``), up to
+``RECONNECTS`` times per read; see docs/reliability.md, "The gateway database".
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import ctypes
 import ctypes.util
 import functools
 import io
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
@@ -47,12 +54,13 @@ from sqlalchemy import (
     literal,
     select,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from prism_pipelines.database import make_engine, source_url
 from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import HOUR
 from prism_pipelines.records import EXPORTED_FIELDS, ROW_ID, MalformedRows
+from prism_pipelines.sinks.retry import Backoff
 
 # Our column names, in the order the reader selects them (records.py indexes rows by position).
 COLUMN_TYPES = {
@@ -97,6 +105,14 @@ SQLITE_UTC_FORMAT = "%Y-%m-%d %H:%M:%f"
 _SQLITE_HOUR_FORMAT = "%Y-%m-%d %H:00:00"
 #: the error sqlite3 raises for text that is not UTF-8 (its message quotes the row's text)
 _SQLITE_NOT_UTF8 = "Could not decode to UTF-8"
+#: how often one read reconnects after losing its connection before the sync fails: a restart
+#: or failover costs one, connecting while the server is still down one per try
+RECONNECTS = 4
+#: the waits before those reconnects: up to 1, 2, 4, 8 s (full jitter), about 15 s at most
+RECONNECT_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=8.0, attempts=RECONNECTS)
+#: the name of every server-side cursor the reader declares starts so (seen in
+#: ``pg_stat_activity.query``: which backend is reading)
+CURSOR_PREFIX = "prism_rows_"
 
 
 def sqlite_utc(column):
@@ -241,6 +257,7 @@ class GatewaySource:
         before_id: int | None = None,
         settle_seconds: float | None = None,
         chunk_rows: int = 5_000,
+        counters: Counter | None = None,
     ) -> Iterator[list[tuple]]:
         """Rows of ``hour`` with ``after_id < id [<= through_id] [< before_id]``, by id, in chunks.
 
@@ -250,7 +267,8 @@ class GatewaySource:
         clock (``_unsettled``; the caller stops there: see ``sync._until_unsettled``; one
         snapshot, so no row can slip in between a check and the read). One query per call, read
         through a server-side cursor on PostgreSQL, so memory holds a couple of chunks whatever
-        the size of the hour.
+        the size of the hour; read on after the last row handed over if the connection is lost
+        (``_resuming``, each reconnect counted in ``counters["source_reconnects"]``).
         """
         c = self.table.c
         where = self._in_hour(hour) & (c.id > after_id)
@@ -263,9 +281,66 @@ class GatewaySource:
             statement = statement.add_columns(self._unsettled(settle_seconds))
         statement = statement.where(where).order_by(c.id)
         _keep_freed_memory_for_reuse()
-        if self._postgresql:
-            return _read_ahead(self._fetch_postgresql(statement, chunk_rows))
-        return self._fetch_sqlite(statement, chunk_rows)
+        chunks = self._resuming(statement, chunk_rows, hour, counters)
+        return _read_ahead(chunks) if self._postgresql else chunks
+
+    def _resuming(
+        self, statement, chunk_rows: int, hour: datetime, counters: Counter | None
+    ) -> Iterator[list[tuple]]:
+        """The rows of ``statement``; when the connection is lost mid-read, the same statement
+        again after the last row handed over, on a new connection, after a backoff.
+
+        The rows come by id, so reading on after the last id handed over skips and repeats
+        nothing: the caller sees one stream, and the batch being read goes on into the same
+        file. The resumed read is a new snapshot, as the next sync's would be: the settle rule
+        holds in it, and a row committed below the cursor meanwhile is found by the redo's
+        count check (``sync``) as it would be then. After ``RECONNECTS`` reconnects the read
+        fails: nothing past the last recorded batch is recorded, and the next sync goes on
+        from the cursor.
+        """
+        fetch = self._fetch_postgresql if self._postgresql else self._fetch_sqlite
+        after, lost = None, 0
+        while True:
+            resumed = statement if after is None else statement.where(self.table.c.id > after)
+            try:
+                with closing(fetch(resumed, chunk_rows)) as chunks:
+                    for rows in chunks:
+                        after = rows[-1][ROW_ID]
+                        yield rows
+                return
+            except Exception as exc:  # classified: only a lost connection is read again
+                if not self._connection_lost(exc, reconnecting=lost > 0):
+                    raise
+                lost += 1
+                detail = _first_line(exc)
+                if lost > RECONNECTS:
+                    raise PrismError(
+                        f"reading partition {hour:%Y-%m-%d %H:00} from the gateway database "
+                        f"failed: the connection was lost {lost} times, and {RECONNECTS} "
+                        f"reconnects are the most one read makes (last: {detail}); the next "
+                        "sync reads on from the last delivered batch"
+                    ) from None
+            if counters is not None:
+                counters["source_reconnects"] += 1
+            time.sleep(RECONNECT_BACKOFF.delay(lost))
+
+    def _connection_lost(self, exc: Exception, reconnecting: bool) -> bool:
+        """Whether ``exc`` means the connection to the gateway database is gone (and, while
+        ``reconnecting``, cannot be had yet), as opposed to an error in the query or the data.
+
+        SQLAlchemy says so of what it raises (``connection_invalidated``); on PostgreSQL the
+        reader's own cursor raises psycopg2's errors, where ``OperationalError`` is the
+        server ending the session (restart, failover, ``pg_terminate_backend``, a hot standby
+        cancelling the read for recovery) and ``InterfaceError`` the connection already gone.
+        """
+        if isinstance(exc, DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            return reconnecting and self._postgresql and isinstance(exc, OperationalError)
+        if not self._postgresql:
+            return False
+        dbapi = self.engine.dialect.loaded_dbapi
+        return isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError))
 
     def _fetch_postgresql(self, statement, chunk_rows: int) -> Iterator[list[tuple]]:
         """psycopg2's own tuples from a named (server-side) cursor."""
@@ -278,7 +353,7 @@ class GatewaySource:
             # timestamp index and a sort take 1.5 s). The export reads every row: plan for all.
             with raw.cursor() as settings:
                 settings.execute("SET LOCAL cursor_tuple_fraction = 1.0")
-            with raw.cursor(name=f"prism_rows_{uuid.uuid4().hex[:12]}") as cursor:
+            with raw.cursor(name=f"{CURSOR_PREFIX}{uuid.uuid4().hex[:12]}") as cursor:
                 cursor.itersize = chunk_rows
                 cursor.execute(compiled.string, compiled.params)
                 while rows := cursor.fetchmany(chunk_rows):
@@ -468,6 +543,12 @@ def _keep_freed_memory_for_reuse() -> None:
         return
     mallopt(_M_TRIM_THRESHOLD, 64 << 20)
     mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum: large buffers come from the heap too
+
+
+def _first_line(exc: Exception) -> str:
+    """The driver's first line of an error (SQLAlchemy's text adds the statement)."""
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _read_ahead(chunks: Iterator[list[tuple]]) -> Iterator[list[tuple]]:

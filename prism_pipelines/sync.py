@@ -9,7 +9,10 @@ A sync of hour H, in order:
 2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay
    (by the gateway database's clock; a row stamped in the future is not waited for), streamed in
    batches of the integration's ``rows_per_batch``. A batch is opened in the
-   ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it.
+   ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it. A
+   connection to the gateway lost mid-read is the reader's to absorb: it reads on after the
+   last row it handed over, so the batch goes on as if nothing happened (``GatewaySource``;
+   the run's metadata counts ``source_reconnects``).
 
 All of it under the partition's lease (``Ledger.lease``): one run delivers a partition at a
 time. First, what crashed runs left in the hour (temporary files, unfinished uploads) is
@@ -200,6 +203,7 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                 after_id=recorded.after_id,
                 through_id=recorded.through_id,
                 chunk_rows=CHUNK_ROWS,
+                counters=result.counters,
             )
             _send(integration, sink, ledger, lease, batch, rows, result, recorded)
             result.redone_batches += 1
@@ -209,7 +213,11 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
         cursor = result.cursor_before
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
         stream = source.stream_rows(
-            hour, after_id=cursor, settle_seconds=settle_seconds, chunk_rows=chunk_rows
+            hour,
+            after_id=cursor,
+            settle_seconds=settle_seconds,
+            chunk_rows=chunk_rows,
+            counters=result.counters,
         )
         with closing(stream):
             settled = _until_unsettled(stream, result)

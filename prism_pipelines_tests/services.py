@@ -10,6 +10,14 @@ Use the fixtures from a conftest with ``pytest_plugins = ["prism_pipelines_tests
 ``python -m prism_pipelines_tests.services install`` pre-installs Azurite and the APM test agent
 (for CI caches);
 ``python -m prism_pipelines_tests.services check`` starts every server and round-trips it.
+
+Pub/Sub is Google's emulator (Java), and nothing else unless asked for: without it the tests
+that use ``pubsub_emulator`` fail, naming what is missing and how to install it (a machine
+without Java must not pass them against our own stand-in). ``PRISM_TEST_PUBSUB_EMULATOR`` names
+the emulator's launcher when it is not at ``PUBSUB_EMULATOR`` (a ``gcloud components install``);
+``PRISM_TEST_PUBSUB=standin`` runs those tests against the in-process stand-in instead, for a
+quick local run (it proves less). The ``pubsub_standin`` fixture is always the stand-in, for
+the tests that mean it by name (its own, and the export's main path, run on both).
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ AZURITE_KEY = (
 #: opentelemetry-proto than the one the pipeline runs with.
 APM_AGENT_VERSION = "1.69.1"
 APM_AGENT_VENV = REPO / ".tools" / "ddapm-venv"
+#: where Google's apt package google-cloud-cli-pubsub-emulator installs the emulator
 PUBSUB_EMULATOR = Path(
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 )
@@ -500,17 +509,38 @@ def pubsub_env(emulator: PubSub) -> Iterator[None]:
         yield
 
 
-def _pubsub_emulator_binary() -> Path | None:
-    if PUBSUB_EMULATOR.exists() and shutil.which("java"):
-        return PUBSUB_EMULATOR
-    return None
+class PubSubEmulatorMissing(RuntimeError):
+    """The Pub/Sub emulator cannot run here; the message says what to install."""
+
+
+def _pubsub_emulator_binary() -> Path:
+    """The emulator's launcher, if it and Java are there (the launcher runs ``$JAVA_HOME/bin/java``
+    or ``java`` on PATH)."""
+    binary = Path(os.environ.get("PRISM_TEST_PUBSUB_EMULATOR") or PUBSUB_EMULATOR)
+    java_home = os.environ.get("JAVA_HOME")
+    missing = []
+    if not binary.is_file():
+        missing.append(f"the emulator ({binary} does not exist)")
+    if not (Path(java_home, "bin", "java").is_file() if java_home else shutil.which("java")):
+        missing.append(f"Java ({'no bin/java in JAVA_HOME' if java_home else 'no java on PATH'})")
+    if missing:
+        raise PubSubEmulatorMissing(
+            f"the Pub/Sub tests need Google's Pub/Sub emulator, and this machine lacks "
+            f"{' and '.join(missing)}. Install both: on Debian or Ubuntu, `apt-get install "
+            "google-cloud-cli-pubsub-emulator default-jre-headless` (the first from Google's "
+            "Cloud SDK apt repository: https://cloud.google.com/sdk/docs/install); elsewhere, "
+            "a JRE and `gcloud components install pubsub-emulator`, then set "
+            "PRISM_TEST_PUBSUB_EMULATOR=$(gcloud info --format='value(installation.sdk_root)')"
+            "/platform/pubsub-emulator/bin/cloud-pubsub-emulator. Or, for a quick local run "
+            "that proves less, PRISM_TEST_PUBSUB=standin runs them against the in-process "
+            "stand-in"
+        )
+    return binary
 
 
 @contextlib.contextmanager
 def run_pubsub_emulator(log_dir: Path) -> Iterator[PubSub]:
     binary = _pubsub_emulator_binary()
-    if binary is None:
-        raise RuntimeError(f"Pub/Sub emulator needs {PUBSUB_EMULATOR} and java on PATH")
     with run_server(
         "pubsub-emulator",
         lambda port: [str(binary), "--host=127.0.0.1", f"--port={port}"],
@@ -536,7 +566,8 @@ class _Subscription:
 
 
 class PubSubStandIn:
-    """In-process gRPC Pub/Sub for machines without the Java emulator.
+    """In-process gRPC Pub/Sub, run only when asked for (``pubsub_standin``,
+    ``PRISM_TEST_PUBSUB=standin``): never in the emulator's place unasked.
 
     Covers what the exporters and their tests use: topics, publish (attributes, ordering keys),
     subscriptions, synchronous Pull, Acknowledge, ModifyAckDeadline (0 = nack). Delivery is
@@ -733,8 +764,12 @@ def run_pubsub_standin() -> Iterator[PubSub]:
 
 @contextlib.contextmanager
 def run_pubsub(log_dir: Path) -> Iterator[PubSub]:
-    """The Java emulator, or the stand-in if PRISM_PUBSUB_STANDIN=1 or the emulator is absent."""
-    if os.environ.get("PRISM_PUBSUB_STANDIN") == "1" or _pubsub_emulator_binary() is None:
+    """The Java emulator (``PubSubEmulatorMissing`` if it cannot run), or the stand-in when
+    ``PRISM_TEST_PUBSUB=standin`` asks for it."""
+    wanted = os.environ.get("PRISM_TEST_PUBSUB") or "emulator"
+    if wanted not in ("emulator", "standin"):
+        raise ValueError(f"PRISM_TEST_PUBSUB={wanted}: use emulator (the default) or standin")
+    if wanted == "standin":
         with run_pubsub_standin() as server:
             yield server
     else:
@@ -777,7 +812,15 @@ def apm_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApmAgent]:
 
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSub]:
-    with run_pubsub(_log_dir(tmp_path_factory)) as server:
+    """The emulator (``run_pubsub``); a test that uses it fails when it cannot run here."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(run_pubsub(_log_dir(tmp_path_factory)))
+            missing = None
+        except PubSubEmulatorMissing as exc:
+            missing = str(exc)
+        if missing:  # failed outside the except, so pytest shows the message alone
+            pytest.fail(missing, pytrace=False)
         yield server
 
 

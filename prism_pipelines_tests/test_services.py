@@ -47,10 +47,25 @@ def test_apm_agent_roundtrip(apm_agent):
     services.roundtrip_apm_agent(apm_agent)
 
 
-def test_standin_selected_by_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRISM_PUBSUB_STANDIN", "1")
+def test_standin_only_when_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRISM_TEST_PUBSUB", "standin")
     with services.run_pubsub(tmp_path) as server:
         assert server.kind == "standin"
+
+
+def test_without_the_emulator_the_pubsub_tests_fail_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv("PRISM_TEST_PUBSUB", raising=False)
+    absent = tmp_path / "no-sdk" / "cloud-pubsub-emulator"
+    monkeypatch.setenv("PRISM_TEST_PUBSUB_EMULATOR", str(absent))
+    with (
+        pytest.raises(services.PubSubEmulatorMissing) as missing,
+        services.run_pubsub(tmp_path),
+    ):
+        pass
+    message = str(missing.value)
+    assert f"the emulator ({absent} does not exist)" in message
+    assert "apt-get install google-cloud-cli-pubsub-emulator" in message
+    assert "PRISM_TEST_PUBSUB=standin" in message
 
 
 def test_pubsub_env_sets_and_restores(pubsub_standin, monkeypatch):

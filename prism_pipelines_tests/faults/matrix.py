@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from prism_pipelines.source import RECONNECTS
 from prism_pipelines_tests.faults.destinations import STORAGE, TYPES
 
 ONE_BATCH = "≤ 1 batch"
@@ -58,6 +59,7 @@ class Fault:
 
 _REDO = "the next sync redoes the open batch under the same name"
 _RESEND = "the next sync re-sends the open batch"
+_READ_ON = "the reader reconnects and reads on after the last row it handed over"
 
 FAULTS = (
     Fault(
@@ -141,11 +143,21 @@ FAULTS = (
     ),
     Fault(
         "source_terminated",
-        "the gateway database ends the sync's connection mid-read (`pg_terminate_backend`)",
+        "the gateway database ends the connection the sync reads through, mid-read "
+        "(`pg_terminate_backend`)",
+        ("local", "s3", "datadog"),
+        Expect("0", _READ_ON),
+        Expect("0", _READ_ON),
+        Operator("0", None, ""),
+    ),
+    Fault(
+        "source_lost_repeatedly",
+        "the gateway database ends the sync's reading connection more often than the reader "
+        f"reconnects ({RECONNECTS + 1} times in one read)",
         ("local", "s3", "datadog"),
         Expect("0", "the next sync redoes the open batch"),
         Expect(ONE_BATCH, "the next sync re-sends the open batch"),
-        Operator("1; the next sync 0", "Error", "the cursor did not move"),
+        Operator("1; the next sync 0", "Error", "the connection was lost"),
     ),
     Fault(
         "state_unreachable",

@@ -1,15 +1,23 @@
-"""The databases failing under a running sync: the gateway database ending the sync's connection
-mid-read (``pg_terminate_backend`` from a second connection), and the state database refusing
-connections mid-run. The sync fails with a message, nothing moves past undelivered rows, and the
-next sync delivers every row by the destination's rules."""
+"""The databases failing under a running sync: the gateway database ending the connection the
+sync reads through, mid-read (``pg_terminate_backend`` of that one backend, while the sync is
+held still so the read cannot end first), once and more often than the reader reconnects; and
+the state database refusing connections mid-run. A lost read is read on after the last row
+handed over; a sync that fails says why, nothing moves past undelivered rows, and the next sync
+delivers every row by the destination's rules."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from datetime import datetime
 
 import pytest
+from dagster import AssetKey, DagsterInstance
 from sqlalchemy import create_engine, text
 
+from prism_pipelines.source import CURSOR_PREFIX, RECONNECTS
+from prism_pipelines_tests.faults import destinations as dest
 from prism_pipelines_tests.faults.conftest import PG_SERVER, SEED, SYNC_TIMEOUT
 from prism_pipelines_tests.faults.matrix import BY_NAME, cases
 
@@ -17,12 +25,19 @@ BATCH_ROWS = 50
 #: enough rows that the sync is still reading when the fault comes; the queue type here is
 #: Datadog, as moto walks the whole queue on every SQS send (slow for thousands of messages)
 ROWS = 3000
+#: how far the reader can be ahead of the ledger's cursor: the batch in flight, the chunk read
+#: ahead and the one being fetched (a chunk is a batch here)
+READ_AHEAD_ROWS = 3 * BATCH_ROWS
+
+
+def _admin():
+    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
 
 
 def _terminate(url: str, refuse: bool = False) -> int:
     """End every session on the database of ``url`` (and with ``refuse``, take no new ones)."""
     name = url.rsplit("/", 1)[1]
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    admin = _admin()
     try:
         with admin.connect() as conn:
             if refuse:
@@ -42,7 +57,7 @@ def _terminate(url: str, refuse: bool = False) -> int:
 
 def _allow_connections(url: str) -> None:
     name = url.rsplit("/", 1)[1]
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    admin = _admin()
     try:
         with admin.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
@@ -57,32 +72,135 @@ def _wait_for_batches(harness, proc, count: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    cases("source_terminated"),
-)
-def test_source_connection_terminated_mid_read_fails_clearly_and_the_next_sync_catches_up(
+def _readers(url: str) -> list[int]:
+    """Backends of the gateway database that are mid-read: their transaction holds the reader's
+    server-side cursor open (its last statement declared it or fetched from it; closing it is
+    the read's end)."""
+    admin = _admin()
+    try:
+        with admin.connect() as conn:
+            return list(
+                conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = :name "
+                        "AND state IN ('active', 'idle in transaction') AND query ~ :reading"
+                    ),
+                    {
+                        "name": url.rsplit("/", 1)[1],
+                        "reading": f'^(DECLARE|FETCH FORWARD [0-9]+ FROM) "{CURSOR_PREFIX}',
+                    },
+                ).scalars()
+            )
+    finally:
+        admin.dispose()
+
+
+def _end_the_read(harness, proc, hour: datetime, ended: set[int]) -> None:
+    """End the connection the sync reads through, mid-read: wait for a reading backend not
+    ended before, hold the sync still (SIGSTOP) so the read cannot move on, check that the
+    backend still holds its cursor open with rows of the hour left to read past it, end it
+    (``pg_terminate_backend``), and let the sync go on."""
+    deadline = time.monotonic() + SYNC_TIMEOUT
+    key = f"{hour:%Y-%m-%d-%H:%M}"
+    while True:
+        assert proc.poll() is None, f"the sync ended before its read was cut ({len(ended)} cut)"
+        assert time.monotonic() < deadline, f"no new reading connection ({len(ended)} cut)"
+        fresh = [pid for pid in _readers(harness.source_url) if pid not in ended]
+        if not fresh:
+            time.sleep(0.02)
+            continue
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            if fresh[0] not in _readers(harness.source_url):
+                continue  # it ended or moved on before the sync stood still: look again
+            delivered = harness.cursors().get(key, 0)
+            assert delivered < ROWS - READ_AHEAD_ROWS, (
+                f"the sync had read nearly every row (cursor {delivered} of {ROWS}) before its "
+                "read could be cut: the fault would not land mid-read"
+            )
+            admin = _admin()
+            try:
+                with admin.connect() as conn:
+                    assert conn.execute(
+                        text("SELECT pg_terminate_backend(:pid)"), {"pid": fresh[0]}
+                    ).scalar_one()
+            finally:
+                admin.dispose()
+            ended.add(fresh[0])
+            return
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+
+
+def _source_reconnects(harness) -> int:
+    """``source_reconnects`` summed over the integration's materializations (the run's
+    metadata, as the Dagster UI shows it)."""
+    with DagsterInstance.from_config(str(harness.dagster_home)) as instance:
+        records = instance.fetch_materializations(AssetKey(["prism", dest.NAME]), 100).records
+        return sum(
+            int(meta.value)
+            for record in records
+            if (meta := record.asset_materialization.metadata.get("source_reconnects"))
+        )
+
+
+def _traffic_hour(harness) -> datetime:
+    """The hour before the current one: a closed hour, all of it one read."""
+    return datetime.fromisoformat(harness.traffic.since)
+
+
+@pytest.mark.parametrize("kind", cases("source_terminated"))
+def test_source_connection_terminated_mid_read_is_read_on_after_the_last_row(harness, kind):
+    harness.configure(batch_rows=BATCH_ROWS)
+    hour = _traffic_hour(harness)
+    harness.traffic.add(ROWS, hour)
+    proc = harness.start_sync()
+    _wait_for_batches(harness, proc, harness.rng.randint(1, 5))
+    _end_the_read(harness, proc, hour, ended := set())
+    ran = harness.finish(proc)
+    where = f"{kind}, the reading connection ended once mid-read (seed {SEED})"
+    assert ran.code == 0, f"{where}: {ran.output}"
+    assert "Traceback" not in ran.output, f"{where}: {ran.output}"
+    assert _source_reconnects(harness) == len(ended) == 1, where
+    duplicates = harness.assert_delivered(0, where)
+    harness.results.record(
+        "source_terminated",
+        kind,
+        lost=0,
+        duplicates=duplicates,
+        reconnects=len(ended),
+        seed=SEED,
+    )
+
+
+@pytest.mark.parametrize("kind", cases("source_lost_repeatedly"))
+def test_source_connection_lost_past_the_reconnects_fails_clearly_and_the_next_sync_catches_up(
     harness, kind
 ):
     harness.configure(batch_rows=BATCH_ROWS)
-    harness.traffic.add(ROWS)
+    hour = _traffic_hour(harness)
+    harness.traffic.add(ROWS, hour)
     proc = harness.start_sync()
-    _wait_for_batches(harness, proc, harness.rng.randint(2, 6))
-    ended = _terminate(harness.source_url)
+    _wait_for_batches(harness, proc, harness.rng.randint(1, 5))
+    ended: set[int] = set()
+    for _ in range(RECONNECTS + 1):
+        _end_the_read(harness, proc, hour, ended)
     failed = harness.finish(proc)
-    where = f"{kind}, {ended} source sessions ended (seed {SEED})"
-    assert ended and failed.code == 1, f"{where}: {failed.output}"
+    where = f"{kind}, the reading connection ended {len(ended)} times (seed {SEED})"
+    assert failed.code == 1, f"{where}: {failed.output}"
     assert "Traceback" not in failed.output, f"{where}: {failed.output}"
-    operator = BY_NAME["source_terminated"].operator
+    operator = BY_NAME["source_lost_repeatedly"].operator
     assert operator.message in failed.err, f"{where}: {failed.output}"
     status = harness.status()
     assert status["status"] == operator.status, f"{where}: {status}"
+    cursor = harness.cursors().get(f"{hour:%Y-%m-%d-%H:%M}", 0)
+    assert cursor < ROWS, f"{where}: the failed sync recorded every row (cursor {cursor})"
     harness.traffic.add(50)
     ran = harness.sync()
     assert ran.code == 0, f"{where}: {ran.output}"
     duplicates = harness.assert_delivered(1, where)
     harness.results.record(
-        "source_terminated",
+        "source_lost_repeatedly",
         kind,
         lost=0,
         duplicates=duplicates,
