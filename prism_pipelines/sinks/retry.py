@@ -95,6 +95,16 @@ class Backoff:
         return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))
 
 
+#: What the HTTP senders (Datadog, OTLP) share: connect and read timeouts of one request, in
+#: seconds; the statuses they retry (429, 408 and every 5xx: a 500 is mostly a backend the
+#: receiver could not reach); their backoffs, Validate & Continue answering within seconds even
+#: when the endpoint is unreachable.
+HTTP_TIMEOUT = (10, 60)
+HTTP_RETRYABLE = frozenset({408, 429} | set(range(500, 600)))
+HTTP_BACKOFF = Backoff()
+VALIDATE_BACKOFF = Backoff(attempts=3)
+
+
 class RetryLogic:
     def __init__(self, backoff: Backoff, count: RetryCount):
         self.backoff = backoff

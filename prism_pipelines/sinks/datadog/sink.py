@@ -64,14 +64,18 @@ from prism_pipelines.sinks.datadog.metrics import (
     payloads,
 )
 from prism_pipelines.sinks.datadog.sites import APP_HOSTS, SITE_NAMES
-from prism_pipelines.sinks.retry import Action, Backoff, RetryLogic, Verdict, retry_after_seconds
+from prism_pipelines.sinks.retry import (
+    HTTP_BACKOFF,
+    HTTP_RETRYABLE,
+    HTTP_TIMEOUT,
+    VALIDATE_BACKOFF,
+    Action,
+    Backoff,
+    RetryLogic,
+    Verdict,
+    retry_after_seconds,
+)
 
-#: connect and read timeouts of one request, in seconds
-REQUEST_TIMEOUT = (10, 60)
-RETRYABLE = {408, 429} | set(range(500, 600))
-EXPORT_BACKOFF = Backoff()
-#: Validate & Continue answers within seconds, even when the endpoint is unreachable
-VALIDATE_BACKOFF = Backoff(attempts=3)
 _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.]*$")
 
 
@@ -107,7 +111,7 @@ class DatadogSink(Sink):
             # responses are still checked against the client's models.
             config.check_input_type = False
             config.enable_retry = False  # see the module docstring
-            config.request_timeout = REQUEST_TIMEOUT
+            config.request_timeout = HTTP_TIMEOUT
             self._api = ApiClient(config)
         return self._api
 
@@ -324,7 +328,7 @@ class DatadogSink(Sink):
         call,
         delivery: Delivery | None = None,
         app_key: bool = False,
-        backoff: Backoff = EXPORT_BACKOFF,
+        backoff: Backoff = HTTP_BACKOFF,
     ):
         """``call()`` through the retry machine with Datadog's answers classified: 401/403
         raise ``CredentialsError``; other refusals are re-raised for the caller to map."""
@@ -341,7 +345,7 @@ class DatadogSink(Sink):
                         exc.status, exc.reason, what, _error_text(exc), app_key
                     )
                     return Verdict(Action.FATAL, error=CredentialsError(text))
-                if exc.status not in RETRYABLE and exc.status != 0:
+                if exc.status not in HTTP_RETRYABLE and exc.status != 0:
                     return Verdict(Action.REJECT)  # the caller splits, rejects or maps it
                 if exc.status == 429 and delivery is not None:
                     delivery.counters["throttled_429"] += 1

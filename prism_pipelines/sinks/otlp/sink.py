@@ -44,17 +44,19 @@ from prism_pipelines.sinks.otlp.spans import (
     encode_protobuf,
     error_text,
 )
-from prism_pipelines.sinks.retry import Action, Backoff, RetryLogic, Verdict, retry_after_seconds
+from prism_pipelines.sinks.retry import (
+    HTTP_BACKOFF,
+    HTTP_RETRYABLE,
+    HTTP_TIMEOUT,
+    VALIDATE_BACKOFF,
+    Action,
+    Backoff,
+    RetryLogic,
+    Verdict,
+    retry_after_seconds,
+)
 from prism_pipelines.sinks.storage.formats import GZIP_LEVEL
 
-#: connect and read timeouts of one request, in seconds
-REQUEST_TIMEOUT = (10, 60)
-#: retried: the specification's 429, 502, 503, 504, and the other 5xx and 408 too (a collector's
-#: 500 is mostly a backend it could not reach), as for every other destination
-RETRYABLE = {408, 429} | set(range(500, 600))
-EXPORT_BACKOFF = Backoff()
-#: Validate & Continue answers within seconds, even when the endpoint is unreachable
-VALIDATE_BACKOFF = Backoff(attempts=3)
 CONTENT_TYPES = {"protobuf": "application/x-protobuf", "json": "application/json"}
 #: the bodies of an empty ExportTraceServiceRequest, what ``validate`` posts
 EMPTY_REQUEST = {"protobuf": b"", "json": b"{}"}
@@ -289,7 +291,7 @@ class OtlpSink(Sink):
         body: bytes,
         what: str,
         delivery: Delivery | None = None,
-        backoff: Backoff = EXPORT_BACKOFF,
+        backoff: Backoff = HTTP_BACKOFF,
     ) -> requests.Response:
         """POST ``body`` through the retry machine; 401/403 raise ``CredentialsError``, answers
         that are no retryable failure are raised as ``Answer`` for the caller to map."""
@@ -298,9 +300,7 @@ class OtlpSink(Sink):
         def attempt() -> requests.Response:
             if delivery is not None:
                 delivery.requests += 1
-            response = self.session.post(
-                self.url, data=body, headers=headers, timeout=REQUEST_TIMEOUT
-            )
+            response = self.session.post(self.url, data=body, headers=headers, timeout=HTTP_TIMEOUT)
             if not 200 <= response.status_code < 300:
                 raise Answer(response, self.integration.scrub)
             return response
@@ -309,7 +309,7 @@ class OtlpSink(Sink):
             if isinstance(exc, Answer):
                 if exc.status in (401, 403):
                     return Verdict(Action.FATAL, error=CredentialsError(self._refused(exc, what)))
-                if exc.status not in RETRYABLE:
+                if exc.status not in HTTP_RETRYABLE:
                     return Verdict(Action.REJECT)  # the caller splits, rejects or maps it
                 if exc.status == 429 and delivery is not None:
                     delivery.counters["throttled_429"] += 1
