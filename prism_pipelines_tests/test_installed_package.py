@@ -184,6 +184,30 @@ def test_the_wheel_works_from_a_users_project_beside_the_newest_dagster(wheel, t
     assert not {n for n in names if n.startswith(("azure", "google-cloud", "pandas"))}, names
     _use_from_a_project(bin_, tmp_path / "my_project")
 
+    # An integration whose SDK is not installed: told at load, with the command to run.
+    (tmp_path / "my_project" / "integrations.yaml").write_text(
+        "integrations:\n"
+        "  - {name: blobs, type: azure_blob, container: c, connection_string: {env: CS}}\n"
+        "  - {name: lake, type: local, format: parquet}\n"
+    )
+    refused = subprocess.run(
+        [str(bin_ / "prism-pipelines"), "status"],
+        cwd=tmp_path / "my_project",
+        env=_user_env(),
+        capture_output=True,
+        text=True,
+        timeout=PIP_TIMEOUT,
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert (
+        "integration 'blobs': type azure_blob needs the 'azure' extra: "
+        "pip install 'prism-pipelines[azure]'" in refused.stderr
+    )
+    assert (
+        "integration 'lake': format parquet needs the 'parquet' extra: "
+        "pip install 'prism-pipelines[parquet]'" in refused.stderr
+    )
+
 
 def test_the_wheel_works_beside_dagster_1_12(wheel, tmp_path):
     bin_ = _venv(tmp_path / "venv", str(wheel), "dagster==1.12.*")

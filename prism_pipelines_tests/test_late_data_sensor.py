@@ -18,6 +18,7 @@ from dagster import DagsterRunStatus, build_schedule_context, build_sensor_conte
 from sqlalchemy import text
 
 from prism_pipelines.dagster_defs.status import ACTIVE, PAUSED
+from prism_pipelines.hours import floor_hour, utcnow
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_status import cli, status_of
 
@@ -319,21 +320,25 @@ def test_historical_data_is_requested_once_and_again_when_since_moves_earlier(pr
 def test_history_span_counts_back_from_the_hour_first_configured(prism, tmp_path):
     """``since: -100h``: the 100 hours before the integration was first configured, requested
     once; the partitions' start stays put as time passes (the ledger remembers that hour)."""
+    span = timedelta(hours=100)
+    before = floor_hour(utcnow())
     prism.configure(archive(tmp_path, history={"since": "-100h"}))
-    assert prism.job("archive_sync").partitions_def.start == hours_ago(100)
-    tick(prism)  # the late-data sensor records the hour first configured: this one, not its start
-    assert prism.ledger.configured_at("archive") == THIS_HOUR
+    start = prism.job("archive_sync").partitions_def.start
+    assert start in {before - span, floor_hour(utcnow()) - span}  # not yet configured: now
+    tick(prism)  # the late-data sensor records the hour first configured: not the start
+    assert prism.ledger.configured_at("archive") == start + span
 
-    # Configured 30 hours ago: the history reaches 130 hours back, and the sensor requests it.
+    # Configured 30 hours earlier: the history reaches back from that hour, and is requested.
+    first = start + span - timedelta(hours=30)
     with prism.ledger.engine.begin() as conn:
         conn.execute(
             text("UPDATE prism_integrations SET first_configured_at = :at WHERE name = 'archive'"),
-            {"at": hours_ago(30)},
+            {"at": first},
         )
     prism.configure(archive(tmp_path, history={"since": "-100h"}))
-    assert prism.job("archive_sync").partitions_def.start == hours_ago(130)
+    assert prism.job("archive_sync").partitions_def.start == first - span
     requested = tick(prism, name="archive_history").run_requests
-    assert requested[0].tags["dagster/asset_partition_range_start"] == key(hours_ago(130))
+    assert requested[0].tags["dagster/asset_partition_range_start"] == key(first - span)
 
 
 def run_in_progress(prism, **tags) -> object:

@@ -224,9 +224,18 @@ def test_crash_mid_partition_then_rerun_leaves_every_row_in_one_file(
     assert rerun.metadata["cursor_after"] == 550
 
 
+def skipped_as_busy(run) -> str:
+    """Why a run skipped its partition: another run held it (an observation, no failure)."""
+    [observed] = run.result.get_asset_observation_events()
+    metadata = observed.asset_observation_data.asset_observation.metadata
+    assert metadata["skipped"].value == "busy"
+    return metadata["reason"].value
+
+
 def test_a_partition_is_delivered_by_one_run_at_a_time(prism, gateway, tmp_path, monkeypatch):
     """A run started while another delivers the same partition (a CLI sync beside the
-    schedule's run, say) is refused and sends nothing; the partition is not in error."""
+    schedule's run, say) skips it and sends nothing, without failing; the partition is not in
+    error."""
     prism.configure(archive(tmp_path, batch_rows=100))
     gateway.insert_rows([gateway_rows(H, 250)])
     first_put, go_on = threading.Event(), threading.Event()
@@ -251,13 +260,13 @@ def test_a_partition_is_delivered_by_one_run_at_a_time(prism, gateway, tmp_path,
             who="the other run",
         )
         assert first_put.wait(timeout=60)
-        refused = prism.sync("archive", KEY, raise_on_error=False)
+        busy = prism.sync("archive", KEY, raise_on_error=False)
         go_on.set()
         assert other.result(timeout=60).records == 250
 
-    assert not refused.success
-    assert "is being delivered by the other run" in refused.error
-    assert "sync it again then" in refused.error
+    assert busy.success and busy.metadata == {}  # nothing delivered, nothing materialized
+    reason = skipped_as_busy(busy)
+    assert "is being delivered by the other run" in reason and "sync it again then" in reason
     assert prism.ledger.partition_state("archive", H).last_error is None
     again = prism.sync("archive", KEY)
     assert again.metadata["records"] == 0
@@ -278,8 +287,8 @@ def test_a_dead_runs_partition_is_free_once_its_lease_runs_out(prism, gateway, t
                 expires_at=now + timedelta(seconds=60),
             )
         )
-    refused = prism.sync("archive", KEY, raise_on_error=False)
-    assert not refused.success and "Dagster run 1234 (killed)" in refused.error
+    busy = prism.sync("archive", KEY, raise_on_error=False)
+    assert busy.success and "Dagster run 1234 (killed)" in skipped_as_busy(busy)
     assert not (tmp_path / "bucket").exists()
 
     with prism.ledger.engine.begin() as conn:
