@@ -450,21 +450,28 @@ def test_a_refused_header_fails_the_run_and_leaves_the_cursor(prism, gateway, mo
     )
 
 
+def sync_to_strict_receiver(prism, gateway, monkeypatch, rows, **receiver_settings):
+    """Sync ``rows`` to a ``StrictReceiver`` (bearer token ``t``) with ``receiver_settings``;
+    the run and what the receiver took."""
+    receiver = StrictReceiver(token="t", **receiver_settings)
+    gateway.insert_rows([rows])
+    monkeypatch.setenv("PRISM_TEST_OTLP_AUTH", "Bearer t")
+    prism.configure(otlp(receiver.url, headers={"authorization": {"env": "PRISM_TEST_OTLP_AUTH"}}))
+    try:
+        return prism.sync(NAME, KEY, raise_on_error=False), receiver
+    finally:
+        receiver.close()
+
+
 def test_spans_the_receiver_refuses_go_to_the_rejects_with_its_message(prism, gateway, monkeypatch):
     def refuse(span) -> str | None:
         if _values(span.attributes).get("user.id") == "user_0":
             return "user.id user_0 is blocked by policy"
         return None
 
-    receiver = StrictReceiver(token="t", refuse=refuse)
     rows = gateway_rows(H, 40)
-    gateway.insert_rows([rows])
-    monkeypatch.setenv("PRISM_TEST_OTLP_AUTH", "Bearer t")
-    prism.configure(otlp(receiver.url, headers={"authorization": {"env": "PRISM_TEST_OTLP_AUTH"}}))
-    try:
-        run = prism.sync(NAME, KEY)
-    finally:
-        receiver.close()
+    run, _ = sync_to_strict_receiver(prism, gateway, monkeypatch, rows, refuse=refuse)
+    assert run.success, run.error
 
     refused = sum(1 for r in rows if r[COLUMN["user_id"]] == "user_0")
     assert refused == 3
@@ -483,15 +490,9 @@ def test_a_400_rejects_only_the_spans_the_receiver_cannot_take(prism, gateway, m
             return "invalid attribute user.id"
         return None
 
-    receiver = StrictReceiver(token="t", bad_data=bad_data)
     rows = gateway_rows(H, 40)
-    gateway.insert_rows([rows])
-    monkeypatch.setenv("PRISM_TEST_OTLP_AUTH", "Bearer t")
-    prism.configure(otlp(receiver.url, headers={"authorization": {"env": "PRISM_TEST_OTLP_AUTH"}}))
-    try:
-        run = prism.sync(NAME, KEY)
-    finally:
-        receiver.close()
+    run, receiver = sync_to_strict_receiver(prism, gateway, monkeypatch, rows, bad_data=bad_data)
+    assert run.success, run.error
 
     bad = {request_id(r) for r in rows if r[COLUMN["user_id"]] == "user_0"}
     assert len(bad) == 3
@@ -506,14 +507,9 @@ def test_a_400_rejects_only_the_spans_the_receiver_cannot_take(prism, gateway, m
 
 
 def test_a_receiver_that_refuses_every_span_stops_the_run(prism, gateway, monkeypatch):
-    receiver = StrictReceiver(token="t", bad_data=lambda span: "cannot decode span")
-    gateway.insert_rows([gateway_rows(H, 10)])
-    monkeypatch.setenv("PRISM_TEST_OTLP_AUTH", "Bearer t")
-    prism.configure(otlp(receiver.url, headers={"authorization": {"env": "PRISM_TEST_OTLP_AUTH"}}))
-    try:
-        run = prism.sync(NAME, KEY, raise_on_error=False)
-    finally:
-        receiver.close()
+    run, _ = sync_to_strict_receiver(
+        prism, gateway, monkeypatch, gateway_rows(H, 10), bad_data=lambda span: "cannot decode span"
+    )
 
     assert not run.success
     assert "refuses every span as bad data (400 Bad Request: cannot decode span)" in run.error
