@@ -317,7 +317,7 @@ def test_historical_data_is_requested_once_and_again_when_since_moves_earlier(pr
     assert tick(prism, earlier.cursor, name="archive_history").run_requests == []
 
 
-def test_history_span_counts_back_from_the_hour_first_configured(prism, tmp_path):
+def test_history_span_counts_back_from_the_hour_first_configured(prism, gateway, tmp_path):
     """``since: -100h``: the 100 hours before the integration was first configured, requested
     once; the partitions' start stays put as time passes (the ledger remembers that hour)."""
     span = timedelta(hours=100)
