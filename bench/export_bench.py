@@ -1320,7 +1320,8 @@ def child_send(scope: str, table: str, out: Path, args: dict, kind: str) -> dict
 def child_send_single(scope: str, table: str, out: Path, args: dict, kind: str) -> dict:
     """The naive sender: the same records, read the same way, one request per message, each
     acknowledged before the next."""
-    from prism_pipelines.records import build_records, check_rows, encode_record
+    from prism_pipelines.batch import Chunk
+    from prism_pipelines.records import check_chunk
     from prism_pipelines.source import GatewaySource
 
     integration = _sender_integration(kind, args)
@@ -1329,10 +1330,10 @@ def child_send_single(scope: str, table: str, out: Path, args: dict, kind: str) 
     send = _single_sender(kind, integration, args)
     started = time.perf_counter()
     requests = 0
-    for rows in source.stream_rows(hour, after_id=0):
-        checked, ids, _, guardrails = check_rows(rows)
-        for record, source_id in zip(build_records(checked, guardrails), ids, strict=True):
-            send(record, encode_record(record), source_id)
+    for rows in source.stream_chunks(hour, after_id=0):
+        chunk = Chunk(check_chunk(rows))
+        for record, line, source_id in zip(chunk.records, chunk.lines, chunk.ids, strict=True):
+            send(record, line, source_id)
             requests += 1
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "records": requests, "requests": requests}
@@ -1380,7 +1381,8 @@ def child_send_sdk(scope: str, table: str, out: Path, args: dict, kind: str) -> 
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
-    from prism_pipelines.records import EXPORTED_FIELDS, build_records, check_rows
+    from prism_pipelines.batch import Chunk
+    from prism_pipelines.records import EXPORTED_FIELDS, check_chunk
     from prism_pipelines.sinks.otlp.spans import GENAI_ATTRIBUTES, REQUEST_MODEL
     from prism_pipelines.source import GatewaySource
 
@@ -1396,9 +1398,8 @@ def child_send_sdk(scope: str, table: str, out: Path, args: dict, kind: str) -> 
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     started = time.perf_counter()
     spans = 0
-    for rows in source.stream_rows(hour, after_id=0):
-        checked, _, _, guardrails = check_rows(rows)
-        for record in build_records(checked, guardrails):
+    for rows in source.stream_chunks(hour, after_id=0):
+        for record in Chunk(check_chunk(rows)).records:
             when = datetime.fromisoformat(record["timestamp"])
             start = (when - epoch) // timedelta(milliseconds=1) * 1_000_000
             attributes = {"gen_ai.operation.name": "chat"}

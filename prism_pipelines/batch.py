@@ -20,44 +20,59 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 
+import pyarrow as pa
+
 from prism_pipelines.records import (
+    EXPORTED_FIELDS,
+    Checked,
     Reject,
-    build_columns,
+    batch_rows,
     build_records,
-    encode_jsonl,
     encode_record,
+    parse_guardrails,
 )
 
 
 @dataclass
 class Chunk:
-    """Some consecutive rows of a batch, checked (``records.check_rows``): the rows that can be
-    exported with their source ids (for rejects), the records or columns built from them when
-    a sink asks, and what the batch learns from them."""
+    """Some consecutive rows of a batch, checked (``records.check_chunk``): the rows that can be
+    exported, as an Arrow record batch (what files are written from), the records built from
+    them when a sink asks (queues, Datadog, OTLP), and what the batch learns from them."""
 
-    #: reader rows that can be exported (``records.check_rows``)
-    rows: list[tuple]
-    ids: list[int]
-    #: the highest source id of the rows, rejected ones included
-    through_id: int
-    #: rows that could not become records (malformed), with the reason
-    rejects: list[Reject]
-    #: None when every row's time was no time (each of them rejected)
-    first_event: datetime | None
-    last_event: datetime | None
-    #: the rows' guardrail results, parsed, by position
-    guardrails: dict[int, object] = field(default_factory=dict)
+    checked: Checked
     #: the integration's narrower list of fields, if it has one
     fields: tuple[str, ...] | None = None
 
+    def __len__(self) -> int:
+        return self.checked.rows.num_rows
+
+    @cached_property
+    def ids(self) -> list[int]:
+        """The source ids of the rows that can be exported (for rejects)."""
+        return self.checked.rows.column("id").to_pylist()
+
+    @property
+    def rejects(self) -> list[Reject]:
+        return self.checked.rejects
+
+    @cached_property
+    def guardrails(self) -> dict[int, object]:
+        """The rows' guardrail results, parsed, by position."""
+        return parse_guardrails(self.checked.rows.column("guardrail_results"))
+
+    def table(self) -> pa.RecordBatch:
+        """The exported fields (the integration's, in its order) as columns: Parquet, JSONL."""
+        return self.checked.rows.select(list(self.fields or EXPORTED_FIELDS))
+
+    @cached_property
+    def rows(self) -> list[tuple]:
+        """The rows as tuples of the exported fields (``records.batch_rows``): OTLP spans."""
+        return batch_rows(self.checked.rows)
+
     @cached_property
     def records(self) -> list[dict]:
-        """The exported records (JSON lines, queue messages, Datadog)."""
+        """The exported records (queue messages, Datadog)."""
         return build_records(self.rows, self.guardrails, self.fields)
-
-    def columns(self) -> dict[str, tuple]:
-        """The exported fields as columns (Parquet): no record is built."""
-        return build_columns(self.rows, self.fields)
 
     @cached_property
     def lines(self) -> list[bytes]:
@@ -65,7 +80,11 @@ class Chunk:
         return [encode_record(r) for r in self.records]
 
     def jsonl(self) -> bytes:
-        return encode_jsonl(self.records)
+        """The records as JSON lines, written from the columns (``jsonl.encode_jsonl``)."""
+        # Imported here: polars costs 38 MB, which only processes writing JSON lines pay.
+        from prism_pipelines.jsonl import encode_jsonl
+
+        return encode_jsonl(self.table())
 
 
 @dataclass
@@ -109,12 +128,13 @@ class Batch:
     def chunks(self) -> Iterator[Chunk]:
         """The batch's records, chunk by chunk; read once, by the sink."""
         for chunk in self._source:
-            self.through_id = max(self.through_id or 0, chunk.through_id)
-            self.records_read += len(chunk.ids)
-            self.rejects.extend(chunk.rejects)
-            if chunk.first_event is not None:
-                self.first_event = min(filter(None, (self.first_event, chunk.first_event)))
-                self.last_event = max(filter(None, (self.last_event, chunk.last_event)))
+            checked = chunk.checked
+            self.through_id = max(self.through_id or 0, checked.through_id)
+            self.records_read += len(chunk)
+            self.rejects.extend(checked.rejects)
+            if checked.first_event is not None:
+                self.first_event = min(filter(None, (self.first_event, checked.first_event)))
+                self.last_event = max(filter(None, (self.last_event, checked.last_event)))
             yield chunk
 
     def acknowledge(

@@ -17,8 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "azure": ("azure.storage.blob",),
     "datadog": ("datadog_api_client",),
     "otlp": ("opentelemetry.proto", "google.rpc.status_pb2"),
-    "parquet": ("pyarrow",),
-    "postgres": ("psycopg2",),
+    "postgres": ("psycopg2", "adbc_driver_postgresql"),
 }
 
 

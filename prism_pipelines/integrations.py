@@ -578,17 +578,10 @@ def parse_integrations(raw: Any, origin: str) -> IntegrationsFile:
 
 
 def _missing_extra(integration: IntegrationBase) -> str | None:
-    """The ``pip install`` an integration's type (or its Parquet format) still needs."""
-    label = f"integration '{integration.name}'"
+    """The ``pip install`` an integration's type still needs."""
     extra = destination(integration).extra
-    return (
-        (extra and missing(extra, f"{label}: type {integration.type}"))
-        or (
-            getattr(integration, "format", None) == "parquet"
-            and missing("parquet", f"{label}: format parquet")
-        )
-        or None
-    )
+    label = f"integration '{integration.name}': type {integration.type}"
+    return (extra and missing(extra, label)) or None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

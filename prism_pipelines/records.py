@@ -1,26 +1,25 @@
 """The exported record: the spec's fifteen fields first, then the extended ones, and its encoding.
 
-This is the hot path of every export. The reader (``source.GatewaySource.stream_rows``) hands
-over rows already in the record's shape: the exported fields in order, ``timestamp`` already
-formatted, ``cost`` already a float, then the source id. ``check_rows`` keeps the rows that can
-be exported; only the few rows that need it (guardrail results to parse, a required value
-missing, a cost that is not a finite number) cost any per-row Python, and the checks that find
-them are per chunk, at C speed. A sink then takes the checked rows in the shape it sends:
-records (one dict display per row: JSON lines, queue messages, Datadog) or columns (one
-transposition of the chunk: Parquet), and pays only for that one. What happens to which bad
-row is in docs/reliability.md, "Bad rows".
+This is the hot path of every export. The reader (``source.GatewaySource.stream_chunks``) hands
+over the rows as Arrow record batches already in the record's shape: the exported fields,
+``timestamp`` a UTC time, ``cost`` a float, then the source id. ``check_chunk`` keeps the rows
+that can be exported, by Arrow compute over whole columns: only the few rows that need it (a
+required value missing, text that could not be read) and guardrail results (parsed with orjson,
+to be checked and written as JSON) cost any per-row Python. A sink then takes the checked rows
+in the shape it sends: the record batch itself (Parquet, and JSON lines written from its columns
+by ``jsonl.encode_jsonl``), or records, one dict per row (queue messages, Datadog, OTLP spans),
+and pays only for that one. What happens to which bad row is in docs/reliability.md, "Bad rows".
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import compress, repeat
-from operator import is_not, itemgetter
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SPEC_FIELDS = (
     "request_id",
@@ -57,35 +56,28 @@ INTEGER_FIELDS = ("latency_ms", "input_tokens", "output_tokens", "total_tokens",
 FLOAT_FIELDS = ("cost",)
 BOOLEAN_FIELDS = ("is_error", "cache_hit", "guardrail_triggered", "fallback_used", "is_stream")
 
-# Positions in a reader row: the exported fields in order, then the source id, then (when the
-# reader was given a settle time) whether the row is younger than that.
+#: the position of ``id`` in a row the reader selects (after the exported fields)
 ROW_ID = len(EXPORTED_FIELDS)
-ROW_UNSETTLED = ROW_ID + 1
-ROW_TIMESTAMP = EXPORTED_FIELDS.index("timestamp")
-_ROW_GUARDRAILS = EXPORTED_FIELDS.index("guardrail_results")
-_ROW_COST = EXPORTED_FIELDS.index("cost")
-_ROW_REQUIRED = tuple(
-    (EXPORTED_FIELDS.index(f), problem)
-    for f, problem in (
-        ("request_id", "request_id is null"),
-        ("model", "model is null"),
-        ("provider", "provider is null"),
-        ("timestamp", "timestamp is null or not a valid time"),
-    )
+#: the exported fields' Arrow types (``rows_to_batch``; PostgreSQL's may be narrower integers)
+ARROW_TYPES = {
+    **{f: pa.string() for f in EXPORTED_FIELDS},
+    **dict.fromkeys(INTEGER_FIELDS, pa.int64()),
+    **dict.fromkeys(FLOAT_FIELDS, pa.float64()),
+    **dict.fromkeys(BOOLEAN_FIELDS, pa.bool_()),
+    "timestamp": pa.timestamp("ms"),
+    "id": pa.int64(),
+}
+#: what a record's ``timestamp`` text looks like: milliseconds, truncated, and ``Z``
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
+_REQUIRED = (
+    ("request_id", "request_id is null"),
+    ("model", "model is null"),
+    ("provider", "provider is null"),
+    ("timestamp", "timestamp is null or not a valid time"),
 )
-#: a field's position in a reader row
-_POSITION = {f: i for i, f in enumerate(EXPORTED_FIELDS)}
+_KINDS = {pa.int64(): "an integer", pa.float64(): "a number", pa.bool_(): "a boolean"}
 #: the run-metadata counter of costs sent as null (JSON has no NaN or Infinity)
 COSTS_NOT_FINITE = "costs_not_finite_sent_as_null"
-
-
-class MalformedRows(list):
-    """A chunk of reader rows some of which could not be read whole (text that is not UTF-8):
-    ``malformed`` maps a row's position to what is wrong; ``build_records`` rejects them."""
-
-    def __init__(self):
-        super().__init__()
-        self.malformed: dict[int, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +90,23 @@ class Reject:
     record: dict | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A chunk of reader rows, checked (``check_chunk``)."""
+
+    #: the rows that can be exported: the exported fields and ``id``
+    rows: pa.RecordBatch
+    #: the rows that cannot, with their reasons
+    rejects: list[Reject]
+    #: the highest source id of the chunk, rejected rows included
+    through_id: int
+    #: the first and last event time of the chunk's rows (None: no row has a valid time)
+    first_event: datetime | None
+    last_event: datetime | None
+
+
 def format_timestamp(value: datetime) -> str:
-    """``2026-03-31T14:22:10.000Z``; naive values (SQLite) are UTC already."""
+    """``2026-03-31T14:22:10.000Z``; naive values are UTC already."""
     text = value.isoformat(timespec="milliseconds")
     if len(text) == 23:
         return text + "Z"
@@ -108,53 +115,200 @@ def format_timestamp(value: datetime) -> str:
     return text[:23] + "Z"
 
 
-def check_rows(
-    rows: list[tuple], counters: Counter | None = None
-) -> tuple[list[tuple], list[int], list[Reject], dict[int, object]]:
-    """The rows of a chunk that can be exported, with their source ids, the rows that cannot (a
-    required value missing, unreadable text or guardrail results) as rejects, and the exported
-    rows' guardrail results parsed, by position. A cost that is NaN or infinite becomes null
-    in its row (JSON has no NaN or Infinity), counted in ``counters``."""
-    bad = {i: f"malformed row: {problem}" for i, problem in getattr(rows, "malformed", {}).items()}
-    if any(None in map(itemgetter(position), rows) for position, _ in _ROW_REQUIRED):
-        for i, row in enumerate(rows):
-            missing = [problem for position, problem in _ROW_REQUIRED if row[position] is None]
-            if missing and i not in bad:
-                bad[i] = f"malformed row: {', '.join(missing)}"
-    # NaN and infinities make the sum non-finite: one C-level pass finds whether to look.
-    if not math.isfinite(sum(filter(None, map(itemgetter(_ROW_COST), rows)))):
-        rows = list(rows)  # the reader's list stays as read (its ``malformed`` is kept above)
-        not_finite = 0
-        for i, row in enumerate(rows):
-            cost = row[_ROW_COST]
-            if cost is not None and not math.isfinite(cost):
-                rows[i] = (*row[:_ROW_COST], None, *row[_ROW_COST + 1 :])
-                not_finite += 1
-        if counters is not None and not_finite:
-            counters[COSTS_NOT_FINITE] += not_finite
-    guardrails = {}
-    texts = [row[_ROW_GUARDRAILS] for row in rows]
-    loads = orjson.loads
-    for i in compress(range(len(rows)), map(is_not, texts, repeat(None))):
-        if i in bad:
-            continue
+def rows_to_batch(
+    rows: list[tuple], names: list[str], malformed: dict[int, str] | None = None
+) -> pa.RecordBatch:
+    """Reader rows (SQLite's, as tuples) as the record batch PostgreSQL's reader makes: columns
+    ``names``, typed by ``ARROW_TYPES``, ``timestamp`` from SQLite's canonical UTC text. A value
+    of the wrong type (SQLite keeps what a writer gave, ``'n/a'`` in an integer column) becomes
+    null and its row malformed, as a row with text that is not UTF-8 is (``malformed``, by
+    position): the column ``malformed`` says what is wrong with each."""
+    malformed = dict(malformed or {})
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+    arrays = []
+    for name, values in zip(names, columns, strict=True):
+        if name == "unsettled":  # bools, or SQLite's 0 and 1
+            arrays.append(pa.array(values).cast(pa.bool_()))
+        elif name == "timestamp":
+            arrays.append(_times(values))
+        else:
+            arrays.append(_typed(name, values, malformed))
+    batch = pa.RecordBatch.from_arrays(arrays, names=names)
+    if malformed:
+        problems = [malformed.get(i) for i in range(len(rows))]
+        batch = batch.append_column("malformed", pa.array(problems, pa.string()))
+    return batch
+
+
+def _typed(name: str, values: tuple, malformed: dict[int, str]) -> pa.Array:
+    type_ = ARROW_TYPES[name]
+    try:
+        return pa.array(values, type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    kept = []
+    for i, value in enumerate(values):
         try:
-            guardrails[i] = loads(texts[i])
-        except orjson.JSONDecodeError as exc:
-            bad[i] = f"malformed row: guardrail_results is not JSON ({exc})"
-    rejects = [Reject(rows[i][ROW_ID], rows[i][0], reason) for i, reason in sorted(bad.items())]
+            pa.array([value], type_)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            problem = f"{name} is not {_KINDS.get(type_, 'text')}"
+            malformed[i] = f"{malformed[i]}, {problem}" if i in malformed else problem
+            value = None
+        kept.append(value)
+    return pa.array(kept, type_)
+
+
+def _times(texts: tuple) -> pa.Array:
+    """SQLite's canonical UTC text (``source.SQLITE_UTC_FORMAT``) as times; null for none."""
+    array = pa.array(texts, pa.string())
+    try:
+        return array.cast(ARROW_TYPES["timestamp"])
+    except pa.ArrowInvalid:  # a year Arrow does not read (0000): no time a record can hold
+        times = []
+        for text in texts:
+            try:
+                times.append(pa.array([text]).cast(ARROW_TYPES["timestamp"])[0].as_py())
+            except pa.ArrowInvalid:
+                times.append(None)
+        return pa.array(times, ARROW_TYPES["timestamp"])
+
+
+def check_chunk(
+    chunk: pa.RecordBatch,
+    counters: Counter | None = None,
+    guardrails: GuardrailTexts | None = None,
+) -> Checked:
+    """The rows of a chunk that can be exported, and the rows that cannot (a required value
+    missing, text that could not be read, guardrail results that are not JSON) as rejects.
+    A cost that is NaN or infinite becomes null in its row (JSON has no NaN or Infinity),
+    counted in ``counters``. Guardrail results are written as orjson writes them
+    (``guardrails``, the sync's ``GuardrailTexts``), so the JSON lines written from the
+    columns hold what a record would."""
+    size = chunk.num_rows
+    bad: dict[int, str] = {}
+    if "malformed" in chunk.schema.names:
+        for i, problem in enumerate(chunk.column("malformed").to_pylist()):
+            if problem is not None:
+                bad[i] = f"malformed row: {problem}"
+    missing = [(chunk.column(name).is_null(), problem) for name, problem in _REQUIRED]
+    any_missing = missing[0][0]
+    for mask, _ in missing[1:]:
+        any_missing = pc.or_(any_missing, mask)
+    if pc.any(any_missing).as_py():
+        masks = [(mask.to_pylist(), problem) for mask, problem in missing]
+        for i in pc.indices_nonzero(any_missing).to_pylist():
+            if i not in bad:
+                bad[i] = "malformed row: " + ", ".join(p for mask, p in masks if mask[i])
+    columns = {name: chunk.column(name) for name in (*EXPORTED_FIELDS, "id")}
+    cost = columns["cost"]
+    not_finite = pc.and_kleene(cost.is_valid(), pc.invert(pc.is_finite(cost)))
+    if cost.null_count < size and pc.any(not_finite).as_py():
+        columns["cost"] = pc.if_else(not_finite, pa.scalar(None, cost.type), cost)
+        if counters is not None:
+            counters[COSTS_NOT_FINITE] += pc.sum(not_finite).as_py()
+    columns["guardrail_results"] = (guardrails or GuardrailTexts()).canonical(
+        columns["guardrail_results"], bad
+    )
+    ids = columns["id"]
+    stamps = pc.min_max(columns["timestamp"])
+    first, last = stamps["min"].as_py(), stamps["max"].as_py()
+    rows = pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+    rejects = []
     if bad:
-        kept = [i for i in range(len(rows)) if i not in bad]
-        position = {i: n for n, i in enumerate(kept)}
-        guardrails = {position[i]: value for i, value in guardrails.items()}
-        rows = [rows[i] for i in kept]
-    return rows, list(map(itemgetter(ROW_ID), rows)), rejects, guardrails
+        request_ids = columns["request_id"]
+        rejects = [
+            Reject(ids[i].as_py(), request_ids[i].as_py(), reason)
+            for i, reason in sorted(bad.items())
+        ]
+        keep = [i for i in range(size) if i not in bad]
+        rows = rows.take(pa.array(keep, pa.int64()))
+    return Checked(
+        rows,
+        rejects,
+        through_id=ids[-1].as_py(),
+        first_event=first and _utc(first),
+        last_event=last and _utc(last),
+    )
+
+
+class GuardrailTexts:
+    """Guardrail results as orjson writes them (the gateway's text may be spaced otherwise:
+    jsonb's, Python's), or what is wrong with a text that is not JSON, each distinct text
+    parsed once: a gateway's guardrails answer the same few ways (demo traffic: a tenth of an
+    hour's texts are distinct), and parsing is the checks' one per-value cost. Holds the last
+    ``MAX_TEXTS`` texts seen; one per sync."""
+
+    MAX_TEXTS = 20_000
+
+    def __init__(self):
+        #: text → orjson's text
+        self._canonical: dict[str, str] = {}
+        #: text → why it is no JSON (a reject's reason)
+        self._wrong: dict[str, str] = {}
+
+    def canonical(self, texts: pa.Array, bad: dict[int, str]) -> pa.Array:
+        """``texts`` as orjson writes each; the position of each that is not JSON in ``bad``
+        (the text kept as it is: the row is rejected)."""
+        if texts.null_count == len(texts):
+            return texts
+        encoded = texts.dictionary_encode()
+        distinct = encoded.dictionary.to_pylist()
+        written, wrong = [], {}
+        for n, text in enumerate(distinct):
+            canonical = self._canonical.get(text)
+            if canonical is None and text not in self._wrong:
+                if len(self._canonical) + len(self._wrong) >= self.MAX_TEXTS:
+                    self._canonical.clear()
+                    self._wrong.clear()
+                try:
+                    canonical = self._canonical[text] = orjson.dumps(orjson.loads(text)).decode()
+                except orjson.JSONDecodeError as exc:
+                    self._wrong[text] = f"malformed row: guardrail_results is not JSON ({exc})"
+            if canonical is None:
+                wrong[n] = self._wrong[text]
+                canonical = text
+            written.append(canonical)
+        if wrong:
+            for i, n in enumerate(encoded.indices.to_pylist()):
+                if n in wrong:
+                    bad.setdefault(i, wrong[n])
+        return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(written)).cast(pa.string())
+
+
+def parse_guardrails(texts: pa.Array) -> dict[int, object]:
+    """Checked guardrail results (``check_chunk``: JSON, as orjson writes it) parsed, by
+    position: what records and spans carry."""
+    loads = orjson.loads
+    valid = pc.indices_nonzero(texts.is_valid()).to_pylist()
+    return dict(zip(valid, map(loads, pc.filter(texts, texts.is_valid()).to_pylist()), strict=True))
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
+
+
+def timestamp_texts(times: pa.Array) -> pa.Array:
+    """Times as the record writes them (``TIMESTAMP_FORMAT``), as a string array (by polars,
+    ten times Arrow's ``strftime``; imported here, as by jsonl.py, only where it is used)."""
+    import polars as pl
+
+    return pl.from_arrow(times).dt.strftime(TIMESTAMP_FORMAT).to_arrow()
+
+
+def batch_rows(rows: pa.RecordBatch) -> list[tuple]:
+    """Checked rows as tuples of the exported fields (``timestamp`` the record's text): what
+    records and spans are built from."""
+    columns = [
+        (timestamp_texts(rows.column(f)) if f == "timestamp" else rows.column(f)).to_pylist()
+        for f in EXPORTED_FIELDS
+    ]
+    return list(zip(*columns, strict=True))
 
 
 def build_records(
     rows: list[tuple], guardrails: dict[int, object], fields: tuple[str, ...] | None = None
 ) -> list[dict]:
-    """Exported records of checked rows (``check_rows``), with their guardrail results parsed,
+    """Exported records of checked rows (``batch_rows``), with their guardrail results parsed,
     narrowed to ``fields``."""
     # A dict display: a third faster than dict(zip(EXPORTED_FIELDS, row)), in the same order.
     records = [
@@ -193,24 +347,5 @@ def build_records(
     return records
 
 
-def build_columns(rows: list[tuple], fields: tuple[str, ...] | None = None) -> dict[str, tuple]:
-    """The exported fields of checked rows (``check_rows``) as columns, by name, in the
-    record's order (or ``fields``'): one C-level transposition, no record built.
-    ``guardrail_results`` stays the gateway's JSON text, checked to be JSON."""
-    columns = tuple(zip(*rows, strict=True)) if rows else ((),) * ROW_ID
-    return {f: columns[_POSITION[f]] for f in fields or EXPORTED_FIELDS}
-
-
 def encode_record(record: dict) -> bytes:
     return orjson.dumps(record)
-
-
-def encode_jsonl(records: list[dict]) -> bytes:
-    """Newline-terminated JSON lines for a whole chunk, appended one record at a time: orjson
-    gives every document an 8 KiB buffer, so a list of a chunk's documents for ``join`` cost
-    ~46 MB per 5,000 records where their JSONL is 5 MB."""
-    out = bytearray()
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    for record in records:
-        out += dumps(record, option=newline)
-    return bytes(out)

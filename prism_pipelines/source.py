@@ -4,11 +4,12 @@ Rows are read by event time (``timestamp``) and ordered by the ingest sequence (
 cursor). Table and column names can differ from ours: every column has our name as its key and
 the gateway's as its name, so the rest of the code only ever says ``table.c.timestamp``.
 
-The reader is the export's hot path. It hands over rows already in the exported record's shape
-(``records.EXPORTED_FIELDS`` in order, then ``id``), with the database doing what it does
-faster than Python: the database formats ``timestamp``, and on PostgreSQL the rows come from a
-server-side cursor as plain tuples (SQLAlchemy's per-row processing bypassed), the next chunk
-fetched in a thread while the caller works on this one.
+The reader is the export's hot path. It hands over rows as Arrow record batches already in the
+exported record's shape (``records.EXPORTED_FIELDS``, then ``id``), never a Python object per
+value on PostgreSQL: ADBC's driver reads the query with binary ``COPY`` straight into Arrow
+arrays, the next chunk read in a thread while the caller works on this one. SQLite's rows are
+read as tuples and made record batches (``records.rows_to_batch``): the embedded demo's
+gateway, where the speed of a server's is not needed.
 
 SQLite has no time type: writers store text, and not all the same text (SQLAlchemy's
 ``2026-11-29 17:30:00.000000``, ISO's ``2026-11-29T17:30:00``, with ``Z`` or ``+00:00``).
@@ -29,13 +30,13 @@ import ctypes.util
 import functools
 import io
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -49,6 +50,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     cast,
     func,
     literal,
@@ -59,7 +61,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from prism_pipelines.database import make_engine, source_url
 from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import HOUR
-from prism_pipelines.records import EXPORTED_FIELDS, ROW_ID, MalformedRows
+from prism_pipelines.records import EXPORTED_FIELDS, ROW_ID, rows_to_batch
 from prism_pipelines.sinks.retry import Backoff
 
 # Our column names, in the order the reader selects them (records.py indexes rows by position).
@@ -95,11 +97,9 @@ COLUMNS = tuple(COLUMN_TYPES)
 INSERT_COLUMNS = COLUMNS[1:]  # id is the gateway's ingest sequence, never ours to choose
 NOT_NULL = {"request_id", "timestamp", "ingested_at", "model", "provider"}
 DEFAULTS = {"routing_strategy": "", "event_type": "request"}
-#: ``timestamp`` as the exported record has it, formatted by PostgreSQL (``to_char`` truncates
-#: to milliseconds, as ``records.format_timestamp`` does)
-PG_TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
-#: the same from SQLite's ``strftime`` (which rounds to the millisecond)
-SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%fZ"
+#: the span of times a record's ``timestamp`` can hold (four-digit years, ``records``)
+_FIRST_TIME = datetime(1, 1, 1, tzinfo=UTC)
+_PAST_TIME = "10000-01-01 00:00:00+00"
 #: SQLite's canonical UTC text: what ``sqlite_utc`` makes of every text form, and sorts as time
 SQLITE_UTC_FORMAT = "%Y-%m-%d %H:%M:%f"
 _SQLITE_HOUR_FORMAT = "%Y-%m-%d %H:00:00"
@@ -110,9 +110,15 @@ _SQLITE_NOT_UTF8 = "Could not decode to UTF-8"
 RECONNECTS = 4
 #: the waits before those reconnects: up to 1, 2, 4, 8 s (full jitter), about 15 s at most
 RECONNECT_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=8.0, attempts=RECONNECTS)
-#: the name of every server-side cursor the reader declares starts so (seen in
-#: ``pg_stat_activity.query``: which backend is reading)
-CURSOR_PREFIX = "prism_rows_"
+#: the ``application_name`` of the reader's PostgreSQL connections (``pg_stat_activity``: which
+#: backend is reading)
+READER_APPLICATION = "prism-pipelines-reader"
+#: ADBC's option for the size of the record batches it reads, in bytes of rows
+_BATCH_BYTES = "adbc.postgresql.batch_size_hint_bytes"
+#: about what a gateway row takes in Arrow (demo traffic: 650 bytes)
+_ROW_BYTES_HINT = 1_000
+#: the statement's values rendered as SQL literals (``_fetch_postgresql``)
+_LITERAL = {"literal_binds": True}
 
 
 def sqlite_utc(column):
@@ -186,15 +192,19 @@ class GatewaySource:
             "cost": cast(c.cost, Double),  # a float whatever the gateway's numeric type
             "guardrail_results": cast(c.guardrail_results, Text),  # parsed by records.py
         }
-        if postgresql:
-            exported["timestamp"] = func.to_char(
-                func.timezone("UTC", c.timestamp), PG_TIMESTAMP_FORMAT
+        # NULL for a time that is no time, or none a record can hold: the row is rejected
+        # (records.check_chunk)
+        if postgresql:  # UTC, as a time without zone: Arrow's timestamp, no text formatted
+            exported["timestamp"] = case(
+                (
+                    (c.timestamp >= literal(_FIRST_TIME)) & (c.timestamp < literal(_PAST_TIME)),
+                    func.timezone("UTC", c.timestamp),
+                )
             )
-        else:  # NULL for text that is no time: the row is rejected (records.build_records)
-            exported["timestamp"] = func.strftime(
-                SQLITE_TIMESTAMP_FORMAT, c.timestamp, type_=String
-            )
-        self._select = select(*exported.values(), c.id)
+        else:  # text in any form: canonical UTC text, made a time by records.rows_to_batch
+            exported["timestamp"] = sqlite_utc(c.timestamp)
+        # Labelled by our names, whatever the gateway's: the record batches' column names.
+        self._select = select(*(v.label(k) for k, v in exported.items()), c.id.label("id"))
 
     @property
     def _postgresql(self) -> bool:
@@ -248,7 +258,7 @@ class GatewaySource:
     def _in_hour(self, hour: datetime):
         return self._in_hours(hour, hour + HOUR)
 
-    def stream_rows(
+    def stream_chunks(
         self,
         hour: datetime,
         *,
@@ -258,17 +268,19 @@ class GatewaySource:
         settle_seconds: float | None = None,
         chunk_rows: int = 5_000,
         counters: Counter | None = None,
-    ) -> Iterator[list[tuple]]:
-        """Rows of ``hour`` with ``after_id < id [<= through_id] [< before_id]``, by id, in chunks.
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows of ``hour`` with ``after_id < id [<= through_id] [< before_id]``, by id, as Arrow
+        record batches of ``chunk_rows`` rows (the last one shorter).
 
-        Each row is a tuple of ``records.EXPORTED_FIELDS`` (``timestamp`` formatted as the
-        record has it, None if the row's is no valid time; ``cost`` a float) followed by ``id``
-        and, with ``settle_seconds``, whether the row is younger than that by the database's
+        Columns (``records.READ_SCHEMA``): ``records.EXPORTED_FIELDS`` (``timestamp`` a UTC
+        time, null if the row's is no valid time; ``cost`` a float), ``id``, and, with
+        ``settle_seconds``, ``unsettled``: whether the row is younger than that by the database's
         clock (``_unsettled``; the caller stops there: see ``sync._until_unsettled``; one
-        snapshot, so no row can slip in between a check and the read). One query per call, read
-        through a server-side cursor on PostgreSQL, so memory holds a couple of chunks whatever
-        the size of the hour; read on after the last row handed over if the connection is lost
-        (``_resuming``, each reconnect counted in ``counters["source_reconnects"]``).
+        snapshot, so no row can slip in between a check and the read). SQLite adds
+        ``malformed``, what is wrong with a row that could not be read whole. One query per
+        call, streamed, so memory holds a couple of chunks whatever the size of the hour; read
+        on after the last row handed over if the connection is lost (``_resuming``, each
+        reconnect counted in ``counters["source_reconnects"]``).
         """
         c = self.table.c
         where = self._in_hour(hour) & (c.id > after_id)
@@ -278,7 +290,7 @@ class GatewaySource:
             where &= c.id < before_id
         statement = self._select
         if settle_seconds is not None:
-            statement = statement.add_columns(self._unsettled(settle_seconds))
+            statement = statement.add_columns(self._unsettled(settle_seconds).label("unsettled"))
         statement = statement.where(where).order_by(c.id)
         _keep_freed_memory_for_reuse()
         chunks = self._resuming(statement, chunk_rows, hour, counters)
@@ -286,7 +298,7 @@ class GatewaySource:
 
     def _resuming(
         self, statement, chunk_rows: int, hour: datetime, counters: Counter | None
-    ) -> Iterator[list[tuple]]:
+    ) -> Iterator[pa.RecordBatch]:
         """The rows of ``statement``; when the connection is lost mid-read, the same statement
         again after the last row handed over, on a new connection, after a backoff.
 
@@ -303,10 +315,10 @@ class GatewaySource:
         while True:
             resumed = statement if after is None else statement.where(self.table.c.id > after)
             try:
-                with closing(fetch(resumed, chunk_rows)) as chunks:
-                    for rows in chunks:
-                        after = rows[-1][ROW_ID]
-                        yield rows
+                with closing(_rechunked(fetch(resumed, chunk_rows), chunk_rows)) as chunks:
+                    for chunk in chunks:
+                        after = chunk.column("id")[-1].as_py()
+                        yield chunk
                 return
             except Exception as exc:  # classified: only a lost connection is read again
                 if not self._connection_lost(exc, reconnecting=lost > 0):
@@ -328,46 +340,58 @@ class GatewaySource:
         """Whether ``exc`` means the connection to the gateway database is gone (and, while
         ``reconnecting``, cannot be had yet), as opposed to an error in the query or the data.
 
-        SQLAlchemy says so of what it raises (``connection_invalidated``); on PostgreSQL the
-        reader's own cursor raises psycopg2's errors, where ``OperationalError`` is the
-        server ending the session (restart, failover, ``pg_terminate_backend``, a hot standby
-        cancelling the read for recovery) and ``InterfaceError`` the connection already gone.
+        On PostgreSQL the reader is ADBC's driver: a connection refused or ended while the
+        query starts is its ``OperationalError``, one already gone its ``InterfaceError``, and
+        the server ending the session mid-read (restart, failover, ``pg_terminate_backend``, a
+        hot standby cancelling the read for recovery) fails the record batch reader with an
+        ``OSError`` ("PQgetCopyData() failed"); a query's own errors are ``ProgrammingError``
+        or ``DataError``. On SQLite only SQLAlchemy says so (``connection_invalidated``).
         """
         if isinstance(exc, DBAPIError):
-            if exc.connection_invalidated:
-                return True
-            return reconnecting and self._postgresql and isinstance(exc, OperationalError)
+            return exc.connection_invalidated
         if not self._postgresql:
             return False
-        dbapi = self.engine.dialect.loaded_dbapi
-        return isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError))
+        import adbc_driver_manager
 
-    def _fetch_postgresql(self, statement, chunk_rows: int) -> Iterator[list[tuple]]:
-        """psycopg2's own tuples from a named (server-side) cursor."""
-        compiled = statement.compile(dialect=self.engine.dialect)
-        raw = self.engine.raw_connection()
-        try:
-            # A cursor is planned for its first tenth of rows by default: PostgreSQL then walks
-            # the primary key from ``after_id`` in id order, filtering on the hour, through the
-            # rest of the table (9 s for the first chunk of an hour on a 10M-row table, where the
-            # timestamp index and a sort take 1.5 s). The export reads every row: plan for all.
-            with raw.cursor() as settings:
-                settings.execute("SET LOCAL cursor_tuple_fraction = 1.0")
-            with raw.cursor(name=f"{CURSOR_PREFIX}{uuid.uuid4().hex[:12]}") as cursor:
-                cursor.itersize = chunk_rows
-                cursor.execute(compiled.string, compiled.params)
-                while rows := cursor.fetchmany(chunk_rows):
-                    yield rows
-        except self.engine.dialect.loaded_dbapi.Error:
-            # The connection died mid-read (a restart, pg_terminate_backend): drop it rather
-            # than hand it back, where the pool's reset would fail and print a traceback.
-            raw.invalidate()
-            raise
-        finally:
-            raw.close()  # back to the pool, rolled back: the read's transaction ends here
+        return isinstance(
+            exc, (adbc_driver_manager.OperationalError, adbc_driver_manager.InterfaceError, OSError)
+        )
 
-    def _fetch_sqlite(self, statement, chunk_rows: int) -> Iterator[list[tuple]]:
-        """SQLite, through SQLAlchemy (which makes its 0/1 booleans bools).
+    def _fetch_postgresql(self, statement, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        """Record batches from ADBC's PostgreSQL driver, which reads with binary ``COPY`` straight
+        into Arrow (no Python object per value): the read costs a third of psycopg2's tuples
+        (bench/README.md). The statement's values are our own ids and hours, rendered as
+        literals: a query with parameters would not be read by ``COPY``. Through ADBC's
+        low-level API: its DB-API module imports pandas and polars (95 MB) for helpers we
+        do not use."""
+        import adbc_driver_manager
+        import adbc_driver_postgresql
+
+        sql = str(statement.compile(dialect=self.engine.dialect, compile_kwargs=_LITERAL))
+        with (
+            adbc_driver_postgresql.connect(self._adbc_uri) as database,
+            adbc_driver_manager.AdbcConnection(database) as connection,
+            adbc_driver_manager.AdbcStatement(connection) as query,
+        ):
+            # The driver's batches are as large as this many bytes of rows (16 MB by default):
+            # a chunk's worth keeps the reader's memory that of a couple of chunks.
+            query.set_options(**{_BATCH_BYTES: str(chunk_rows * _ROW_BYTES_HINT)})
+            query.set_sql_query(sql)
+            stream, _ = query.execute_query()
+            with pa.RecordBatchReader.from_stream(stream) as reader:
+                yield from reader
+
+    @functools.cached_property
+    def _adbc_uri(self) -> str:
+        """The gateway URL as libpq takes it (no SQLAlchemy driver name), naming the reader's
+        connections ``READER_APPLICATION`` (``pg_stat_activity.application_name``)."""
+        url = self.engine.url.set(drivername="postgresql")
+        url = url.update_query_dict({"application_name": READER_APPLICATION})
+        return url.render_as_string(hide_password=False)
+
+    def _fetch_sqlite(self, statement, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        """SQLite, through SQLAlchemy (which makes its 0/1 booleans bools), each chunk of rows
+        made a record batch (``records.rows_to_batch``).
 
         SQLite keeps whatever bytes a writer stored as text; the driver fails the whole read at
         the first value that is not UTF-8. Then the chunk from there is read again as bytes
@@ -380,6 +404,7 @@ class GatewaySource:
         def resumed():
             return statement if after is None else statement.where(c.id > after)
 
+        names = [column.key for column in statement.selected_columns]
         while True:
             try:
                 with self.engine.connect() as conn:
@@ -387,21 +412,21 @@ class GatewaySource:
                         stream_results=True, yield_per=chunk_rows
                     ).execute(resumed())
                     for rows in result.partitions():
-                        yield rows
+                        yield rows_to_batch(rows, names)
                         after = rows[-1][ROW_ID]
                 return
             except OperationalError as exc:
                 if _SQLITE_NOT_UTF8 not in str(exc.orig):
                     raise
-            rows = self._fetch_undecodable(resumed().limit(chunk_rows))
+            rows, malformed = self._fetch_undecodable(resumed().limit(chunk_rows))
             if not rows:
                 return
-            yield rows
+            yield rows_to_batch(rows, names, malformed)
             after = rows[-1][ROW_ID]
 
-    def _fetch_undecodable(self, statement) -> MalformedRows:
-        """One chunk read with text as bytes: each row whose text is not UTF-8 is marked
-        malformed, naming the column (never quoting the bytes, which may be anything)."""
+    def _fetch_undecodable(self, statement) -> tuple[list[tuple], dict[int, str]]:
+        """One chunk read with text as bytes, and what is wrong with each row whose text is not
+        UTF-8, by position, naming the column (never quoting the bytes, which may be anything)."""
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection
             driver.text_factory = bytes
@@ -409,7 +434,7 @@ class GatewaySource:
                 raw = conn.execute(statement).all()
             finally:
                 driver.text_factory = str
-        rows = MalformedRows()
+        rows, malformed = [], {}
         for row in raw:
             values, bad = list(row), []
             for i, value in enumerate(values):
@@ -420,9 +445,9 @@ class GatewaySource:
                         bad.append(EXPORTED_FIELDS[i])
                         values[i] = value.decode(errors="replace")
             if bad:
-                rows.malformed[len(rows)] = f"{', '.join(bad)} is not UTF-8 text"
+                malformed[len(rows)] = f"{', '.join(bad)} is not UTF-8 text"
             rows.append(tuple(values))
-        return rows
+        return rows, malformed
 
     def count_rows(self, hour: datetime, after_id: int = 0, through_id: int | None = None) -> int:
         c = self.table.c
@@ -551,11 +576,11 @@ def _first_line(exc: Exception) -> str:
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
-def _read_ahead(chunks: Iterator[list[tuple]]) -> Iterator[list[tuple]]:
+def _read_ahead(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """``chunks``, each next one fetched in a thread while the caller works on the current one.
 
-    psycopg2 releases the GIL while it waits for the server, so the database produces the next
-    rows while Python turns these into records. At most one chunk is read ahead.
+    ADBC releases the GIL while it reads, so the database's next rows arrive while the caller
+    encodes these. At most one chunk is read ahead.
     """
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="prism-read-ahead") as pool:
@@ -565,6 +590,33 @@ def _read_ahead(chunks: Iterator[list[tuple]]) -> Iterator[list[tuple]]:
                 yield rows
     finally:
         chunks.close()  # the pool has finished with it: release the cursor and connection
+
+
+def _rechunked(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """``batches`` cut into record batches of exactly ``rows`` rows (the last one shorter): the
+    driver's batches are sized in bytes, the sync's batches in rows."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    try:
+        for batch in batches:
+            while batch.num_rows:
+                take = min(rows - held, batch.num_rows)
+                pending.append(batch.slice(0, take))
+                held += take
+                batch = batch.slice(take)
+                if held == rows:
+                    yield _concatenated(pending)
+                    pending, held = [], 0
+        if held:
+            yield _concatenated(pending)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
+def _concatenated(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
 
 
 def _sqlite_value(value):

@@ -37,7 +37,9 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from operator import itemgetter
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from prism_pipelines.batch import Batch, Chunk
 from prism_pipelines.errors import CredentialsError, DestinationError, PrismError, Superseded
@@ -51,13 +53,7 @@ from prism_pipelines.ledger import (
     lease_seconds,
 )
 from prism_pipelines.manifest import write_manifest_if_due
-from prism_pipelines.records import (
-    ROW_ID,
-    ROW_TIMESTAMP,
-    ROW_UNSETTLED,
-    check_rows,
-    format_timestamp,
-)
+from prism_pipelines.records import GuardrailTexts, check_chunk, format_timestamp
 from prism_pipelines.sinks.base import Sink
 from prism_pipelines.source import GatewaySource
 
@@ -198,7 +194,7 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                 ordinal=bisect_left(starts, recorded.after_id),
                 through_id=recorded.through_id,
             )
-            rows = source.stream_rows(
+            rows = source.stream_chunks(
                 hour,
                 after_id=recorded.after_id,
                 through_id=recorded.through_id,
@@ -212,7 +208,7 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
         # the lease: the cursor is still the one read at the start.
         cursor = result.cursor_before
         chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
-        stream = source.stream_rows(
+        stream = source.stream_chunks(
             hour,
             after_id=cursor,
             settle_seconds=settle_seconds,
@@ -278,33 +274,36 @@ def _batches_to_redo(
     return sorted(redo, key=lambda b: b.after_id)
 
 
-def _until_unsettled(stream: Iterator[list[tuple]], result: SyncResult) -> Iterator[list[tuple]]:
+def _until_unsettled(
+    stream: Iterator[pa.RecordBatch], result: SyncResult
+) -> Iterator[pa.RecordBatch]:
     """The stream up to its first row younger than the settle delay; that row and the rest wait
     for a later sync (an older transaction may still commit a lower id, and the cursor must not
     pass it)."""
-    unsettled = itemgetter(ROW_UNSETTLED)
     for rows in stream:
-        flags = list(map(unsettled, rows))
-        if True in flags:
+        cut = pc.index(rows.column("unsettled"), True).as_py()
+        if cut >= 0:
             result.held_back = True
-            if cut := flags.index(True):
-                yield rows[:cut]
+            if cut:
+                yield rows.slice(0, cut)
             return
         yield rows
 
 
-def _batches_of(stream: Iterator[list[tuple]], batch_rows: int) -> Iterator[Iterator[list[tuple]]]:
+def _batches_of(
+    stream: Iterator[pa.RecordBatch], batch_rows: int
+) -> Iterator[Iterator[pa.RecordBatch]]:
     """Cut one stream of row chunks into batches of about ``batch_rows`` rows, lazily: a batch's
     chunks are read from the database only as the sink asks for them."""
     chunks = iter(stream)
     pending = next(chunks, None)
 
-    def take() -> Iterator[list[tuple]]:
+    def take() -> Iterator[pa.RecordBatch]:
         nonlocal pending
         taken = 0
         while pending is not None and taken < batch_rows:
             rows = pending
-            taken += len(rows)
+            taken += rows.num_rows
             yield rows
             pending = next(chunks, None)
 
@@ -318,7 +317,7 @@ def _send(
     ledger: Ledger,
     lease: Lease,
     batch: Batch,
-    row_chunks: Iterator[list[tuple]],
+    row_chunks: Iterator[pa.RecordBatch],
     result: SyncResult,
     recorded: RecordedBatch | None = None,
 ) -> None:
@@ -355,24 +354,11 @@ def _send(
     gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 
 
-def _chunks(row_chunks: Iterator[list[tuple]], fields, counters: Counter) -> Iterator[Chunk]:
-    """Reader rows → checked chunks, each with its range, rejects and event times."""
-    stamp = itemgetter(ROW_TIMESTAMP)
+def _chunks(row_chunks: Iterator[pa.RecordBatch], fields, counters: Counter) -> Iterator[Chunk]:
+    """Reader chunks → checked chunks, each with its range, rejects and event times."""
+    guardrails = GuardrailTexts()
     for rows in row_chunks:
-        checked, ids, rejects, guardrails = check_rows(rows, counters)
-        # The rows' timestamps are the record's text, which sorts as the times do (None: a
-        # time that is no time, its row rejected).
-        stamps = list(filter(None, map(stamp, rows)))
-        yield Chunk(
-            checked,
-            ids,
-            through_id=rows[-1][ROW_ID],
-            rejects=rejects,
-            first_event=datetime.fromisoformat(min(stamps)) if stamps else None,
-            last_event=datetime.fromisoformat(max(stamps)) if stamps else None,
-            guardrails=guardrails,
-            fields=fields,
-        )
+        yield Chunk(check_chunk(rows, counters, guardrails), fields)
 
 
 def _reason_kind(reason: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import build_sensor_context
+from sqlalchemy import select
 
 from prism_pipelines import manifest as manifest_module
 from prism_pipelines.dagster_defs import sensors as sensors_module
+from prism_pipelines.demo import generate_rows
 from prism_pipelines.errors import IntegrationsFileError
 from prism_pipelines.integrations import parse_integrations
 from prism_pipelines.records import format_timestamp
@@ -49,6 +52,8 @@ from prism_pipelines_tests.test_storage import (
 )
 
 GUARDRAILS = '[{"name": "pii", "action": "redact", "score": 0.91}]'
+#: guardrail results as a gateway may space and spell them (jsonb's text, a hand-written JSON)
+SPACED_GUARDRAILS = '[ {"name" : "pii",  "score": 1E2, "x": [1.50, "\\u00e9"]} ]'
 #: the Parquet schema the contract fixes, written out here independently of the code's
 CONTRACT_SCHEMA = pa.schema(
     [
@@ -100,6 +105,73 @@ def read_records(key: str, raw: bytes) -> list[dict]:
     if key.endswith(PARQUET.extension):
         return pq.read_table(io.BytesIO(raw)).to_pylist()
     return [orjson.loads(line) for line in gzip.decompress(raw).splitlines()]
+
+
+# -- JSON lines: written from columns, the bytes of a record per row ---------------------------
+
+
+def _records_row_by_row(gateway) -> list[bytes]:
+    """The hour's records the way the export wrote them before it read Arrow (and the way a
+    queue message is still built): each row read as Python values, a dict per row, orjson per
+    record. Written here independently of the code: the oracle."""
+    c = gateway.table.c
+    fields = [
+        "request_id", "model", "provider", "latency_ms", "input_tokens", "output_tokens",
+        "total_tokens", "cost", "status_code", "is_error", "cache_hit", "guardrail_triggered",
+        "routing_strategy", "timestamp", "event_type", "trace_id", "session_id", "user_id",
+        "model_requested", "cache_status", "fallback_used", "is_stream", "error_message",
+        "guardrail_results",
+    ]  # fmt: skip
+    with gateway.engine.connect() as conn:
+        rows = conn.execute(
+            select(*(c[f] for f in fields))
+            .where(c.timestamp >= H, c.timestamp < H + timedelta(hours=1))
+            .order_by(c.id)
+        ).all()
+    lines = []
+    for row in rows:
+        record = dict(zip(fields, row, strict=True))
+        record["timestamp"] = format_timestamp(record["timestamp"])
+        if record["cost"] is not None and not math.isfinite(record["cost"]):
+            record["cost"] = None
+        if record["guardrail_results"] is not None:
+            record["guardrail_results"] = orjson.loads(record["guardrail_results"])
+        lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+    return lines
+
+
+def test_jsonl_written_from_columns_is_byte_for_byte_the_records_of_the_row_path(
+    prism, gateway, tmp_path
+):
+    """A demo hour (guardrail results spaced as the gateway writes them, errors, streams) and
+    rows with every kind of text JSON escapes, non-ASCII text, costs of every magnitude and
+    none, microsecond times: the archive's JSON lines are the row path's bytes, line for line."""
+    gateway.insert_rows(generate_rows(6_000, start=H, end=H + timedelta(hours=1), seed=11))
+    nasty = [
+        'quote " backslash \\ slash / tab \t newline \n soh \x01 bell \x07 del \x7f',
+        "unicode é 漢字 🦜 \u2028 \u2029 \ufeff",
+        "",
+    ]
+    costs = [0.0, -0.0, 1.0, 1e-05, 1e-7, 0.1 + 0.2, 123456789.125, 1e16, 1e22, 5e-324, None]
+    rows = gateway_rows(H, len(costs), start=90_000)
+    for i, row in enumerate(rows):
+        row = list(row)
+        row[COLUMN["error_message"]] = nasty[i % len(nasty)]
+        row[COLUMN["user_id"]] = nasty[(i + 1) % len(nasty)]
+        row[COLUMN["cost"]] = costs[i]
+        row[COLUMN["timestamp"]] += timedelta(microseconds=999_999 - i)
+        row[COLUMN["guardrail_results"]] = SPACED_GUARDRAILS
+        rows[i] = tuple(row)
+    gateway.insert_rows([rows])
+    prism.configure(local(tmp_path))
+
+    run = prism.sync(NAME, KEY)
+
+    [path] = (tmp_path / "bucket").rglob("*.jsonl.gz")
+    written = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
+    expected = _records_row_by_row(gateway)
+    assert run.metadata["records"] == len(expected) == 6_000 + len(costs)
+    assert written == expected
 
 
 # -- Parquet: the schema ----------------------------------------------------------------------

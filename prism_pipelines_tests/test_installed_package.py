@@ -188,7 +188,6 @@ def test_the_wheel_works_from_a_users_project_beside_the_newest_dagster(wheel, t
     (tmp_path / "my_project" / "integrations.yaml").write_text(
         "integrations:\n"
         "  - {name: blobs, type: azure_blob, container: c, connection_string: {env: CS}}\n"
-        "  - {name: lake, type: local, format: parquet}\n"
     )
     refused = subprocess.run(
         [str(bin_ / "prism-pipelines"), "status"],
@@ -202,10 +201,6 @@ def test_the_wheel_works_from_a_users_project_beside_the_newest_dagster(wheel, t
     assert (
         "integration 'blobs': type azure_blob needs the 'azure' extra: "
         "pip install 'prism-pipelines[azure]'" in refused.stderr
-    )
-    assert (
-        "integration 'lake': format parquet needs the 'parquet' extra: "
-        "pip install 'prism-pipelines[parquet]'" in refused.stderr
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from sqlalchemy import create_engine, text
 
-from prism_pipelines.source import CURSOR_PREFIX, RECONNECTS
+from prism_pipelines.source import READER_APPLICATION, RECONNECTS
 from prism_pipelines_tests.faults import destinations as dest
 from prism_pipelines_tests.faults.conftest import PG_SERVER, SEED, SYNC_TIMEOUT
 from prism_pipelines_tests.faults.matrix import BY_NAME, cases
@@ -73,9 +73,9 @@ def _wait_for_batches(harness, proc, count: int) -> None:
 
 
 def _readers(url: str) -> list[int]:
-    """Backends of the gateway database that are mid-read: their transaction holds the reader's
-    server-side cursor open (its last statement declared it or fetched from it; closing it is
-    the read's end)."""
+    """Backends of the gateway database that are mid-read: the reader's connection (by its
+    application name) with its COPY still sending rows, held up by the client (``ClientWrite``:
+    the rows left fill the socket's buffers, so the read has not ended)."""
     admin = _admin()
     try:
         with admin.connect() as conn:
@@ -83,12 +83,10 @@ def _readers(url: str) -> list[int]:
                 conn.execute(
                     text(
                         "SELECT pid FROM pg_stat_activity WHERE datname = :name "
-                        "AND state IN ('active', 'idle in transaction') AND query ~ :reading"
+                        "AND application_name = :reader AND state = 'active' "
+                        "AND wait_event = 'ClientWrite'"
                     ),
-                    {
-                        "name": url.rsplit("/", 1)[1],
-                        "reading": f'^(DECLARE|FETCH FORWARD [0-9]+ FROM) "{CURSOR_PREFIX}',
-                    },
+                    {"name": url.rsplit("/", 1)[1], "reader": READER_APPLICATION},
                 ).scalars()
             )
     finally:

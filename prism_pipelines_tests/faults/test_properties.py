@@ -1,6 +1,7 @@
-"""Properties, over any input hypothesis finds: the record encoder turns any reader row into one
-JSON line a strict parser reads back with the contract's fields and types, or into a reject with
-its reason; the SQS request builder never builds a request SQS refuses (≤ 10 entries, ids unique
+"""Properties, over any input hypothesis finds: the checks and the encoders turn any reader row
+into one JSON line a strict parser reads back with the contract's fields and types (the same
+bytes whether written from the columns or record by record, and the same values in Parquet's
+columns), or into a reject with its reason; the SQS request builder never builds a request SQS refuses (≤ 10 entries, ids unique
 and valid, no message over the queue's MaximumMessageSize, no request over the smaller of the
 request limit and that size — 256 KiB for a queue left at 256 KiB) and accounts for every
 record."""
@@ -9,20 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import orjson
+
 from prism_pipelines.batch import Chunk
 from prism_pipelines.integrations import IntegrationsFile
-from prism_pipelines.records import (
-    EXPORTED_FIELDS,
-    build_columns,
-    build_records,
-    check_rows,
-    encode_jsonl,
-)
+from prism_pipelines.records import EXPORTED_FIELDS, check_chunk, rows_to_batch
+from prism_pipelines.sinks.storage.parquet import SCHEMA
 from prism_pipelines.sinks.sqs import SqsSink
 from prism_pipelines_tests.faults.conftest import SEED
 
@@ -58,9 +56,13 @@ def _maybe(strategy):
     return st.one_of(st.none(), strategy)
 
 
-_stamps = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-).map(lambda t: t.isoformat(timespec="milliseconds")[:23] + "Z")
+#: SQLite's canonical UTC text, as the reader selects it (``source.sqlite_utc``); or no time
+_stamps = st.one_of(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)).map(
+        lambda t: t.isoformat(sep=" ", timespec="milliseconds")
+    ),
+    st.none(),
+)
 _json_text = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
@@ -81,14 +83,17 @@ _row = st.tuples(*(_values[name] for name in EXPORTED_FIELDS))
 @PROPERTY
 @given(st.lists(_row, min_size=1, max_size=20))
 def test_any_row_becomes_a_strict_json_record_of_the_contract_or_a_reject(rows):
-    reader_rows = [(*row, 1000 + i) for i, row in enumerate(rows)]
-    checked, ids, rejects, guardrails = check_rows(reader_rows)
-    records = build_records(checked, guardrails)
+    names = [*EXPORTED_FIELDS, "id"]
+    checked = check_chunk(rows_to_batch([(*row, 1000 + i) for i, row in enumerate(rows)], names))
+    chunk = Chunk(checked)
+    records, rejects, ids = chunk.records, checked.rejects, chunk.ids
     assert len(records) + len(rejects) == len(rows), f"seed {SEED}: a row vanished"
     assert sorted(ids + [r.source_id for r in rejects]) == [1000 + i for i in range(len(rows))]
     for reject in rejects:
         assert reject.reason.startswith("malformed row: "), reject.reason
-    lines = encode_jsonl(records).split(b"\n")
+    jsonl = bytes(chunk.jsonl())
+    assert jsonl == b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+    lines = jsonl.split(b"\n")
     assert lines.pop() == b"" and len(lines) == len(records)
     for line, source_id in zip(lines, ids, strict=True):
         record = _strict(line)
@@ -107,17 +112,20 @@ def test_any_row_becomes_a_strict_json_record_of_the_contract_or_a_reject(rows):
                 assert value is None or isinstance(value, int | float)
             elif name == "timestamp":
                 assert TIMESTAMP.match(value), value
+                assert value[:23] == row[name].replace(" ", "T"), (value, row[name])
             else:  # guardrail_results: the gateway's JSON, parsed
                 assert row[name] is None or value == _strict(row[name].encode())
-    # Parquet's columns hold the same values (guardrail results: the gateway's JSON text)
-    columns = build_columns(checked)
+    # Parquet's columns hold the same values (guardrail results: the JSON text)
+    columns = chunk.table().cast(SCHEMA, safe=False).to_pydict()
     for i, record in enumerate(records):
         for name, value in record.items():
+            stored = columns[name][i]
             if name == "guardrail_results":
-                text = columns[name][i]
-                assert (text is None and value is None) or _strict(text.encode()) == value
+                assert (stored is None and value is None) or _strict(stored.encode()) == value
+            elif name == "timestamp":
+                assert stored.isoformat(timespec="milliseconds")[:23] + "Z" == value
             else:
-                assert columns[name][i] == value or value is None is columns[name][i]
+                assert stored == value or value is None is stored
 
 
 def _sqs_sink(fifo: bool, max_message_bytes: int) -> SqsSink:
@@ -136,10 +144,12 @@ def _sqs_sink(fifo: bool, max_message_bytes: int) -> SqsSink:
 
 def _chunk(records: list[dict]) -> Chunk:
     """A checked chunk whose records (narrowed to the strategy's fields) are ``records``."""
-    now = datetime.now(UTC)
-    ids = list(range(1, len(records) + 1))
-    rows = [(*(r.get(f) for f in EXPORTED_FIELDS), n) for r, n in zip(records, ids, strict=True)]
-    return Chunk(rows, ids, len(records), [], now, now, fields=_RECORD_FIELDS)
+    required = {"model": "m", "provider": "p", "timestamp": "2026-03-31 14:22:10.000"}
+    rows = [
+        (*(r.get(f, required.get(f)) for f in EXPORTED_FIELDS), n)
+        for n, r in enumerate(records, start=1)
+    ]
+    return Chunk(check_chunk(rows_to_batch(rows, [*EXPORTED_FIELDS, "id"])), _RECORD_FIELDS)
 
 
 #: the fields of ``_record``, an integration's narrowed list

@@ -1,31 +1,24 @@
 """The Parquet format (``format: parquet``): the contract's typed columns (DESIGN.md, "Archive
-formats"), zstd, a row group per chunk. Built from the chunk's columns (``Chunk.columns``), so no
-record is made for a Parquet file; imported only by processes that write one (formats.py).
+formats"), zstd, a row group per chunk, written from the chunk's record batch as the reader made
+it (``Chunk.table``): no record, no Python value per row. Imported only by processes that write
+one (formats.py).
 """
 
 from __future__ import annotations
 
-import os
 from typing import BinaryIO
 
-# Arrow allocates from the C heap (glibc, which source.py tunes to keep freed memory for the next
-# chunk) rather than its default mimalloc pool, which keeps what it frees for itself: the hour's
-# export peaked at 207 MB with mimalloc, 189 MB without, at the same speed. Only Arrow's own
-# setting, read when pyarrow loads, reaches the pool its C++ writer uses (``pa.set_memory_pool``
-# does not); a pool the user chose is left alone.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from prism_pipelines.batch import Chunk  # noqa: E402
-from prism_pipelines.records import (  # noqa: E402
+from prism_pipelines.batch import Chunk
+from prism_pipelines.records import (
     BOOLEAN_FIELDS,
     EXPORTED_FIELDS,
     FLOAT_FIELDS,
     INTEGER_FIELDS,
 )
-from prism_pipelines.sinks.storage.formats import FileWriter, write_id  # noqa: E402
+from prism_pipelines.sinks.storage.formats import FileWriter, write_id
 
 COMPRESSION = "zstd"
 
@@ -70,17 +63,12 @@ class ParquetWriter(FileWriter):
         )
 
     def write(self, chunk: Chunk) -> int:
-        if not chunk.ids:
+        if not len(chunk):
             return 0
-        columns = chunk.columns()
-        arrays = []
-        for field in self._schema:
-            if field.type == _TIMESTAMP:  # the record's ``2026-03-31T14:22:10.000Z`` text
-                arrays.append(pa.array(columns[field.name], pa.string()).cast(_TIMESTAMP))
-            else:
-                arrays.append(pa.array(columns[field.name], field.type))
-        table = pa.Table.from_arrays(arrays, schema=self._schema)
-        self._behind(self._writer.write_table, table, len(chunk.ids))
+        # The contract's types: PostgreSQL's integers may be 32-bit, its times microseconds
+        # (truncated to the record's milliseconds, as the JSON lines are).
+        table = chunk.table().cast(self._schema, safe=False)
+        self._behind(self._writer.write_batch, table, len(chunk))
         return table.nbytes
 
     def _end(self) -> None:
