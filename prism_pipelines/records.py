@@ -13,9 +13,12 @@ and pays only for that one. What happens to which bad row is in docs/reliability
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 
 import orjson
 import pyarrow as pa
@@ -203,7 +206,7 @@ def check_chunk(
     cost = columns["cost"]
     not_finite = pc.and_kleene(cost.is_valid(), pc.invert(pc.is_finite(cost)))
     if cost.null_count < size and pc.any(not_finite).as_py():
-        columns["cost"] = pc.if_else(not_finite, pa.scalar(None, cost.type), cost)
+        columns["cost"] = pc.if_else(not_finite, pa.nulls(1, cost.type)[0], cost)
         if counters is not None:
             counters[COSTS_NOT_FINITE] += pc.sum(not_finite).as_py()
     columns["guardrail_results"] = (guardrails or GuardrailTexts()).canonical(
@@ -220,8 +223,7 @@ def check_chunk(
             Reject(ids[i].as_py(), request_ids[i].as_py(), reason)
             for i, reason in sorted(bad.items())
         ]
-        keep = [i for i in range(size) if i not in bad]
-        rows = rows.take(pa.array(keep, pa.int64()))
+        rows = rows.take(_int64s(i for i in range(size) if i not in bad))
     return Checked(
         rows,
         rejects,
@@ -272,7 +274,7 @@ class GuardrailTexts:
             for i, n in enumerate(encoded.indices.to_pylist()):
                 if n in wrong:
                     bad.setdefault(i, wrong[n])
-        return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(written)).cast(pa.string())
+        return _strings(written).take(encoded.indices)
 
 
 def parse_guardrails(texts: pa.Array) -> dict[int, object]:
@@ -281,6 +283,23 @@ def parse_guardrails(texts: pa.Array) -> dict[int, object]:
     loads = orjson.loads
     valid = pc.indices_nonzero(texts.is_valid()).to_pylist()
     return dict(zip(valid, map(loads, pc.filter(texts, texts.is_valid()).to_pylist()), strict=True))
+
+
+# Arrays made from Python values by their buffers: ``pa.array`` and ``pa.scalar`` import pandas
+# when it is installed (pyarrow's pandas shim looks for array-likes), 54 MB the export never uses.
+
+
+def _strings(texts: list[str]) -> pa.Array:
+    data = [text.encode() for text in texts]
+    offsets = array("i", [0, *accumulate(map(len, data))])
+    return pa.StringArray.from_buffers(
+        len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data))
+    )
+
+
+def _int64s(values: Iterable[int]) -> pa.Array:
+    buffer = array("q", values)
+    return pa.Array.from_buffers(pa.int64(), len(buffer), [None, pa.py_buffer(buffer)])
 
 
 def _utc(value: datetime) -> datetime:

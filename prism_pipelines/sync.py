@@ -281,10 +281,10 @@ def _until_unsettled(
     for a later sync (an older transaction may still commit a lower id, and the cursor must not
     pass it)."""
     for rows in stream:
-        cut = pc.index(rows.column("unsettled"), True).as_py()
-        if cut >= 0:
+        unsettled = pc.indices_nonzero(rows.column("unsettled"))
+        if len(unsettled):
             result.held_back = True
-            if cut:
+            if cut := unsettled[0].as_py():
                 yield rows.slice(0, cut)
             return
         yield rows

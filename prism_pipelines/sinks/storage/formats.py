@@ -50,8 +50,8 @@ class FileWriter:
 
     The last step of each chunk (compressing it, writing it out) runs in a thread of its own,
     one chunk behind the caller: isa-l and Arrow release the GIL, so chunk n is compressed on
-    another core while the caller encodes chunk n+1. At most one chunk waits, so memory stays
-    bounded.
+    another core while the caller encodes chunk n+1 (and the reader's thread reads n+2). At
+    most one chunk waits, so memory stays bounded.
     """
 
     def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
@@ -151,8 +151,7 @@ class Format:
     content_type: str
     content_encoding: str | None
     #: ``module:class`` of its ``FileWriter``, imported when a file is first written, as
-    #: ``build_sink`` imports a sink: pyarrow costs 40 MB and 0.1 s to import, which only the
-    #: processes that write Parquet pay
+    #: ``build_sink`` imports a sink: only processes that write Parquet load its writer
     writer_class: str
 
     def writer(self, target: BinaryIO, fields: tuple[str, ...] | None) -> FileWriter:
