@@ -84,8 +84,9 @@ class Traffic:
     def since(self) -> str:
         return f"{self.now - timedelta(hours=1):%Y-%m-%dT%H:00:00Z}"
 
-    def add(self, count: int, hour: datetime | None = None) -> list[str]:
-        """``count`` new rows in the last 45 minutes, or all within ``hour`` (a past hour)."""
+    def add(self, count: int, hour: datetime | None = None, padding: int = 0) -> list[str]:
+        """``count`` new rows in the last 45 minutes, or all within ``hour`` (a past hour);
+        with ``padding``, each row's ``error_message`` that many characters long."""
         start, end = self.now - timedelta(minutes=45), self.now - timedelta(minutes=1)
         if hour is not None:
             start, end = hour + timedelta(minutes=1), hour + timedelta(minutes=59)
@@ -99,6 +100,8 @@ class Traffic:
             row[columns.index("request_id")] = f"req_fault_{len(self.ids) + i:07d}"
             row[stamp] = start + (end - start) * ((len(self.ids) + i) * 7919 % 10007) / 10007
             row[ingested] = row[stamp] + timedelta(seconds=1)
+            if padding:
+                row[columns.index("error_message")] = "x" * padding
             made.append(tuple(row))
         self.source.insert_rows([made])
         new = [r[columns.index("request_id")] for r in made]

@@ -25,6 +25,11 @@ BATCH_ROWS = 50
 #: enough rows that the sync is still reading when the fault comes; the queue type here is
 #: Datadog, as moto walks the whole queue on every SQS send (slow for thousands of messages)
 ROWS = 3000
+#: each row's size: the reader's query streams its rows (``COPY``) as fast as the client takes
+#: them, so the hour must be larger than what the sockets on loopback buffer between server
+#: and client (up to 36 MB here: ``tcp_rmem`` 32 MB, ``tcp_wmem`` 4 MB) for the server to be
+#: still sending, mid-read, when the sync is held still
+PADDING = 16 * 1024
 #: how far the reader can be ahead of the ledger's cursor: the batch in flight, the chunk read
 #: ahead and the one being fetched (a chunk is a batch here)
 READ_AHEAD_ROWS = 3 * BATCH_ROWS
@@ -151,7 +156,7 @@ def _traffic_hour(harness) -> datetime:
 def test_source_connection_terminated_mid_read_is_read_on_after_the_last_row(harness, kind):
     harness.configure(batch_rows=BATCH_ROWS)
     hour = _traffic_hour(harness)
-    harness.traffic.add(ROWS, hour)
+    harness.traffic.add(ROWS, hour, padding=PADDING)
     proc = harness.start_sync()
     _wait_for_batches(harness, proc, harness.rng.randint(1, 5))
     _end_the_read(harness, proc, hour, ended := set())
@@ -177,7 +182,7 @@ def test_source_connection_lost_past_the_reconnects_fails_clearly_and_the_next_s
 ):
     harness.configure(batch_rows=BATCH_ROWS)
     hour = _traffic_hour(harness)
-    harness.traffic.add(ROWS, hour)
+    harness.traffic.add(ROWS, hour, padding=PADDING)
     proc = harness.start_sync()
     _wait_for_batches(harness, proc, harness.rng.randint(1, 5))
     ended: set[int] = set()
