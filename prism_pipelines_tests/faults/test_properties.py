@@ -1,10 +1,10 @@
 """Properties, over any input hypothesis finds: the checks and the encoders turn any reader row
 into one JSON line a strict parser reads back with the contract's fields and types (the same
 bytes whether written from the columns or record by record, and the same values in Parquet's
-columns), or into a reject with its reason; the SQS request builder never builds a request SQS refuses (≤ 10 entries, ids unique
-and valid, no message over the queue's MaximumMessageSize, no request over the smaller of the
-request limit and that size — 256 KiB for a queue left at 256 KiB) and accounts for every
-record."""
+columns), or into a reject with its reason; the SQS request builder never builds a request SQS
+refuses (≤ 10 entries, ids unique and valid, no message over the queue's MaximumMessageSize,
+no request over the smaller of the request limit and that size — 256 KiB for a queue left at
+256 KiB) and accounts for every record."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ import json
 import re
 from datetime import datetime
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import orjson
 
 from prism_pipelines.batch import Chunk
 from prism_pipelines.integrations import IntegrationsFile
 from prism_pipelines.records import EXPORTED_FIELDS, check_chunk, rows_to_batch
-from prism_pipelines.sinks.storage.parquet import SCHEMA
 from prism_pipelines.sinks.sqs import SqsSink
+from prism_pipelines.sinks.storage.parquet import SCHEMA
 from prism_pipelines_tests.faults.conftest import SEED
 
 PROPERTY = settings(

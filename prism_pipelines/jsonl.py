@@ -1,0 +1,144 @@
+"""JSON lines from a checked batch's columns: the export's hot path (every JSONL file is written
+through it), byte for byte what the record encoder writes, ``orjson.dumps(record,
+option=OPT_APPEND_NEWLINE)`` per ``records.build_records`` dict, without a Python object per
+value.
+
+A line is one polars ``concat_str`` of the keys and the columns' JSON text, which polars writes
+as orjson does (prism_pipelines_tests/test_jsonl.py holds it to that): integers, floats (the
+shortest text that reads back) and booleans cast to text, times by ``strftime`` (milliseconds
+truncated, as ``records.format_timestamp``), text in quotes, ``guardrail_results`` (orjson's
+JSON already) as it is, ``null`` for a null. Where that would differ is found per column by a
+vectorised look, and only such a column is written otherwise: text holding a character JSON
+escapes (``"``, ``\\``, U+0000–U+001F) by polars' JSON encoder, whose escapes are orjson's; a
+NaN or infinite float as ``null``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+
+#: ``records.format_timestamp``'s form: milliseconds, truncated, UTC
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
+#: the field whose text is JSON already (orjson's), written as it is
+RAW_JSON = "guardrail_results"
+
+# How a column's values become JSON text: in quotes (text that JSON needs not escape, times),
+# as they are (booleans, integers, finite floats, the raw JSON), or by a JSON encoder.
+_QUOTED, _TIME, _ZONED, _BOOLEAN, _PLAIN, _RAW, _FLOAT, _ESCAPED = range(8)
+
+
+def encode_jsonl(batch: pa.RecordBatch) -> pa.Buffer:
+    """One newline-terminated JSON object per row of ``batch``, its columns the keys, in order:
+    the bytes the record encoder writes for the same records, as a pyarrow ``Buffer`` (bytes-like:
+    isal, hashlib and ``bytes()`` take it; no copy into a ``bytes``)."""
+    if batch.num_rows == 0 or batch.num_columns == 0:
+        return pa.py_buffer(b"{}\n" * batch.num_rows)
+    plan = tuple(
+        (name, _kind(name, column), column.null_count > 0)
+        for name, column in zip(batch.schema.names, batch.columns, strict=True)
+    )
+    frame = pl.from_arrow(batch, rechunk=False).lazy()
+    lines = frame.select(_line(plan)).collect().to_series()
+    lines = lines.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: one buffer
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    _, offsets, data = lines.buffers()
+    ends = np.frombuffer(offsets, np.int64)[[lines.offset, lines.offset + len(lines)]]
+    return data[int(ends[0]) : int(ends[1])]
+
+
+def _kind(name: str, column: pa.Array) -> int:
+    type_ = column.type
+    if name == RAW_JSON:
+        return _RAW
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return _ESCAPED if _escapes(column) else _QUOTED
+    if pa.types.is_string_view(type_):
+        return _ESCAPED
+    if pa.types.is_timestamp(type_):
+        return _TIME if type_.tz is None else _ZONED
+    if pa.types.is_boolean(type_):
+        return _BOOLEAN
+    if pa.types.is_floating(type_) and not (type_ == pa.float64() and _finite(column)):
+        return _FLOAT  # a float32 too: orjson writes the double it reads as
+    return _PLAIN
+
+
+@lru_cache(maxsize=256)
+def _line(plan: tuple[tuple[str, int, bool], ...]) -> pl.Expr:
+    """The expression of a line, for the batch's columns (name, kind, whether it has a null).
+    Nulls are skipped by ``concat_str``: a null value writes ``null`` through its key's literal."""
+    parts: list[pl.Expr] = []
+    pending = "{"  # literal text not yet written: the closing quote, comma and key
+    for name, kind, nullable in plan:
+        quoted_name = orjson.dumps(name).decode()
+        key = pending + quoted_name + ":"
+        column = pl.col(name)
+        null = column.is_null()
+        if kind == _BOOLEAN:
+            value = pl.when(column).then(pl.lit(key + "true")).otherwise(pl.lit(key + "false"))
+            if nullable:
+                value = pl.when(null).then(pl.lit(key + "null")).otherwise(value)
+            parts.append(value)
+            pending = ","
+            continue
+        if kind in (_QUOTED, _TIME, _ZONED):
+            text = column
+            if kind == _ZONED:
+                text = text.dt.convert_time_zone("UTC")
+            if kind != _QUOTED:
+                text = text.dt.strftime(TIMESTAMP_FORMAT)
+            if nullable:
+                opening = pl.when(null).then(pl.lit(key + "null")).otherwise(pl.lit(key + '"'))
+                parts += [opening, text, pl.when(~null).then(pl.lit('"'))]
+                pending = ","
+            else:
+                parts += [pl.lit(key + '"'), text]
+                pending = '",'
+            continue
+        if kind == _ESCAPED:  # {"name":"..."} with orjson's escapes, null written null
+            member = pl.struct(column).struct.json_encode()
+            text = member.str.slice(len(quoted_name) + 2).str.strip_suffix("}")
+        elif kind == _FLOAT:  # NaN and infinities are null
+            text = pl.when(column.is_finite()).then(column.cast(pl.Float64).cast(pl.String))
+            nullable = True
+        elif kind == _RAW:
+            text = column
+        else:
+            text = column.cast(pl.String)
+        if nullable:
+            parts += [
+                pl.when(text.is_null()).then(pl.lit(key + "null")).otherwise(pl.lit(key)),
+                text,
+            ]
+        else:
+            parts += [pl.lit(key), text]
+        pending = ","
+    parts.append(pl.lit(pending.removesuffix(",") + "}\n"))
+    return pl.concat_str(parts, ignore_nulls=True)
+
+
+def _escapes(column: pa.Array) -> bool:
+    """Whether any text of ``column`` holds a character JSON escapes: ``"``, ``\\``, a control."""
+    _, offsets, data = column.buffers()
+    if data is None:
+        return False
+    wide = pa.types.is_large_string(column.type)
+    bounds = np.frombuffer(offsets, np.int64 if wide else np.int32)
+    start, end = int(bounds[column.offset]), int(bounds[column.offset + len(column)])
+    text = np.frombuffer(data, np.uint8, end - start, start)
+    return bool(text.size) and (text.min() < 0x20 or (text == 0x22).any() or (text == 0x5C).any())
+
+
+def _finite(column: pa.Array) -> bool:
+    """Whether every value of a float column is finite (a null's slot may hold anything: a
+    false alarm costs only the slower expression)."""
+    _, values = column.buffers()
+    width = column.type.byte_width
+    floats = np.frombuffer(values, f"f{width}", len(column), column.offset * width)
+    return bool(np.isfinite(floats).all())
