@@ -22,8 +22,8 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-#: ``records.format_timestamp``'s form: milliseconds, truncated, UTC
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
+from prism_pipelines.records import TIMESTAMP_FORMAT
+
 #: the field whose text is JSON already (orjson's), written as it is
 RAW_JSON = "guardrail_results"
 

@@ -228,8 +228,8 @@ def check_chunk(
         rows,
         rejects,
         through_id=ids[-1].as_py(),
-        first_event=first and _utc(first),
-        last_event=last and _utc(last),
+        first_event=_utc(first) if first else None,
+        last_event=_utc(last) if last else None,
     )
 
 
