@@ -36,9 +36,8 @@ from prism_pipelines.records import (
 @dataclass
 class Chunk:
     """Some consecutive rows of a batch, checked (``records.check_chunk``): the rows that can be
-    exported, as an Arrow record batch (files are written from its ``table``), the records
-    built from them when a sink asks (queues, Datadog, OTLP), and what the batch learns from
-    them."""
+    exported, as an Arrow record batch (what files are written from), the records built from
+    them when a sink asks (queues, Datadog, OTLP), and what the batch learns from them."""
 
     checked: Checked
     #: the integration's narrower list of fields, if it has one
@@ -79,6 +78,14 @@ class Chunk:
     def lines(self) -> list[bytes]:
         """One JSON document per record (queues send these one message each)."""
         return [encode_record(r) for r in self.records]
+
+    def jsonl(self) -> pa.Buffer:
+        """The records as JSON lines, written from the columns (``jsonl.encode_jsonl``): a
+        bytes-like buffer, not copied into ``bytes``."""
+        # Imported here: polars costs 38 MB, which only processes writing JSON lines pay.
+        from prism_pipelines.jsonl import encode_jsonl
+
+        return encode_jsonl(self.table())
 
 
 @dataclass

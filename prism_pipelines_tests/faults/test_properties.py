@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from prism_pipelines.batch import Chunk
 from prism_pipelines.integrations import IntegrationsFile
-from prism_pipelines.jsonl import encode_jsonl
 from prism_pipelines.records import EXPORTED_FIELDS, check_chunk, rows_to_batch
 from prism_pipelines.sinks.sqs import SqsSink
 from prism_pipelines.sinks.storage.parquet import SCHEMA
@@ -91,7 +90,7 @@ def test_any_row_becomes_a_strict_json_record_of_the_contract_or_a_reject(rows):
     assert sorted(ids + [r.source_id for r in rejects]) == [1000 + i for i in range(len(rows))]
     for reject in rejects:
         assert reject.reason.startswith("malformed row: "), reject.reason
-    jsonl = bytes(encode_jsonl(chunk.table()))
+    jsonl = bytes(chunk.jsonl())
     assert jsonl == b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
     lines = jsonl.split(b"\n")
     assert lines.pop() == b"" and len(lines) == len(records)

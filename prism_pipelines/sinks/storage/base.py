@@ -71,12 +71,13 @@ class StorageSink(Sink):
     def deliver(self, batch: Batch) -> Delivery:
         key = batch.location or self.location_for(batch)
         retries_before = self.retries.value
+        uncompressed = 0
         # A redo keeps its recorded name, and so the format it was first written in.
         format_ = next(f for f in FORMATS.values() if key.endswith(f.extension))
         with self.staging(key) as spool:
             with format_.writer(spool, self.integration.fields) as out:
                 for chunk in batch.chunks():
-                    out.write(chunk)
+                    uncompressed += out.write(chunk)
             records = batch.records_read
             if records == 0 and batch.replaces is None:
                 return Delivery(location=None)  # no rows and nothing to replace: no file
@@ -95,7 +96,7 @@ class StorageSink(Sink):
             retries=self.retries.value - retries_before,
             location=key,
             sha256=out.sha256,
-            counters={"uncompressed_bytes": out.uncompressed, "files": 1},
+            counters={"uncompressed_bytes": uncompressed, "files": 1},
         )
 
     def manifest_key(self, partition: datetime) -> str:

@@ -62,14 +62,14 @@ class ParquetWriter(FileWriter):
             use_dictionary=[f for f in _DICTIONARY if f in self._schema.names],
         )
 
-    def write(self, chunk: Chunk) -> None:
+    def write(self, chunk: Chunk) -> int:
         if not len(chunk):
-            return
+            return 0
         # The contract's types: PostgreSQL's integers may be 32-bit, its times microseconds
         # (truncated to the record's milliseconds, as the JSON lines are).
         table = chunk.table().cast(self._schema, safe=False)
         self._behind(self._writer.write_batch, table, len(chunk))
-        self.uncompressed += table.nbytes
+        return table.nbytes
 
     def _end(self) -> None:
         self._writer.close()
