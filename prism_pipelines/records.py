@@ -185,7 +185,7 @@ def check_chunk(
     missing, text that could not be read, guardrail results that are not JSON) as rejects.
     A cost that is NaN or infinite becomes null in its row (JSON has no NaN or Infinity),
     counted in ``counters``. Guardrail results are written as orjson writes them
-    (``guardrails``, the sync's ``GuardrailTexts``), so the JSON lines written from the
+    (``guardrails``, the batch's ``GuardrailTexts``), so the JSON lines written from the
     columns hold what a record would."""
     size = chunk.num_rows
     bad: dict[int, str] = {}
@@ -238,7 +238,7 @@ class GuardrailTexts:
     jsonb's, Python's), or what is wrong with a text that is not JSON, each distinct text
     parsed once: a gateway's guardrails answer the same few ways (demo traffic: a tenth of an
     hour's texts are distinct), and parsing is the checks' one per-value cost. Holds the last
-    ``MAX_TEXTS`` texts seen; one per sync."""
+    ``MAX_TEXTS`` texts seen; one per batch (``sync._chunks``)."""
 
     MAX_TEXTS = 20_000
 
