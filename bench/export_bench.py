@@ -948,25 +948,11 @@ def scope_where(scope: str, literal: bool = False) -> tuple[str, dict]:
 
 def reader_sql(table: str) -> str:
     """The SQL the project's reader sends for ``ONE_HOUR`` of ``table`` (after id 0, settle
-    delay 0): the statement ``GatewaySource.stream_chunks`` builds, caught on its way to
-    ``_fetch_postgresql`` (nothing is read) and compiled as that compiles it, literal binds."""
-    from prism_pipelines import source as source_module
+    delay 0)."""
+    from prism_pipelines.source import GatewaySource
 
-    source = source_module.GatewaySource(SOURCE_URL, table=table)
-    statements = []
-
-    def caught(statement, chunk_rows: int):
-        statements.append(statement)
-        return iter(())
-
-    source._fetch_postgresql = caught
-    for _ in source.stream_chunks(ONE_HOUR, after_id=0, settle_seconds=0):
-        pass
-    [statement] = statements
-    compiled = statement.compile(
-        dialect=source.engine.dialect, compile_kwargs=source_module._LITERAL
-    )
-    return str(compiled)
+    source = GatewaySource(SOURCE_URL, table=table)
+    return source.postgresql_text(source.read_statement(ONE_HOUR, after_id=0, settle_seconds=0))
 
 
 def read_columns(sql: str) -> list[list[str]]:

@@ -31,7 +31,7 @@ import functools
 import io
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -118,8 +118,6 @@ _BATCH_BYTES = "adbc.postgresql.batch_size_hint_bytes"
 #: about what a gateway row takes in Arrow (demo traffic: 280 bytes), so that the driver's
 #: batches are about a chunk each
 _ROW_BYTES_HINT = 300
-#: the statement's values rendered as SQL literals (``_fetch_postgresql``)
-_LITERAL = {"literal_binds": True}
 
 
 def sqlite_utc(column):
@@ -259,40 +257,64 @@ class GatewaySource:
     def _in_hour(self, hour: datetime):
         return self._in_hours(hour, hour + HOUR)
 
+    def read_statement(
+        self,
+        hour: datetime,
+        *,
+        after_id: int,
+        through_id: int | None = None,
+        settle_seconds: float | None = None,
+    ):
+        """The query ``stream_chunks`` reads: rows of ``hour`` with ``after_id < id
+        [<= through_id]``, by id, with, given ``settle_seconds``, the column
+        ``unsettled`` (``_unsettled``)."""
+        c = self.table.c
+        where = self._in_hour(hour) & (c.id > after_id)
+        if through_id is not None:
+            where &= c.id <= through_id
+        statement = self._select
+        if settle_seconds is not None:
+            statement = statement.add_columns(self._unsettled(settle_seconds).label("unsettled"))
+        return statement.where(where).order_by(c.id)
+
+    def postgresql_text(self, statement) -> str:
+        """``statement`` as the reader sends it to PostgreSQL: its values (our own ids and
+        hours) rendered as literals, since a query with parameters would not be read by
+        ``COPY``."""
+        compiled = statement.compile(
+            dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}
+        )
+        return str(compiled)
+
     def stream_chunks(
         self,
         hour: datetime,
         *,
         after_id: int,
         through_id: int | None = None,
-        before_id: int | None = None,
         settle_seconds: float | None = None,
         chunk_rows: int = 5_000,
         counters: Counter | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """Rows of ``hour`` with ``after_id < id [<= through_id] [< before_id]``, by id, as Arrow
+        """Rows of ``hour`` with ``after_id < id [<= through_id]``, by id, as Arrow
         record batches of ``chunk_rows`` rows (the last one shorter).
 
-        Columns (``records.READ_SCHEMA``): ``records.EXPORTED_FIELDS`` (``timestamp`` a UTC
+        Columns (``records.ARROW_TYPES``): ``records.EXPORTED_FIELDS`` (``timestamp`` a UTC
         time, null if the row's is no valid time; ``cost`` a float), ``id``, and, with
         ``settle_seconds``, ``unsettled``: whether the row is younger than that by the database's
         clock (``_unsettled``; the caller stops there: see ``sync._until_unsettled``; one
         snapshot, so no row can slip in between a check and the read). SQLite adds
         ``malformed``, what is wrong with a row that could not be read whole. One query per
-        call, streamed, so memory holds a couple of chunks whatever the size of the hour; read
-        on after the last row handed over if the connection is lost (``_resuming``, each
-        reconnect counted in ``counters["source_reconnects"]``).
+        call (``read_statement``), streamed, so memory holds a couple of chunks whatever the
+        size of the hour; read on after the last row handed over if the connection is lost
+        (``_resuming``, each reconnect counted in ``counters["source_reconnects"]``).
         """
-        c = self.table.c
-        where = self._in_hour(hour) & (c.id > after_id)
-        if through_id is not None:
-            where &= c.id <= through_id
-        if before_id is not None:
-            where &= c.id < before_id
-        statement = self._select
-        if settle_seconds is not None:
-            statement = statement.add_columns(self._unsettled(settle_seconds).label("unsettled"))
-        statement = statement.where(where).order_by(c.id)
+        statement = self.read_statement(
+            hour,
+            after_id=after_id,
+            through_id=through_id,
+            settle_seconds=settle_seconds,
+        )
         _keep_freed_memory_for_reuse()
         chunks = self._resuming(statement, chunk_rows, hour, counters)
         return _read_ahead(chunks) if self._postgresql else chunks
@@ -361,15 +383,14 @@ class GatewaySource:
     def _fetch_postgresql(self, statement, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         """Record batches from ADBC's PostgreSQL driver, which reads with binary ``COPY`` straight
         into Arrow (no Python object per value): of the readers measured, the fastest and the
-        one that leaves the most CPU to the rest of the export (bench/README.md, "read"). The
-        statement's values are our own ids and hours, rendered as literals: a query with
-        parameters would not be read by ``COPY``. Through ADBC's
+        one that leaves the most CPU to the rest of the export (bench/README.md, "read"), sent
+        as ``postgresql_text``. Through ADBC's
         low-level API: its DB-API module imports pandas and polars (95 MB) for helpers we
         do not use."""
         import adbc_driver_manager
         import adbc_driver_postgresql
 
-        sql = str(statement.compile(dialect=self.engine.dialect, compile_kwargs=_LITERAL))
+        sql = self.postgresql_text(statement)
         with (
             adbc_driver_postgresql.connect(self._adbc_uri) as database,
             adbc_driver_manager.AdbcConnection(database) as connection,
@@ -594,7 +615,7 @@ def _read_ahead(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         chunks.close()  # the pool has finished with it: release the cursor and connection
 
 
-def _rechunked(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+def _rechunked(batches: Generator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
     """``batches`` cut into record batches of exactly ``rows`` rows (the last one shorter): the
     driver's batches are sized in bytes, the sync's batches in rows."""
     pending: list[pa.RecordBatch] = []
@@ -612,9 +633,7 @@ def _rechunked(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Reco
         if held:
             yield _concatenated(pending)
     finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+        batches.close()  # the driver's reader and connection, now, not when collected
 
 
 def _concatenated(batches: list[pa.RecordBatch]) -> pa.RecordBatch:

@@ -222,7 +222,7 @@ class SpanBuilder:
         return SpanRequest(self.template)
 
     def add(self, request: SpanRequest, row: tuple, source_id: int, guardrails: object) -> None:
-        """The span of one checked reader row (``records.check_rows``), appended to
+        """The span of one checked row (``Chunk.rows``), appended to
         ``request``; ``guardrails`` is the row's parsed guardrail results, or None."""
         key = self._template_key(row)
         template = self._templates.get(key)
