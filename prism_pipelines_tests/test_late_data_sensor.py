@@ -1,5 +1,7 @@
-"""The late-data sensor and pause / resume, through Dagster, against the real clock: hours are
-placed relative to now, as the sensor and the schedule see them."""
+"""The late-data sensor and pause / resume, through Dagster: hours are placed relative to now,
+as the sensor and the schedule see them. Every test starts at the same moment of the clock
+(``NOW``, half past an hour, travelled to with the clock running), so which hour is the
+current one does not depend on when in the suite, or how close to an hour's end, it runs."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
+import time_machine
 import yaml
 from dagster import DagsterRunStatus, build_schedule_context, build_sensor_context
 from sqlalchemy import text
@@ -22,8 +26,16 @@ from prism_pipelines.hours import floor_hour, utcnow
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_status import cli, status_of
 
-NOW = datetime.now(UTC)
-THIS_HOUR = NOW.replace(minute=0, second=0, microsecond=0)
+# Never after the real time (the database's clock decides which rows are settled, and rows
+# stamped a minute before NOW must be), and half an hour before the next hour begins.
+NOW = floor_hour(datetime.now(UTC) - timedelta(minutes=25)) + timedelta(minutes=30)
+THIS_HOUR = floor_hour(NOW)
+
+
+@pytest.fixture(autouse=True)
+def clock():
+    with time_machine.travel(NOW, tick=True):
+        yield
 
 
 def hours_ago(n: int) -> datetime:
@@ -286,8 +298,7 @@ def test_historical_data_is_requested_once_and_again_when_since_moves_earlier(pr
     look-back begins, in runs of at most a day, requested once."""
     prism.configure(archive(tmp_path, history={"since": hours_ago(100).isoformat()}))
     first = tick(prism, name="archive_history")
-    end = (datetime.now(UTC) - timedelta(minutes=15)).replace(minute=0, second=0, microsecond=0)
-    end -= timedelta(hours=48)
+    end = floor_hour(NOW - timedelta(minutes=15)) - timedelta(hours=48)
 
     def ranges(result) -> list[tuple[str, str]]:
         assert all(r.tags["prism/trigger"] == "history" for r in result.run_requests)
