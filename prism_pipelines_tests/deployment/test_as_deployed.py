@@ -226,12 +226,13 @@ def test_overlapping_runs_of_one_hour_leave_the_integration_active_without_a_not
     """Another run (here the test's own sync, holding the hours' leases) delivers the current
     hour and a closed hour with late rows while the schedule's run and the late-data sensor's run
     reach them: they skip them and succeed; no Error, no webhook message; once the hours are free
-    every row is delivered once."""
+    every row is delivered once. The next hour is held too: should the hour end while the test
+    waits, the schedule's runs reach that one, and find it busy as well."""
     name, hour = "overlap", floor_hour(utcnow())
     closed = hour - HOUR
     ledger = Ledger(deployment.env["PRISM_STATE_URL"])
     holder = "a CLI sync on another host"
-    with holding(ledger, name, [hour, closed], holder):
+    with holding(ledger, name, [hour, closed, hour + HOUR], holder):
         held_at = time.time()
         late = deployment.traffic.insert(closed + timedelta(minutes=30), 5)
 
