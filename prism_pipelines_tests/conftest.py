@@ -3,6 +3,7 @@ process, and the real services (services.py) for the destinations."""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,16 @@ from prism_pipelines.source import GatewaySource
 pytest_plugins = ["prism_pipelines_tests.services", "prism_pipelines_tests.datadog_intake"]
 
 PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+def pytest_configure(config) -> None:
+    """Signals as a terminal's run has them. A run started in the background by a shell without
+    job control ignores SIGINT, and that reaches past the test process: the children it starts
+    ignore Ctrl-C (the live demo's test), and Dagster, which gives SIGTERM the SIGINT handler it
+    finds, makes the processes it starts ignore SIGTERM (its compute-log ``tail``, which then
+    holds a run 30 s)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -54,7 +54,10 @@ def test_live_demo_keeps_inserting_current_traffic_until_ctrl_c(gateway):
         assert early + not_ended_yet() == 0
     finally:
         live.send_signal(signal.SIGINT)
-        out, err = live.communicate(timeout=60)
+        try:
+            out, err = live.communicate(timeout=60)
+        finally:
+            live.kill()  # if it is still running the test has failed: the demo must not outlive it
     assert live.returncode == 0, err[-2000:]
     assert f"{count():,} live requests inserted" in out
     assert "Traceback" not in err
