@@ -384,9 +384,8 @@ class GatewaySource:
         """Record batches from ADBC's PostgreSQL driver, which reads with binary ``COPY`` straight
         into Arrow (no Python object per value): of the readers measured, the fastest and the
         one that leaves the most CPU to the rest of the export (bench/README.md, "read"), sent
-        as ``postgresql_text``. Through ADBC's
-        low-level API: its DB-API module imports pandas and polars (95 MB) for helpers we
-        do not use."""
+        as ``postgresql_text``. Through ADBC's low-level API: its DB-API module imports pandas
+        and polars (95 MB) for helpers we do not use."""
         import adbc_driver_manager
         import adbc_driver_postgresql
 
