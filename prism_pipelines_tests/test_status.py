@@ -4,6 +4,7 @@ the ``status`` / ``history`` commands, through Dagster on the PostgreSQL gateway
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -191,6 +192,35 @@ def test_pause_and_resume_work_on_a_fresh_instance_without_a_daemon(prism, gatew
     cli(prism, "resume", "archive")
     status = status_of(prism, gateway)
     assert status.status == ACTIVE and status.since >= before - timedelta(seconds=1)
+
+
+def test_a_pause_that_lands_inside_a_daemon_tick_is_not_undone(prism, gateway, tmp_path):
+    """Dagster's daemon reads a sensor's state at a tick and writes it back with the tick's data
+    milliseconds later: a stop between the two is overwritten with "running" (a CI run saw the
+    late-data sensor keep running after ``pause``). Here that tick is held open until the stop
+    has landed, then written back, as the daemon would: ``pause`` still leaves all three
+    stopped."""
+    prism.configure(local(tmp_path / "bucket"))
+    cli(prism, "pause", "archive")
+    cli(prism, "resume", "archive")
+    instance = prism.instance
+    running = {s.name: s for s in instance.all_instigator_state()}
+    ticked = running["archive_late_data"]
+    assert ticked.is_running
+
+    def daemon_tick():
+        while any(s.is_running for s in instance.all_instigator_state() if s.name == ticked.name):
+            time.sleep(0.02)
+        instance.update_instigator_state(ticked)  # the state the tick read, written back
+
+    tick = threading.Thread(target=daemon_tick)
+    tick.start()
+    assert "Paused" in cli(prism, "pause", "archive")
+    tick.join(5)
+    assert not tick.is_alive()
+    states = {s.name: s.is_running for s in instance.all_instigator_state()}
+    assert states == dict.fromkeys(list(running), False)
+    assert status_of(prism, gateway).status == PAUSED
 
 
 def test_rejects_says_how_many_there_are_and_how_to_see_the_rest(prism, gateway, tmp_path):

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -107,6 +108,12 @@ PROJECT_LOCATION = {
 }
 #: how long one ``dagster schedule|sensor start|stop`` may take (it loads the code location)
 TOGGLE_TIMEOUT_SECONDS = 600
+#: The daemon writes an instigator's whole state back at each tick (Dagster reads it, then
+#: writes it with the tick's data, milliseconds apart): a stop or start that lands in between is
+#: undone. ``set_paused`` reads the states back this long after toggling, and toggles again
+#: what was undone, up to ``TOGGLE_ATTEMPTS`` times.
+TOGGLE_SETTLE_SECONDS = 1.0
+TOGGLE_ATTEMPTS = 3
 
 
 class ToggleFailed(PrismError):
@@ -127,6 +134,8 @@ def set_paused(
     workspace API is private), so they run here as processes. Toggled that way, a start records
     a fresh start time (what ``status`` reads as "Active since") and works before any
     daemon or UI recorded a state, and a stop is what the daemon and the UI's toggles see.
+    The states are read back once toggled, and what a daemon's tick put back is toggled again
+    (``TOGGLE_SETTLE_SECONDS``): the command returns once the pause or resume holds.
 
     Where the location is served: ``workspace`` (a workspace file, e.g. the deployment's) when
     given; else every location the instance has recorded them in (its origin, as recorded by
@@ -139,10 +148,9 @@ def set_paused(
         ("sensor", late_data_sensor_name(name)),
         ("sensor", history_sensor_name(name)),
     ]
-    action = "stop" if paused else "start"
     with tempfile.TemporaryDirectory(prefix="prism-toggle-") as folder:
         if workspace is not None:
-            workspaces = {_location_names(workspace): workspace}
+            workspaces = {workspace: _location_names(workspace)}
         else:
             entries = _recorded_locations(instance, [n for _, n in instigators])
             if not entries:
@@ -152,16 +160,40 @@ def set_paused(
                 path = os.path.join(folder, f"workspace_{i}.yaml")
                 with open(path, "w") as file:
                     yaml.safe_dump({"load_from": [entry]}, file)
-                workspaces[location] = path
-        for path in workspaces.values():
-            _run_toggles(
-                [[kind, action, instigator, "-w", path] for kind, instigator in instigators]
+                workspaces[path] = [location]
+        for path, locations in workspaces.items():
+            _toggle_until_held(instance, instigators, paused, path, locations)
+    return sorted(location for locations in workspaces.values() for location in locations)
+
+
+def _toggle_until_held(
+    instance: DagsterInstance, instigators: list, paused: bool, workspace: str, locations: list
+) -> None:
+    """Toggle, read the stored states back after ``TOGGLE_SETTLE_SECONDS``, and toggle again
+    what the daemon put back (see ``TOGGLE_SETTLE_SECONDS``)."""
+    action = "stop" if paused else "start"
+    for _ in range(TOGGLE_ATTEMPTS):
+        _run_toggles([[kind, action, name, "-w", workspace] for kind, name in instigators])
+        time.sleep(TOGGLE_SETTLE_SECONDS)
+        instigators = [
+            (kind, name)
+            for kind, name in instigators
+            if any(
+                state.is_running == paused
+                for state in instigator_states(instance, name)
+                if location_of(state) in locations
             )
-    return sorted(workspaces)
+        ]
+        if not instigators:
+            return
+    raise ToggleFailed(
+        f"could not {action} {', '.join(name for _, name in instigators)}: the Dagster daemon "
+        f"put back its earlier state {TOGGLE_ATTEMPTS} times; run the command again"
+    )
 
 
-def _location_names(workspace: str) -> str:
-    """The code locations a workspace file names, for the command's message."""
+def _location_names(workspace: str) -> list[str]:
+    """The code locations a workspace file names (its file name when it names none)."""
     with open(workspace) as file:
         entries = (yaml.safe_load(file) or {}).get("load_from") or []
     names = [
@@ -170,7 +202,7 @@ def _location_names(workspace: str) -> str:
         for target in entry.values()
         if isinstance(target, dict)
     ]
-    return ", ".join(filter(None, names)) or os.path.basename(workspace)
+    return [name for name in names if name] or [os.path.basename(workspace)]
 
 
 def _recorded_locations(instance: DagsterInstance, names: list[str]) -> dict[str, dict]:
