@@ -137,14 +137,17 @@ class Harness:
     def dagster_home(self) -> Path:
         return self.folder / "dagster_home"
 
-    def configure(self, endpoint_url: str | None = None, **settings) -> Harness:
+    def configure(
+        self, endpoint_url: str | None = None, source: dict | None = None, **settings
+    ) -> Harness:
+        """The integrations file: the destination's integration with ``settings``, and the
+        file's ``source:`` section with ``source``."""
         self.settings = settings
         # The traffic's hours are history to the integration (a sync with --since names them).
         settings.setdefault("history", {"since": self.traffic.since})
         entry = self.destination.integration(endpoint_url, **settings)
-        self.integrations.write_text(
-            yaml.safe_dump({"integrations": [entry], "source": {"settle_seconds": 2}})
-        )
+        source = {"settle_seconds": 2, **(source or {})}
+        self.integrations.write_text(yaml.safe_dump({"integrations": [entry], "source": source}))
         return self
 
     def env(self) -> dict[str, str]:

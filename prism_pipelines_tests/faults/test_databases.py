@@ -77,10 +77,10 @@ def _wait_for_batches(harness, proc, count: int) -> None:
         time.sleep(0.05)
 
 
-def _readers(url: str) -> list[int]:
+def _readers(url: str, waiting_on: str = "ClientWrite") -> list[int]:
     """Backends of the gateway database that are mid-read: the reader's connection (by its
     application name) with its COPY still sending rows, held up by the client (``ClientWrite``:
-    the rows left fill the socket's buffers, so the read has not ended)."""
+    the rows left fill the socket's buffers, so the read has not ended), or by ``waiting_on``."""
     admin = _admin()
     try:
         with admin.connect() as conn:
@@ -89,9 +89,13 @@ def _readers(url: str) -> list[int]:
                     text(
                         "SELECT pid FROM pg_stat_activity WHERE datname = :name "
                         "AND application_name = :reader AND state = 'active' "
-                        "AND wait_event = 'ClientWrite'"
+                        "AND wait_event = :waiting_on"
                     ),
-                    {"name": url.rsplit("/", 1)[1], "reader": READER_APPLICATION},
+                    {
+                        "name": url.rsplit("/", 1)[1],
+                        "reader": READER_APPLICATION,
+                        "waiting_on": waiting_on,
+                    },
                 ).scalars()
             )
     finally:
@@ -106,7 +110,11 @@ def _end_the_read(harness, proc, hour: datetime, ended: set[int]) -> None:
     deadline = time.monotonic() + SYNC_TIMEOUT
     key = f"{hour:%Y-%m-%d-%H:%M}"
     while True:
-        assert proc.poll() is None, f"the sync ended before its read was cut ({len(ended)} cut)"
+        if proc.poll() is not None:
+            ran = harness.finish(proc)
+            raise AssertionError(
+                f"the sync ended before its read was cut ({len(ended)} cut): {ran.output}"
+            )
         assert time.monotonic() < deadline, f"no new reading connection ({len(ended)} cut)"
         fresh = [pid for pid in _readers(harness.source_url) if pid not in ended]
         if not fresh:
@@ -174,6 +182,43 @@ def test_source_connection_terminated_mid_read_is_read_on_after_the_last_row(har
         reconnects=len(ended),
         seed=SEED,
     )
+
+
+def test_source_connection_terminated_while_the_server_computes_rows_is_read_on(harness):
+    """The session ended between two of COPY's messages, while the server works out rows (here
+    a gateway view that takes a millisecond a row, all of them before the first is sent, as
+    the read is by id): the reader gets the server's own FATAL, not a broken stream, and reads
+    on just the same. (Mid-read, about one cut in 40 lands between two messages: CI saw one
+    fail the sync before this was handled.)"""
+    rows = 1500
+    with harness.traffic.source.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE VIEW slow_request_logs AS SELECT * FROM prism_request_logs "
+                "WHERE pg_sleep(0.001) IS NOT NULL"
+            )
+        )
+    harness.configure(batch_rows=BATCH_ROWS, source={"table": "slow_request_logs"})
+    hour = _traffic_hour(harness)
+    harness.traffic.add(rows, hour)
+    proc = harness.start_sync()
+    deadline = time.monotonic() + SYNC_TIMEOUT
+    while not (computing := _readers(harness.source_url, waiting_on="PgSleep")):
+        assert proc.poll() is None, "the sync ended before its read could be cut"
+        assert time.monotonic() < deadline, "the read was never seen computing rows"
+        time.sleep(0.01)
+    admin = _admin()
+    try:
+        with admin.connect() as conn:
+            ended = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": computing[0]})
+            assert ended.scalar_one()
+    finally:
+        admin.dispose()
+    ran = harness.finish(proc)
+    assert ran.code == 0, ran.output
+    assert "Traceback" not in ran.output, ran.output
+    assert _source_reconnects(harness) == 1
+    assert harness.assert_delivered(0, "the read cut while the server computed rows") == 0
 
 
 @pytest.mark.parametrize("kind", cases("source_lost_repeatedly"))
