@@ -114,6 +114,8 @@ RECONNECT_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=8.0, attempts=RECONNEC
 #: the ``application_name`` of the reader's PostgreSQL connections (``pg_stat_activity``: which
 #: backend is reading)
 READER_APPLICATION = "prism-pipelines-reader"
+#: the severity of an error that ends the session, as libpq writes it ("FATAL:  terminating …")
+_SESSION_ENDED = re.compile(r"\b(FATAL|PANIC):  ")
 #: ADBC's option for the size of the record batches it reads, in bytes of rows
 _BATCH_BYTES = "adbc.postgresql.batch_size_hint_bytes"
 #: about what a gateway row takes in Arrow (demo traffic: 280 bytes), so that the driver's
@@ -368,10 +370,14 @@ class GatewaySource:
         query starts is its ``OperationalError``, one already gone its ``InterfaceError``, and
         the server ending the session mid-read (restart, failover, ``pg_terminate_backend``, a
         hot standby cancelling the read for recovery) fails the record batch reader with an
-        ``OSError`` ("PQgetCopyData() failed"), or with the server's FATAL, which
-        ``_fetch_postgresql`` raises as ``SessionEnded`` (an ``OSError``); a query's own errors
-        are ``ProgrammingError``, ``DataError`` or, from the reader, ``ArrowInvalid``. On
-        SQLite only SQLAlchemy says so (``connection_invalidated``).
+        ``OSError`` ("PQgetCopyData() failed") when it ends in the middle of sending rows. When
+        it ends between two of COPY's messages (while the server computes the next rows), the
+        reader fails with the server's own error as ``ArrowInvalid``, the class of a query's
+        errors too (with ``ProgrammingError`` and ``DataError``): its severity tells them
+        apart, FATAL and PANIC ending the session (PostgreSQL's "Message Severity Levels").
+        The connection cannot be asked instead: adbc-driver-postgresql up to 1.10 aborts the
+        process when a query is sent over a session the server ended (apache/arrow-adbc#3878).
+        On SQLite only SQLAlchemy says so (``connection_invalidated``).
         """
         if isinstance(exc, DBAPIError):
             return exc.connection_invalidated
@@ -379,6 +385,8 @@ class GatewaySource:
             return False
         import adbc_driver_manager
 
+        if isinstance(exc, pa.ArrowInvalid):
+            return bool(_SESSION_ENDED.search(str(exc)))
         return isinstance(
             exc, (adbc_driver_manager.OperationalError, adbc_driver_manager.InterfaceError, OSError)
         )
@@ -403,21 +411,8 @@ class GatewaySource:
             query.set_options(**{_BATCH_BYTES: str(chunk_rows * _ROW_BYTES_HINT)})
             query.set_sql_query(sql)
             stream, _ = query.execute_query()
-            try:
-                with pa.RecordBatchReader.from_stream(stream) as reader:
-                    yield from reader
-            except pa.ArrowInvalid as exc:
-                # The server ending the session mid-read fails the read with an OSError when it
-                # ends in the middle of sending rows; when it ends between two of COPY's
-                # messages (while it computes the next rows), the read fails with the server's
-                # own error, as ``ArrowInvalid``, the class a query's errors have too. Its
-                # severity tells them apart: FATAL and PANIC end the session (PostgreSQL's
-                # "Message Severity Levels"). The connection cannot be asked instead: the
-                # driver (adbc-driver-postgresql < 1.11, apache/arrow-adbc#3878) aborts the
-                # process when a query is sent over a session the server ended.
-                if not _SESSION_ENDED.search(str(exc)):
-                    raise
-                raise SessionEnded(_first_line(exc)) from exc
+            with pa.RecordBatchReader.from_stream(stream) as reader:
+                yield from reader
 
     @functools.cached_property
     def _adbc_uri(self) -> str:
@@ -606,14 +601,6 @@ def _keep_freed_memory_for_reuse() -> None:
         return
     mallopt(_M_TRIM_THRESHOLD, 64 << 20)
     mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum: large buffers come from the heap too
-
-
-class SessionEnded(OSError):
-    """The gateway database ended the reader's session mid-read (``_connection_lost``)."""
-
-
-#: the severity of an error that ends the session, as libpq writes it ("FATAL:  terminating …")
-_SESSION_ENDED = re.compile(r"\b(FATAL|PANIC):  ")
 
 
 def _first_line(exc: Exception) -> str:

@@ -60,6 +60,17 @@ def _terminate(url: str, refuse: bool = False) -> int:
         admin.dispose()
 
 
+def _terminate_backend(pid: int) -> None:
+    """End one backend's session (``pg_terminate_backend``), as a restart or failover would."""
+    admin = _admin()
+    try:
+        with admin.connect() as conn:
+            ended = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            assert ended.scalar_one()
+    finally:
+        admin.dispose()
+
+
 def _allow_connections(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     admin = _admin()
@@ -79,8 +90,9 @@ def _wait_for_batches(harness, proc, count: int) -> None:
 
 def _readers(url: str, waiting_on: str = "ClientWrite") -> list[int]:
     """Backends of the gateway database that are mid-read: the reader's connection (by its
-    application name) with its COPY still sending rows, held up by the client (``ClientWrite``:
-    the rows left fill the socket's buffers, so the read has not ended), or by ``waiting_on``."""
+    application name) with its COPY active and waiting on ``waiting_on``; by default
+    ``ClientWrite``, held up by the client (the rows left fill the socket's buffers, so the
+    read has not ended)."""
     admin = _admin()
     try:
         with admin.connect() as conn:
@@ -129,14 +141,7 @@ def _end_the_read(harness, proc, hour: datetime, ended: set[int]) -> None:
                 f"the sync had read nearly every row (cursor {delivered} of {ROWS}) before its "
                 "read could be cut: the fault would not land mid-read"
             )
-            admin = _admin()
-            try:
-                with admin.connect() as conn:
-                    assert conn.execute(
-                        text("SELECT pg_terminate_backend(:pid)"), {"pid": fresh[0]}
-                    ).scalar_one()
-            finally:
-                admin.dispose()
+            _terminate_backend(fresh[0])
             ended.add(fresh[0])
             return
         finally:
@@ -207,13 +212,7 @@ def test_source_connection_terminated_while_the_server_computes_rows_is_read_on(
         assert proc.poll() is None, "the sync ended before its read could be cut"
         assert time.monotonic() < deadline, "the read was never seen computing rows"
         time.sleep(0.01)
-    admin = _admin()
-    try:
-        with admin.connect() as conn:
-            ended = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": computing[0]})
-            assert ended.scalar_one()
-    finally:
-        admin.dispose()
+    _terminate_backend(computing[0])
     ran = harness.finish(proc)
     assert ran.code == 0, ran.output
     assert "Traceback" not in ran.output, ran.output
