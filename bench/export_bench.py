@@ -274,6 +274,7 @@ class Bench:
 
     def measure(self, candidate: str, scope: str, table: str, round_: int, **extra) -> Run:
         out = self.fresh_dir(f"{candidate}-{scope}-{round_}")
+        server = ServerCpu()
         if candidate == "floor":
             run = self.run_floor(scope, table, out)
         else:
@@ -282,6 +283,7 @@ class Bench:
             )
             run = child.wait_result()
         run.update(candidate=candidate, scope=scope, table=table, round=round_)
+        run.update(server_cpu_s=server.seconds())
         expected = self.expected_rows(table, scope)
         lines, size = check_output(out, candidate)
         if lines != expected:
@@ -294,7 +296,8 @@ class Bench:
         print(
             f"  round {round_} {candidate:15s} {scope:4s} {table}: {run['seconds']:7.2f} s "
             f"{expected / run['seconds']:>10,.0f} rows/s {size / 2**20:7.1f} MB "
-            f"rss {run['rss_mb']:6.0f} MB cpu {run['cpu_s']:6.2f} s",
+            f"rss {run['rss_mb']:6.0f} MB (private {run['private_mb']:4.0f}) "
+            f"cpu {run['cpu_s']:6.2f} s server cpu {run['server_cpu_s']:5.2f} s",
             flush=True,
         )
         shutil.rmtree(out, ignore_errors=True)
@@ -329,6 +332,7 @@ class Bench:
             seconds=seconds,
             wall_s=seconds,
             rss_mb=peak / 1024,
+            private_mb=watch.private_peak_kb() / 1024,
             cpu_s=sum(u.ru_utime + u.ru_stime for _, u in usage),
         )
 
@@ -377,6 +381,7 @@ class Bench:
         self, candidate: str, sql: str, columns: list, schema: list, round_: int
     ) -> None:
         out = self.fresh_dir(f"{candidate}-{round_}")  # nothing is written: the child's log
+        server = ServerCpu()
         child = self.spawn(
             candidate,
             {"scope": "hour", "table": self.table, "out": str(out), "sql": sql, "columns": columns},
@@ -393,12 +398,14 @@ class Bench:
         if problems:
             raise SystemExit(f"{candidate}: {'; '.join(problems)}; its time does not count")
         run.update(candidate=candidate, scope="hour", table=self.table, round=round_)
+        run.update(server_cpu_s=server.seconds())
         self.runs.append(run)
         print(
             f"  round {round_} {candidate:15s} hour {self.table}: {run['seconds']:7.2f} s "
             f"{expected / run['seconds']:>10,.0f} rows/s {run['batches']:,} batches "
             f"{run['bytes'] / 2**20:7.1f} MB of Arrow "
-            f"rss {run['rss_mb']:6.0f} MB cpu {run['cpu_s']:6.2f} s",
+            f"rss {run['rss_mb']:6.0f} MB cpu {run['cpu_s']:6.2f} s "
+            f"server cpu {run['server_cpu_s']:5.2f} s",
             flush=True,
         )
         shutil.rmtree(out, ignore_errors=True)
@@ -478,11 +485,13 @@ class Bench:
     ) -> None:
         out = self.fresh_dir(f"{candidate}-{round_}")
         target = service.prepare()
+        server = ServerCpu()
         child = self.spawn(
             candidate,
             {"scope": "send", "table": table, "out": str(out), "hour": hour.isoformat()} | target,
         )
         run = child.wait_result()
+        run.update(server_cpu_s=server.seconds())
         received = service.received(target)
         if received != count:
             raise SystemExit(
@@ -570,11 +579,11 @@ class Bench:
             "the Arrow batches')"
         )
         header = (
-            "| candidate | scope | rows | seconds | rows/s | output MB | peak RSS MB | CPU s "
-            "| time vs ours |"
+            "| candidate | scope | rows | seconds | rows/s | output MB | peak RSS MB "
+            "| private MB | CPU s | server CPU s | time vs ours |"
         )
         print(header)
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         seen = []
         for r in self.runs:
             key = (r["candidate"], r["scope"], r["table"])
@@ -591,7 +600,9 @@ class Bench:
                 f"| {label} | {scope} | {rows:,} | {seconds:.2f} | {rows / seconds:,.0f} "
                 f"| {self.median(candidate, scope, table, 'bytes') / 2**20:.1f} "
                 f"| {self.median(candidate, scope, table, 'rss_mb'):.0f} "
-                f"| {self.median(candidate, scope, table, 'cpu_s'):.2f} | {ratio} |"
+                f"| {self.median(candidate, scope, table, 'private_mb'):.0f} "
+                f"| {self.median(candidate, scope, table, 'cpu_s'):.2f} "
+                f"| {self.median(candidate, scope, table, 'server_cpu_s'):.2f} | {ratio} |"
             )
         for line in self.lines:
             print(line)
@@ -683,20 +694,27 @@ class Child:
             **result,
             wall_s=wall,
             rss_mb=max(peak, result.pop("peak_rss_kb", 0)) / 1024,
+            private_mb=self.watch.private_peak_kb() / 1024,
             cpu_s=usage.ru_utime + usage.ru_stime,
         )
 
 
 class PeakWatch:
-    """Peak RSS of some processes, from ``/proc/<pid>/status`` (VmHWM), summed.
+    """Peak RSS of some processes, from ``/proc/<pid>/status`` (VmHWM), summed; and the peak of
+    their private memory (``RssAnon``, polled every 20 ms, so a spike shorter than that can be
+    missed).
 
     Not ``wait4``'s ``ru_maxrss``: on Linux a child's counts the RSS of the parent it was forked
-    from, which here is this script with everything it imported.
+    from, which here is this script with everything it imported. The private peak is there
+    because RSS also counts the pages of shared libraries the process has mapped, and how many
+    of those are resident is the kernel's doing: the same code on the same machine measured
+    20–30 MB apart an hour apart (bench/README.md, "Latest results").
     """
 
     def __init__(self, pids: list[int]):
         self.pids = pids
         self.peaks = dict.fromkeys(pids, 0)
+        self.private = dict.fromkeys(pids, 0)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.poll, daemon=True)
         self.thread.start()
@@ -704,7 +722,9 @@ class PeakWatch:
     def poll(self) -> None:
         while not self.done.is_set():
             for pid in self.pids:
-                self.peaks[pid] = max(self.peaks[pid], vm_hwm_kb(pid))
+                status = proc_status_kb(pid)
+                self.peaks[pid] = max(self.peaks[pid], status.get("VmHWM", 0))
+                self.private[pid] = max(self.private[pid], status.get("RssAnon", 0))
             self.done.wait(0.02)
 
     def stop(self) -> int:
@@ -712,15 +732,83 @@ class PeakWatch:
         self.thread.join()
         return sum(self.peaks.values())
 
+    def private_peak_kb(self) -> int:
+        return sum(self.private.values())
+
+
+def proc_status_kb(pid: int | str = "self") -> dict[str, int]:
+    """The kB fields of ``/proc/<pid>/status`` (VmHWM, RssAnon, …); empty once it has ended."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if value.strip().endswith(" kB"):
+            fields[name] = int(value.split()[0])
+    return fields
+
 
 def vm_hwm_kb(pid: int | str = "self") -> int:
+    return proc_status_kb(pid).get("VmHWM", 0)
+
+
+class ServerCpu:
+    """The CPU the PostgreSQL server spent for one candidate: what the backends (and parallel
+    workers) that ended meanwhile used, which their parent, the postmaster, collects when it
+    reaps them (``cutime`` + ``cstime`` of ``/proc/<postmaster>/stat``). Read once the
+    candidate's backends are gone; the server's long-lived processes (checkpointer, walwriter)
+    are not counted, nor the bench's own idle connections. Zero where the server's processes
+    cannot be read (another host, another user)."""
+
+    def __init__(self):
+        self.postmaster = _postmaster_pid()
+        self.backends = _backends()
+        self.before = _reaped_cpu_s(self.postmaster)
+
+    def seconds(self) -> float:
+        deadline = time.monotonic() + 5
+        while _backends() > self.backends and time.monotonic() < deadline:
+            time.sleep(0.02)  # a client gone, its backend still ending
+        time.sleep(0.05)  # and the postmaster reaping it
+        return max(_reaped_cpu_s(self.postmaster) - self.before, 0.0)
+
+
+def _backends() -> int:
+    return _server_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN "
+        "('client backend', 'parallel worker') AND pid <> pg_backend_pid()"
+    )
+
+
+def _server_scalar(sql: str):
+    """One value from the server, on a connection closed right after (no pool: an idle
+    pooled connection would count as a backend still running)."""
+    import psycopg2
+
+    with closing(psycopg2.connect(f"{PG_SERVER}/postgres")) as conn, conn.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
+
+
+def _postmaster_pid() -> int | None:
+    backend = _server_scalar("SELECT pg_backend_pid()")
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _reaped_cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command's closing parenthesis: state is field 3, cutime and cstime 16 and 17
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait(proc: subprocess.Popen):
