@@ -708,7 +708,7 @@ class PeakWatch:
     from, which here is this script with everything it imported. The private peak is there
     because RSS also counts the pages of shared libraries the process has mapped, and how many
     of those are resident is the kernel's doing: the same code on the same machine measured
-    20–30 MB apart an hour apart (bench/README.md, "Latest results").
+    17–20 MB apart 40 minutes apart (bench/README.md, "Latest results").
     """
 
     def __init__(self, pids: list[int]):
