@@ -53,7 +53,7 @@ import threading
 import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -763,16 +763,15 @@ class ServerCpu:
     cannot be read (another host, another user)."""
 
     def __init__(self):
-        self.postmaster = _postmaster_pid()
         self.backends = _backends()
-        self.before = _reaped_cpu_s(self.postmaster)
+        self.before = _reaped_cpu_s()
 
     def seconds(self) -> float:
         deadline = time.monotonic() + 5
         while _backends() > self.backends and time.monotonic() < deadline:
             time.sleep(0.02)  # a client gone, its backend still ending
         time.sleep(0.05)  # and the postmaster reaping it
-        return max(_reaped_cpu_s(self.postmaster) - self.before, 0.0)
+        return max(_reaped_cpu_s() - self.before, 0.0)
 
 
 def _backends() -> int:
@@ -792,23 +791,27 @@ def _server_scalar(sql: str):
         return cursor.fetchone()[0]
 
 
+@cache
 def _postmaster_pid() -> int | None:
-    backend = _server_scalar("SELECT pg_backend_pid()")
-    try:
-        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    """The parent of one of the server's backends; None where its process cannot be read."""
+    fields = _proc_stat(_server_scalar("SELECT pg_backend_pid()"))
+    return int(fields[1]) if fields else None
 
 
-def _reaped_cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
+def _reaped_cpu_s() -> float:
+    """The postmaster's ``cutime`` + ``cstime`` (fields 16 and 17 of its stat), in seconds."""
+    pid = _postmaster_pid()
+    fields = _proc_stat(pid) if pid else []
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command's closing parenthesis (so
+    ``[0]`` is the state, field 3); empty if it cannot be read."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    # after the command's closing parenthesis: state is field 3, cutime and cstime 16 and 17
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+        return []
 
 
 def wait(proc: subprocess.Popen):

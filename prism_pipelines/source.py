@@ -383,10 +383,10 @@ class GatewaySource:
             return exc.connection_invalidated
         if not self._postgresql:
             return False
-        import adbc_driver_manager
-
         if isinstance(exc, pa.ArrowInvalid):
             return bool(_SESSION_ENDED.search(str(exc)))
+        import adbc_driver_manager
+
         return isinstance(
             exc, (adbc_driver_manager.OperationalError, adbc_driver_manager.InterfaceError, OSError)
         )
