@@ -378,6 +378,31 @@ def test_backfill_of_48_hours_delivers_each_hour_once(prism, gateway, tmp_path):
     assert sum(r.metadata["records"] for r in again.values()) == 0
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_backfill_run_reads_each_hour_on_a_connection_of_its_own_and_the_type_catalog_once(
+    prism, gateway, tmp_path, backend
+):
+    """ADBC's database handle is made once per run: one per read opened a second session for
+    every hour, to read the server's type catalog. Each read still has its own connection (ADBC
+    1.8 aborts the process on a query sent over a session the server ended)."""
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    hours = [start + timedelta(hours=i) for i in range(12)]
+    gateway.insert_rows([gateway_rows(h, 5) for h in hours])
+    prism.configure(archive(tmp_path))
+
+    def sessions() -> int:  # sessions opened on the gateway's database so far
+        with gateway.engine.connect() as conn:
+            statement = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            return conn.execute(text(statement)).scalar_one()
+
+    before = sessions()
+    runs = prism.backfill("archive", [h.strftime("%Y-%m-%d-%H:%M") for h in hours])
+
+    assert sum(r.metadata["records"] for r in runs.values()) == 5 * len(hours)
+    # A reader's session per hour, the catalog's once, the pooled ones of the ledger and checks.
+    assert len(hours) <= sessions() - before < 2 * len(hours)
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_schedule_syncs_the_current_hour_and_the_previous_during_grace(prism, tmp_path, backend):
     prism.configure(
