@@ -750,10 +750,6 @@ def proc_status_kb(pid: int | str = "self") -> dict[str, int]:
     return fields
 
 
-def vm_hwm_kb(pid: int | str = "self") -> int:
-    return proc_status_kb(pid).get("VmHWM", 0)
-
-
 class ServerCpu:
     """The CPU the PostgreSQL server spent for one candidate: what the backends (and parallel
     workers) that ended meanwhile used, which their parent, the postmaster, collects when it
@@ -1098,7 +1094,8 @@ def run_child(candidate: str, args: dict) -> None:
     table = args["table"]
     runner = CHILDREN[candidate]
     result = runner(scope=scope, table=table, out=out, args=args)
-    result["peak_rss_kb"] = vm_hwm_kb()  # this process's own peak (threads included)
+    # this process's own peak (threads included)
+    result["peak_rss_kb"] = proc_status_kb().get("VmHWM", 0)
     print(json.dumps(result))
 
 

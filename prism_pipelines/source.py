@@ -350,7 +350,6 @@ class GatewaySource:
                 if not self._connection_lost(exc, reconnecting=lost > 0):
                     raise
                 lost += 1
-                self._forget_adbc_database()  # the server may be another one now: ask it again
                 detail = _first_line(exc)
                 if lost > RECONNECTS:
                     raise PrismError(
@@ -401,17 +400,22 @@ class GatewaySource:
         import adbc_driver_manager
 
         sql = self.postgresql_text(statement)
-        with (
-            adbc_driver_manager.AdbcConnection(self._adbc_database) as connection,
-            adbc_driver_manager.AdbcStatement(connection) as query,
-        ):
-            # The driver's batches are as large as this many bytes of rows (16 MB by default,
-            # 60,000 rows): a chunk's worth keeps the reader's memory that of a couple of chunks.
-            query.set_options(**{_BATCH_BYTES: str(chunk_rows * _ROW_BYTES_HINT)})
-            query.set_sql_query(sql)
-            stream, _ = query.execute_query()
-            with pa.RecordBatchReader.from_stream(stream) as reader:
-                yield from reader
+        try:
+            with (
+                adbc_driver_manager.AdbcConnection(self._adbc_database) as connection,
+                adbc_driver_manager.AdbcStatement(connection) as query,
+            ):
+                # The driver's batches are as large as this many bytes of rows (16 MB by
+                # default, 60,000 rows): a chunk's worth keeps the reader's memory that of a
+                # couple of chunks.
+                query.set_options(**{_BATCH_BYTES: str(chunk_rows * _ROW_BYTES_HINT)})
+                query.set_sql_query(sql)
+                stream, _ = query.execute_query()
+                with pa.RecordBatchReader.from_stream(stream) as reader:
+                    yield from reader
+        except Exception:
+            self._forget_adbc_database()  # after a failure the server may be another one
+            raise
 
     @functools.cached_property
     def _adbc_database(self):
@@ -420,8 +424,8 @@ class GatewaySource:
         backfill of 720 small hours: 30 ms a partition with a handle per read, 20 ms with this
         one; bench/README.md). It keeps no session open: every read still connects anew
         (``_fetch_postgresql``), so no query is ever sent over a session the server ended
-        (``_connection_lost``), and a lost connection makes the next read ask the catalog
-        again (``_forget_adbc_database``)."""
+        (``_connection_lost``), and a failed read makes the next one ask the catalog again
+        (``_forget_adbc_database``)."""
         import adbc_driver_postgresql
 
         return adbc_driver_postgresql.connect(self._adbc_uri)
