@@ -23,6 +23,7 @@ from prism_pipelines.records import (
     format_timestamp,
 )
 
+HOUR = timedelta(hours=1)
 PROPERTY = settings(
     max_examples=100,
     deadline=None,
@@ -275,6 +276,36 @@ def test_timestamps_are_truncated_to_the_millisecond(time, text, unit):
     batch = pa.RecordBatch.from_arrays([times], names=["timestamp"])
     assert encoded(batch) == orjson_lines(batch)
     assert encoded(batch) == b'{"timestamp":"' + text.encode() + b'"}\n{"timestamp":null}\n'
+
+
+@pytest.mark.parametrize(
+    "hour",
+    [datetime(2026, 3, 31, 14), datetime(1969, 12, 31, 23), datetime(999, 1, 2, 3)],
+)
+@pytest.mark.parametrize("unit", ["us", "ms", "s"])
+@pytest.mark.parametrize("zone", [None, "+02:00"])
+def test_a_batch_of_one_hours_times_as_a_partitions_are(hour, unit, zone):
+    """The times of one hour (every batch of a partition) are written from the hour's text and
+    tables; the same bytes as any other time's, its first and last microsecond included."""
+    offsets = [0, 1, 999, 1_000, 59_999_999, 60_000_000, 1_800_123_456, 3_599_000_000]
+    if unit == "us":
+        offsets.append(3_599_999_999)  # a coarser unit truncates it toward 1970: another hour
+    times = [hour + timedelta(microseconds=us) for us in offsets]
+    column = pa.array(times, pa.timestamp("us")).cast(pa.timestamp(unit), safe=False)
+    if zone:
+        column = column.cast(pa.timestamp(unit, tz=zone))
+    utc = [t.astimezone(UTC).replace(tzinfo=None) if zone else t for t in column.to_pylist()]
+    hours = {t.replace(minute=0, second=0, microsecond=0) for t in utc}
+    assert hours == {hour}  # the batch takes the tables' way
+    booleans = pa.array([n % 2 == 0 for n in range(len(offsets))])
+    one_hour = pa.RecordBatch.from_arrays([column, booleans], ["timestamp", "is_stream"])
+    assert encoded(one_hour) == orjson_lines(one_hour)
+    first = f'{{"timestamp":"{hour.year:04d}-{hour:%m-%dT%H}:00:00.000Z","is_stream":true}}\n'
+    assert encoded(one_hour).startswith(first.encode())
+    two_hours = pa.RecordBatch.from_arrays(
+        [pa.concat_arrays([column, pa.array([hour + HOUR], column.type)])], ["timestamp"]
+    )
+    assert encoded(two_hours) == orjson_lines(two_hours)
 
 
 def test_times_with_a_zone_are_written_in_utc():
