@@ -17,6 +17,7 @@ after it read), the late-data sensor requests it again at its next tick, seeing 
 (``skipped_busy_since``) rather than waiting as it does for a run that failed.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from dagster import (
@@ -87,9 +88,11 @@ def integration_asset(integration, partitions_def):
         sink = build_sink(integration)
         source, ledger = prism.source(), prism.ledger()
         failures = []
+        alert_scans = ThreadPoolExecutor(1, thread_name_prefix="prism-alerts")
         try:
             for hour in hours_between(*context.partition_time_window):
                 hour = hour.astimezone(UTC)
+                alerts = checks.scan_alerts(alert_scans, context, integration, source, hour)
                 try:
                     result = deliver_partition(
                         integration,
@@ -125,8 +128,11 @@ def integration_asset(integration, partitions_def):
                     partition=partition_key(hour),
                     metadata=_typed(result.metadata()),
                 )
-                yield from checks.partition_checks(context, integration, source, ledger, hour)
+                yield from checks.partition_checks(
+                    context, integration, source, ledger, hour, alerts
+                )
         finally:
+            alert_scans.shutdown(cancel_futures=True)
             sink.close()
         yield from checks.run_checks(context, integration, ledger, failures)
         if failures:
