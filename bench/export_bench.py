@@ -1144,14 +1144,7 @@ def child_ours(
     from prism_pipelines.source import GatewaySource
     from prism_pipelines.sync import deliver_partition
 
-    # The format's encoder, imported before the timer as every other import is ("How it
-    # measures"): the project imports it on the first chunk, which put polars' import (0.1 s)
-    # inside the hour. Only the format's own, so the peak RSS stays the format's.
-    if format_ == "parquet":
-        import prism_pipelines.sinks.storage.parquet  # noqa: F401
-    else:
-        import prism_pipelines.jsonl  # noqa: F401
-
+    _import_encoder(format_)
     if sink_type == "s3":
         os.environ.update(
             AWS_ACCESS_KEY_ID="testing",
@@ -1182,6 +1175,16 @@ def child_ours(
     if sink_type == "s3":
         _download(integration, out)
     return {"seconds": seconds, "records": records}
+
+
+def _import_encoder(format_: str) -> None:
+    """The format's encoder, imported before the timer as every other import is ("How it
+    measures"): the project imports it on the first chunk, which put polars' import (0.1 s)
+    inside the hour. Only the format's own, so the peak RSS stays the format's."""
+    if format_ == "parquet":
+        import prism_pipelines.sinks.storage.parquet  # noqa: F401
+    else:
+        import prism_pipelines.jsonl  # noqa: F401
 
 
 def _download(integration, out: Path) -> None:
@@ -1220,6 +1223,7 @@ def child_dagster(scope: str, table: str, out: Path, args: dict) -> dict:
         PRISM_INTEGRATIONS=str(config_path), PRISM_SOURCE_URL=SOURCE_URL, PRISM_STATE_URL=STATE_URL
     )
     _fresh_ledger()
+    _import_encoder("jsonl")
     keys = [h.strftime("%Y-%m-%d-%H:%M") for h in _hours(scope, table)]
     per_run = 24
     with tempfile.TemporaryDirectory() as home:
