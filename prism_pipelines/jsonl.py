@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from prism_pipelines.records import TIMESTAMP_FORMAT
+from prism_pipelines.records import TIMESTAMP_FORMAT, format_timestamp
 
 #: the field whose text is JSON already (orjson's), written as it is
 RAW_JSON = "guardrail_results"
@@ -110,9 +110,9 @@ def _line(plan: tuple[tuple[str, int, bool, int | None], ...]) -> pl.Expr:
         null = column.is_null()
         if hour is not None:  # "YYYY-MM-DDTHH:" + "MM:SS." + "mmmZ"
             since = column.dt.epoch("us") - hour
-            start = _EPOCH + timedelta(microseconds=hour)
+            start = format_timestamp(_EPOCH + timedelta(microseconds=hour))
             parts += [
-                pl.lit(f'{key}"{start.year:04d}-{start:%m-%dT%H}:'),
+                pl.lit(f'{key}"{start[:14]}'),  # "YYYY-MM-DDTHH:"
                 pl.lit(_SECOND_TEXTS).gather(since // 1_000_000),
                 pl.lit(_MILLISECOND_TEXTS).gather(since // 1_000 % 1_000),
             ]
