@@ -229,11 +229,13 @@ class GatewaySource:
         if self._postgresql:
             return (ts >= start) & (ts < end)
         # The raw text first, so SQLite's index on timestamp narrows the scan: every text form
-        # starts with a date, at most a day from the UTC one (offsets are under 15 hours).
+        # starts with a date, at most a day from the UTC one (offsets are under 15 hours). Text
+        # that starts with the last such date sorts after the date alone, so the bound is the
+        # day after it: a row of 22:00 UTC written at +02:00 starts with the next day's date.
         day = timedelta(days=1)
         return and_(
             ts >= literal(f"{start - day:%Y-%m-%d}"),
-            ts < literal(f"{end + day:%Y-%m-%d}"),
+            ts < literal(f"{end + 2 * day:%Y-%m-%d}"),
             self.row_hour() >= _sqlite_hour_text(start),
             self.row_hour() < _sqlite_hour_text(end),
         )

@@ -21,7 +21,7 @@ from prism_pipelines_tests.datadog_intake import API_KEY
 from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_checks import evaluation
 from prism_pipelines_tests.test_datadog import datadog, recent_rows
-from prism_pipelines_tests.test_late_data_sensor import hours_ago, key, tick
+from prism_pipelines_tests.test_late_data_sensor import THIS_HOUR, hours_ago, key, tick
 
 
 @pytest.fixture
@@ -193,9 +193,12 @@ def test_sqlite_timestamps_in_every_text_form_are_exported_reconciled_and_sensed
     prism, sqlite_gateway, tmp_path
 ):
     prism.configure(archive(tmp_path))
-    hour = hours_ago(3)
+    # 22:00 UTC (the latest at least 3 hours back), so that the same moment written at +02:00
+    # starts with the date of the day after the hour's end, whenever the test runs
+    hour = hours_ago(3 + (THIS_HOUR.hour - 25) % 24)
     day, hh = f"{hour:%Y-%m-%d}", f"{hour:%H}"
-    ahead = hour + timedelta(hours=2)  # the same moment written with a +02:00 offset
+    ahead = hour + timedelta(hours=2)
+    assert f"{ahead:%Y-%m-%d}" != day
     forms = {
         f"{day} {hh}:05:00": f"{day}T{hh}:05:00.000Z",  # SQLAlchemy without microseconds
         f"{day} {hh}:10:00.250000": f"{day}T{hh}:10:00.250Z",  # SQLAlchemy's own
