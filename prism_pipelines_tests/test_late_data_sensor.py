@@ -27,8 +27,9 @@ from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_status import cli, status_of
 
 # Never after the real time (the database's clock decides which rows are settled, and rows
-# stamped a minute before NOW must be), and half an hour before the next hour begins.
-NOW = floor_hour(datetime.now(UTC) - timedelta(minutes=25)) + timedelta(minutes=30)
+# stamped a minute before NOW must be), and half an hour before the next hour begins: the last
+# half past an hour (imported at 14:27, NOW is 13:30, not 14:30, three minutes ahead).
+NOW = floor_hour(datetime.now(UTC) - timedelta(minutes=30)) + timedelta(minutes=30)
 THIS_HOUR = floor_hour(NOW)
 
 

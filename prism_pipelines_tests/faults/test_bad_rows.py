@@ -192,10 +192,11 @@ def test_sqlite_text_that_is_not_utf8_rejects_its_row_only(prism, sqlite_gateway
 def test_sqlite_timestamps_in_every_text_form_are_exported_reconciled_and_sensed(
     prism, sqlite_gateway, tmp_path
 ):
-    prism.configure(archive(tmp_path))
-    # 22:00 UTC (the latest at least 3 hours back), so that the same moment written at +02:00
-    # starts with the date of the day after the hour's end, whenever the test runs
+    # 22:00 UTC (the latest at least 3 hours back, within the sensor's 48-hour look), so that
+    # the same moment written at +02:00 starts with the date of the day after the hour's end,
+    # whenever the test runs; the integration's history starts with it
     hour = hours_ago(3 + (THIS_HOUR.hour - 25) % 24)
+    prism.configure({**archive(tmp_path), "history": {"since": hour.isoformat()}})
     day, hh = f"{hour:%Y-%m-%d}", f"{hour:%H}"
     ahead = hour + timedelta(hours=2)
     assert f"{ahead:%Y-%m-%d}" != day
