@@ -201,10 +201,12 @@ def _behind(
 
 def pending_rows(source: GatewaySource, ledger: Ledger, name: str, now: datetime) -> int:
     """Source rows of the look-back window not yet delivered or rejected: ``backlog``'s missing
-    rows, from the hours' counts alone (``hour_counts``: the timestamp index, not the rows)."""
-    start = utc(now).replace(minute=0, second=0, microsecond=0) - lookback()
+    rows, from the hours' counts alone (``hour_counts``: the timestamp index, not the rows).
+    The window is whole hours, the current one included, on every database."""
+    this_hour = utc(now).replace(minute=0, second=0, microsecond=0)
+    start = this_hour - lookback()
     states = {s.hour: s for s in ledger.partition_states(name, since=start)}
     return sum(
         max(rows - (states[hour].accounted if hour in states else 0), 0)
-        for hour, rows in source.hour_counts(start, now).items()
+        for hour, rows in source.hour_counts(start, this_hour + HOUR).items()
     )

@@ -15,6 +15,7 @@ from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs import checks
 from prism_pipelines.dagster_defs.status import ACTIVE, ERROR, PAUSED, SYNCING, integration_status
 from prism_pipelines.sinks.storage.local import LocalSink
+from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests.factories import gateway_rows
 
 # Status reads the look-back window behind "now" (pending rows, lag): the hour under test is
@@ -42,6 +43,17 @@ def status_of(prism, gateway, name: str = "archive"):
         ledger=prism.ledger,
         source=gateway,
     )
+
+
+def test_rows_of_the_current_hour_are_pending_on_sqlite_as_on_postgresql(prism, gateway, tmp_path):
+    """SQLite's window once ended at the current hour's start, PostgreSQL's at now."""
+    sqlite = GatewaySource(f"sqlite:///{tmp_path}/gateway.db")
+    sqlite.create_table()
+    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    prism.configure(local(tmp_path / "bucket"))
+    for source in (gateway, sqlite):
+        source.insert_rows([gateway_rows(this_hour, 1) + gateway_rows(H, 2)])
+        assert status_of(prism, source).pending_rows == 3, source.engine.dialect.name
 
 
 def cli(prism, *args: str):
