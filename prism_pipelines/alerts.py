@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Integer, case, cast, extract, func, select
 
 from prism_pipelines.integrations import Alerts
-from prism_pipelines.source import HOUR, GatewaySource
+from prism_pipelines.source import GatewaySource
 
 WARN, ERROR = "WARN", "ERROR"
 SAMPLE_SIZE = 5
@@ -67,11 +67,6 @@ def evaluate_alerts(source: GatewaySource, alerts: Alerts, hour: datetime) -> li
     return results
 
 
-def _in_hour(source: GatewaySource, hour: datetime):
-    ts = source.table.c.timestamp
-    return (ts >= hour) & (ts < hour + HOUR)
-
-
 #: the sums ``_windows`` gives per window; the hour's totals add them up
 _SUMS = ("requests", "errors", "spend", "guardrails", "with_latency")
 
@@ -97,7 +92,7 @@ def _windows(source: GatewaySource, hour: datetime, minutes: int) -> list[dict]:
             ),
             func.count(c.latency_ms).label("with_latency"),
         )
-        .where(_in_hour(source, hour))
+        .where(source.in_hour(hour))
         .group_by(window)
     )
     with source.engine.connect() as conn:
@@ -109,7 +104,9 @@ def _error_rate(alerts: Alerts, hour: datetime, all_windows: list[dict], totals:
     windows = [
         (int(w["window"]), w["requests"], int(w["errors"]))
         for w in all_windows
-        if w["requests"] >= alerts.error_rate_min_requests
+        # SQLite text that is no valid time has no minute: its rows (rejected by the export)
+        # are in the hour's totals, in no window
+        if w["window"] is not None and w["requests"] >= alerts.error_rate_min_requests
     ]
     over = [(w, n, e) for w, n, e in windows if e / n > alerts.error_rate]
     worst = max(over or windows, key=lambda x: (x[2] / x[1], x[1]), default=None)
@@ -157,7 +154,7 @@ def p95_latency_ms(source: GatewaySource, hour: datetime, with_latency: int) -> 
     if not with_latency:
         return None
     c = source.table.c
-    where = _in_hour(source, hour) & c.latency_ms.is_not(None)
+    where = source.in_hour(hour) & c.latency_ms.is_not(None)
     if source.engine.dialect.name == "postgresql":
         statement = select(func.percentile_disc(0.95).within_group(c.latency_ms)).where(where)
     else:  # SQLite has no percentile: the one row at the rank
@@ -245,7 +242,7 @@ def _guardrails(source: GatewaySource, alerts: Alerts, hour: datetime, totals: d
     with source.engine.connect() as conn:
         sample = conn.execute(
             select(c.request_id)
-            .where(_in_hour(source, hour) & c.guardrail_triggered)
+            .where(source.in_hour(hour) & c.guardrail_triggered)
             .order_by(c.id)
             .limit(SAMPLE_SIZE)
         ).scalars()

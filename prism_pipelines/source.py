@@ -14,8 +14,8 @@ gateway, where the speed of a server's is not needed.
 SQLite has no time type: writers store text, and not all the same text (SQLAlchemy's
 ``2026-11-29 17:30:00.000000``, ISO's ``2026-11-29T17:30:00``, with ``Z`` or ``+00:00``).
 ``sqlite_utc`` reads every such form as UTC, and the export, the reconciliation and the
-late-data sensor all place a row in its hour through ``row_hour`` (the one definition of a
-row's partition), so none of them can disagree about where a row belongs. See
+late-data sensor and the alerts all place a row in its hour through ``row_hour`` (the one
+definition of a row's partition), so none of them can disagree about where a row belongs. See
 docs/reliability.md, "Bad rows", for what happens to rows that cannot be read.
 
 A lost connection mid-read (a replica restarting, a failover, a proxy's timeout) is routine: the
@@ -259,7 +259,9 @@ class GatewaySource:
         """Create the table (demo, tests, benchmark); production reads the gateway's own."""
         self.table.metadata.create_all(self.engine)
 
-    def _in_hour(self, hour: datetime):
+    def in_hour(self, hour: datetime):
+        """Rows of ``hour`` (its ``row_hour``): the one filter for everything that reads an
+        hour (the export, the reconciliation, the alerts)."""
         return self._in_hours(hour, hour + HOUR)
 
     def read_statement(
@@ -274,7 +276,7 @@ class GatewaySource:
         [<= through_id]``, by id, with, given ``settle_seconds``, the column
         ``unsettled`` (``_unsettled``)."""
         c = self.table.c
-        where = self._in_hour(hour) & (c.id > after_id)
+        where = self.in_hour(hour) & (c.id > after_id)
         if through_id is not None:
             where &= c.id <= through_id
         statement = self._select
@@ -510,7 +512,7 @@ class GatewaySource:
 
     def count_rows(self, hour: datetime, after_id: int = 0, through_id: int | None = None) -> int:
         c = self.table.c
-        where = self._in_hour(hour) & (c.id > after_id)
+        where = self.in_hour(hour) & (c.id > after_id)
         if through_id is not None:
             where &= c.id <= through_id
         with self.engine.connect() as conn:
@@ -521,7 +523,7 @@ class GatewaySource:
         c = self.table.c
         statement = select(
             func.count().filter(c.id <= cursor), func.count().filter(c.id > cursor)
-        ).where(self._in_hour(hour))
+        ).where(self.in_hour(hour))
         with self.engine.connect() as conn:
             return tuple(conn.execute(statement).one())
 

@@ -219,6 +219,8 @@ def test_sqlite_timestamps_in_every_text_form_are_exported_reconciled_and_sensed
     records = archived(tmp_path)
     assert [records[row[0]]["timestamp"] for row in rows] == list(forms.values())
     assert evaluation(prism, "reconciliation", key(hour)).passed
+    error_rate = evaluation(prism, "error_rate", key(hour)).metadata
+    assert error_rate["requests"].value == len(forms)  # the alerts count every form too
 
     # A late row in the T form: the late-data sensor sees its hour behind.
     [late] = gateway_rows(hour, 1, start=100)
@@ -238,7 +240,8 @@ def test_sqlite_timestamps_in_every_text_form_are_exported_reconciled_and_sensed
 def test_sqlite_impossible_timestamp_is_rejected_and_its_hour_delivered(
     prism, sqlite_gateway, tmp_path
 ):
-    prism.configure(archive(tmp_path))
+    # every window is judged, even one request's (the bad row's has no minute, so no window)
+    prism.configure({**archive(tmp_path), "alerts": {"error_rate_min_requests": 1}})
     hour = hours_ago(2)
     rows = gateway_rows(hour, 8)
     sqlite_gateway.insert_rows([rows])
@@ -251,3 +254,5 @@ def test_sqlite_impossible_timestamp_is_rejected_and_its_hour_delivered(
     assert reject["request_id"] == rows[4][0]
     assert reject["reason"] == "malformed row: timestamp is null or not a valid time"
     assert evaluation(prism, "reconciliation", key(hour)).passed
+    error_rate = evaluation(prism, "error_rate", key(hour))
+    assert error_rate.passed and error_rate.metadata["requests"].value == 8
