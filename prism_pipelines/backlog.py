@@ -128,17 +128,7 @@ def newest_delivered_event(source: GatewaySource, ledger: Ledger, name: str) -> 
         ).first()
     if row is None:
         return None
-    hour, cursor = utc(row[0]), row[1]
-    c = source.table.c
-    with source.engine.connect() as conn:
-        newest = conn.execute(
-            select(func.max(c.timestamp)).where(
-                (c.timestamp >= hour) & (c.timestamp < hour + HOUR) & (c.id <= cursor)
-            )
-        ).scalar()
-    if isinstance(newest, str):  # SQLite
-        newest = datetime.fromisoformat(newest)
-    return utc(newest)
+    return source.newest_event(utc(row[0]), row[1])
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from prism_pipelines.database import make_engine, source_url
 from prism_pipelines.errors import PrismError
-from prism_pipelines.hours import HOUR
+from prism_pipelines.hours import HOUR, utc
 from prism_pipelines.records import EXPORTED_FIELDS, ROW_ID, rows_to_batch
 from prism_pipelines.sinks.retry import Backoff
 
@@ -526,6 +526,19 @@ class GatewaySource:
         ).where(self.in_hour(hour))
         with self.engine.connect() as conn:
             return tuple(conn.execute(statement).one())
+
+    def newest_event(self, hour: datetime, through_id: int) -> datetime | None:
+        """The latest event time among ``hour``'s rows up to ``through_id`` (status's lag): on
+        PostgreSQL a backward index scan that stops at its first row; on SQLite the latest
+        time, whatever each row's text form."""
+        c = self.table.c
+        ts = c.timestamp if self._postgresql else sqlite_utc(c.timestamp)
+        statement = select(func.max(ts)).where(self.in_hour(hour) & (c.id <= through_id))
+        with self.engine.connect() as conn:
+            newest = conn.execute(statement).scalar()
+        if isinstance(newest, str):  # SQLite's canonical UTC text
+            newest = datetime.fromisoformat(newest)
+        return utc(newest)
 
     def hour_summaries(self, start: datetime, end: datetime) -> dict[datetime, tuple[int, int]]:
         """Per hour in ``[start, end)``: (row count, highest id). One grouped query."""

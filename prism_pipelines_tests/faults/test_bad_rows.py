@@ -22,6 +22,7 @@ from prism_pipelines_tests.factories import gateway_rows
 from prism_pipelines_tests.test_checks import evaluation
 from prism_pipelines_tests.test_datadog import datadog, recent_rows
 from prism_pipelines_tests.test_late_data_sensor import THIS_HOUR, hours_ago, key, tick
+from prism_pipelines_tests.test_status import status_of
 
 
 @pytest.fixture
@@ -221,6 +222,8 @@ def test_sqlite_timestamps_in_every_text_form_are_exported_reconciled_and_sensed
     assert evaluation(prism, "reconciliation", key(hour)).passed
     error_rate = evaluation(prism, "error_rate", key(hour)).metadata
     assert error_rate["requests"].value == len(forms)  # the alerts count every form too
+    newest = datetime.now(UTC) - timedelta(seconds=status_of(prism, sqlite_gateway).lag_seconds)
+    assert abs(newest - (hour + timedelta(minutes=50))) < timedelta(minutes=1)  # status's lag
 
     # A late row in the T form: the late-data sensor sees its hour behind.
     [late] = gateway_rows(hour, 1, start=100)
