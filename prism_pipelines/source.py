@@ -13,8 +13,8 @@ gateway, where the speed of a server's is not needed.
 
 SQLite has no time type: writers store text, and not all the same text (SQLAlchemy's
 ``2026-11-29 17:30:00.000000``, ISO's ``2026-11-29T17:30:00``, with ``Z`` or ``+00:00``).
-``sqlite_utc`` reads every such form as UTC, and the export, the reconciliation and the
-late-data sensor and the alerts all place a row in its hour through ``row_hour`` (the one
+``sqlite_utc`` reads every such form as UTC, and the export, the reconciliation, the alerts,
+the late-data sensor and ``status`` all place a row in its hour through ``row_hour`` (the one
 definition of a row's partition), so none of them can disagree about where a row belongs. See
 docs/reliability.md, "Bad rows", for what happens to rows that cannot be read.
 
