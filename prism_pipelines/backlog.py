@@ -17,7 +17,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from prism_pipelines.database import make_engine, state_url
-from prism_pipelines.hours import HOUR, utc
+from prism_pipelines.hours import HOUR, floor_hour, utc
 from prism_pipelines.ledger import Ledger, batches, partitions
 from prism_pipelines.ledger import integrations as configured
 from prism_pipelines.source import GatewaySource
@@ -193,7 +193,7 @@ def pending_rows(source: GatewaySource, ledger: Ledger, name: str, now: datetime
     """Source rows of the look-back window not yet delivered or rejected: ``backlog``'s missing
     rows, from the hours' counts alone (``hour_counts``: the timestamp index, not the rows).
     The window is whole hours, the current one included, on every database."""
-    this_hour = utc(now).replace(minute=0, second=0, microsecond=0)
+    this_hour = floor_hour(now)
     start = this_hour - lookback()
     states = {s.hour: s for s in ledger.partition_states(name, since=start)}
     return sum(

@@ -535,10 +535,7 @@ class GatewaySource:
         ts = c.timestamp if self._postgresql else sqlite_utc(c.timestamp)
         statement = select(func.max(ts)).where(self.in_hour(hour) & (c.id <= through_id))
         with self.engine.connect() as conn:
-            newest = conn.execute(statement).scalar()
-        if isinstance(newest, str):  # SQLite's canonical UTC text
-            newest = datetime.fromisoformat(newest)
-        return utc(newest)
+            return _time_of(conn.execute(statement).scalar())
 
     def hour_summaries(self, start: datetime, end: datetime) -> dict[datetime, tuple[int, int]]:
         """Per hour in ``[start, end)``: (row count, highest id). One grouped query."""
@@ -619,12 +616,15 @@ class GatewaySource:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-@functools.cache
-def _hour_of(value: datetime | str) -> datetime:
-    """A ``row_hour`` value as a UTC datetime (SQLite answers text)."""
+def _time_of(value: datetime | str | None) -> datetime | None:
+    """A time the database answers as a UTC datetime (SQLite answers text)."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return utc(value)
+
+
+#: a ``row_hour`` value as a UTC datetime: hours repeat, each parsed once
+_hour_of = functools.cache(_time_of)
 
 
 @functools.cache  # once per process: finding the C library runs ``ldconfig`` (1 ms a read)

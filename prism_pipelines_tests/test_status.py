@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from prism_pipelines.cli import main
 from prism_pipelines.dagster_defs import checks
 from prism_pipelines.dagster_defs.status import ACTIVE, ERROR, PAUSED, SYNCING, integration_status
+from prism_pipelines.hours import floor_hour, utcnow
 from prism_pipelines.sinks.storage.local import LocalSink
 from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests.factories import gateway_rows
@@ -49,7 +50,7 @@ def test_rows_of_the_current_hour_are_pending_on_sqlite_as_on_postgresql(prism, 
     """SQLite's window once ended at the current hour's start, PostgreSQL's at now."""
     sqlite = GatewaySource(f"sqlite:///{tmp_path}/gateway.db")
     sqlite.create_table()
-    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    this_hour = floor_hour(utcnow())
     prism.configure(local(tmp_path / "bucket"))
     for source in (gateway, sqlite):
         source.insert_rows([gateway_rows(this_hour, 1) + gateway_rows(H, 2)])
