@@ -33,7 +33,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from contextlib import closing, suppress
 from datetime import UTC, datetime, timedelta
 
@@ -64,6 +64,7 @@ from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import HOUR, utc
 from prism_pipelines.records import EXPORTED_FIELDS, ROW_ID, rows_to_batch
 from prism_pipelines.sinks.retry import Backoff
+from prism_pipelines.workers import worker
 
 # Our column names, in the order the reader selects them (records.py indexes rows by position).
 COLUMN_TYPES = {
@@ -657,14 +658,15 @@ def _read_ahead(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     ADBC releases the GIL while it reads, so the database's next rows arrive while the caller
     encodes these. At most one chunk is read ahead.
     """
+    pool = worker("read-ahead")
+    pending = pool.submit(next, chunks, None)
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="prism-read-ahead") as pool:
+        while (rows := pending.result()) is not None:
             pending = pool.submit(next, chunks, None)
-            while (rows := pending.result()) is not None:
-                pending = pool.submit(next, chunks, None)
-                yield rows
+            yield rows
     finally:
-        chunks.close()  # the pool has finished with it: release the cursor and connection
+        wait([pending])  # the thread is done with the reader:
+        chunks.close()  # release its cursor and connection
 
 
 def _rechunked(batches: Generator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from importlib import import_module
 from typing import BinaryIO
@@ -18,6 +18,7 @@ from typing import BinaryIO
 from isal import isal_zlib
 
 from prism_pipelines.batch import Chunk
+from prism_pipelines.workers import worker
 
 #: isa-l's level 1 (of 0-3): standard gzip output, several times zlib's speed at a similar size
 GZIP_LEVEL = 1
@@ -48,15 +49,15 @@ class FileWriter:
     """One batch's file: ``write`` each chunk, then leave the ``with`` block; then ``sha256``
     and ``size`` describe the file as stored.
 
-    The last step of each chunk (compressing it, writing it out) runs in a thread of its own,
-    one chunk behind the caller: isa-l and Arrow release the GIL, so chunk n is compressed on
-    another core while the caller encodes chunk n+1 (and the reader's thread reads n+2). At
-    most one chunk waits, so memory stays bounded.
+    The last step of each chunk (compressing it, writing it out) runs in the process's encoding
+    thread (``workers``), one chunk behind the caller: isa-l and Arrow release the GIL, so chunk
+    n is compressed on another core while the caller encodes chunk n+1 (and the reader's thread
+    reads n+2). At most one chunk waits, so memory stays bounded.
     """
 
     def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
         self._out = _Hashed(target)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="prism-encode")
+        self._thread = worker("encode")
         self._pending: Future | None = None
 
     def write(self, chunk: Chunk) -> int:
@@ -98,8 +99,9 @@ class FileWriter:
                 self._end()
                 ended = True
         finally:
-            self._thread.shutdown(wait=True)
             if not ended:
+                if self._pending is not None:
+                    wait([self._pending])  # the thread is done with the file before it goes
                 self._abandon()
 
 
