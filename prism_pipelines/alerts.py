@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, case, cast, extract, func, select
+from sqlalchemy import Integer, case, cast, func, select
 
 from prism_pipelines.integrations import Alerts
 from prism_pipelines.source import GatewaySource
@@ -76,14 +76,17 @@ def _windows(source: GatewaySource, hour: datetime, minutes: int) -> list[dict]:
     guardrail triggers and requests with a latency: one scan of the hour for every alert but
     the p95."""
     c = source.table.c
-    if source.engine.dialect.name == "postgresql":
-        minute = cast(extract("minute", c.timestamp), Integer)
+    postgresql = source.engine.dialect.name == "postgresql"
+    width = timedelta(minutes=minutes)
+    if postgresql:
+        # the window's start: date_bin (PostgreSQL 14) costs the server 30% less time for the
+        # hour than the minute by extract, which is numeric (bench/README.md)
+        window = func.date_bin(width, c.timestamp, hour)
     else:
-        minute = cast(func.strftime("%M", c.timestamp), Integer)
-    window = (minute // minutes).label("window")
+        window = cast(func.strftime("%M", c.timestamp), Integer) // minutes
     statement = (
         select(
-            window,
+            window.label("window"),
             func.count().label("requests"),
             func.coalesce(func.sum(case((c.is_error, 1), else_=0)), 0).label("errors"),
             func.coalesce(func.sum(c.cost), 0.0).label("spend"),
@@ -96,7 +99,11 @@ def _windows(source: GatewaySource, hour: datetime, minutes: int) -> list[dict]:
         .group_by(window)
     )
     with source.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(statement).mappings()]
+        windows = [dict(row) for row in conn.execute(statement).mappings()]
+    if postgresql:
+        for w in windows:
+            w["window"] = (w["window"] - hour) // width
+    return windows
 
 
 def _error_rate(alerts: Alerts, hour: datetime, all_windows: list[dict], totals: dict):

@@ -88,11 +88,12 @@ def integration_asset(integration, partitions_def):
         sink = build_sink(integration)
         source, ledger = prism.source(), prism.ledger()
         failures = []
-        alert_scans = ThreadPoolExecutor(1, thread_name_prefix="prism-alerts")
+        # the checks' queries, beside the delivery and Dagster's writes (checks.py)
+        check_queries = ThreadPoolExecutor(2, thread_name_prefix="prism-checks")
         try:
             for hour in hours_between(*context.partition_time_window):
                 hour = hour.astimezone(UTC)
-                alerts = checks.scan_alerts(alert_scans, context, integration, source, hour)
+                alerts = checks.scan_alerts(check_queries, context, integration, source, hour)
                 try:
                     result = deliver_partition(
                         integration,
@@ -118,6 +119,9 @@ def integration_asset(integration, partitions_def):
                     if exc.credentials_refused:
                         break  # every other hour would be refused the same way
                     continue
+                reconciliation = checks.count_reconciliation(
+                    check_queries, context, integration, source, ledger, hour
+                )
                 context.log.info(
                     f"partition {partition_key(hour)}: {result.records} records, "
                     f"{result.rejects} rejects, "
@@ -129,10 +133,10 @@ def integration_asset(integration, partitions_def):
                     metadata=_typed(result.metadata()),
                 )
                 yield from checks.partition_checks(
-                    context, integration, source, ledger, hour, alerts
+                    context, integration, hour, reconciliation, alerts
                 )
         finally:
-            alert_scans.shutdown(cancel_futures=True)
+            check_queries.shutdown(cancel_futures=True)
             sink.close()
         yield from checks.run_checks(context, integration, ledger, failures)
         if failures:

@@ -5,7 +5,8 @@ feature) but a check evaluated in its own step is skipped here: the asset yields
 materialization per hour and no output, so a separate check step has nothing to wait for. So
 the checks are the asset's own ``check_specs`` and the asset body evaluates them for each hour it
 has just delivered (``partition_checks``; the alerts were scanned while it was delivered,
-``scan_alerts``), as ``AssetCheckEvaluation`` events carrying that hour as their partition (a
+``scan_alerts``, the reconciliation counted while Dagster records the materialization,
+``count_reconciliation``), as ``AssetCheckEvaluation`` events carrying that hour as their partition (a
 backfill run covers many hours), and at the end of the run the two integration-wide checks
 (``run_checks``).
 
@@ -209,32 +210,40 @@ def scan_alerts(
     return pool.submit(_alerted, integration, source, hour, names) if names else None
 
 
-def partition_checks(
+def count_reconciliation(
+    pool: ThreadPoolExecutor,
     context: AssetExecutionContext,
     integration,
     source: GatewaySource,
     ledger: Ledger,
     hour: datetime,
+) -> Future | None:
+    """Start the reconciliation's count of the hour in ``pool`` as soon as the sync has left its
+    cursor (the count needs it), so it runs while Dagster records the hour's materialization.
+    ``partition_checks`` takes its result. None when the check is not selected."""
+    if RECONCILIATION not in _selected(context):
+        return None
+    return pool.submit(_reconciled, integration.name, source, ledger, hour)
+
+
+def partition_checks(
+    context: AssetExecutionContext,
+    integration,
+    hour: datetime,
+    reconciliation: Future | None,
     alerts: Future | None,
 ) -> Iterator[AssetCheckEvaluation]:
     """The per-hour checks of an hour the run has just synced, recorded at every sync of it (an
     event beside the hour's materialization), so the latest evaluation is always this sync's:
-    the reconciliation, counted now (it needs the cursor the sync left), and the alerts
+    the reconciliation, counted once the sync ended (``count_reconciliation``), and the alerts,
     scanned while the hour was delivered (``scan_alerts``). Their evaluations are yielded, and a
     failure logged, in the step's thread.
 
     A check that cannot be evaluated (its query failed) must not undo a delivered sync, nor
     leave the last green result standing as if it had passed: it is recorded as failed, severity
     WARN, with the reason, until the next sync of the hour evaluates it."""
-    name = integration.name
-    if RECONCILIATION in _selected(context):
-        yield from _evaluated(
-            context,
-            integration,
-            hour,
-            [RECONCILIATION],
-            lambda: _reconciled(name, source, ledger, hour),
-        )
+    if reconciliation is not None:
+        yield from _evaluated(context, integration, hour, [RECONCILIATION], reconciliation.result)
     if alerts is not None:
         names = _selected_alerts(context, integration)
         yield from _evaluated(context, integration, hour, names, alerts.result)
