@@ -57,8 +57,6 @@ from prism_pipelines.records import GuardrailTexts, check_chunk, format_timestam
 from prism_pipelines.sinks.base import Sink
 from prism_pipelines.source import GatewaySource
 
-CHUNK_ROWS = 5_000
-
 
 class SyncError(PrismError):
     """A sync failed; the message names the integration, the partition and what to do.
@@ -198,7 +196,7 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                 hour,
                 after_id=recorded.after_id,
                 through_id=recorded.through_id,
-                chunk_rows=CHUNK_ROWS,
+                chunk_rows=sink.chunk_rows,
                 counters=result.counters,
             )
             _send(integration, sink, ledger, lease, batch, rows, result, recorded)
@@ -207,7 +205,7 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
         # Redone batches lie below the cursor, and no other run moves it while this one holds
         # the lease: the cursor is still the one read at the start.
         cursor = result.cursor_before
-        chunk_rows = min(CHUNK_ROWS, integration.rows_per_batch)
+        chunk_rows = min(sink.chunk_rows, integration.rows_per_batch)
         stream = source.stream_chunks(
             hour,
             after_id=cursor,
@@ -293,19 +291,26 @@ def _until_unsettled(
 def _batches_of(
     stream: Iterator[pa.RecordBatch], batch_rows: int
 ) -> Iterator[Iterator[pa.RecordBatch]]:
-    """Cut one stream of row chunks into batches of about ``batch_rows`` rows, lazily: a batch's
-    chunks are read from the database only as the sink asks for them."""
+    """Cut one stream of row chunks into batches of ``batch_rows`` rows (the last one fewer),
+    lazily: a batch's chunks are read from the database only as the sink asks for them. A
+    batch that ends inside a chunk takes its first rows, and the rest begins the next batch
+    (a slice: no copy), so a batch's size does not depend on the chunks'."""
     chunks = iter(stream)
     pending = next(chunks, None)
 
     def take() -> Iterator[pa.RecordBatch]:
         nonlocal pending
-        taken = 0
-        while pending is not None and taken < batch_rows:
+        room = batch_rows
+        while pending is not None and room > 0:
             rows = pending
-            taken += rows.num_rows
-            yield rows
-            pending = next(chunks, None)
+            if rows.num_rows > room:
+                rows, pending = rows.slice(0, room), rows.slice(room)
+                room = 0
+                yield rows
+            else:
+                room -= rows.num_rows
+                yield rows
+                pending = next(chunks, None)
 
     while pending is not None:
         yield take()

@@ -121,6 +121,22 @@ def test_partition_files_hold_exactly_the_partitions_rows(prism, gateway, tmp_pa
     assert run.metadata["lag_seconds"] > 0
 
 
+def test_a_file_holds_batch_rows_rows_whatever_the_readers_chunk_size(prism, gateway, tmp_path):
+    # JSONL is read 10,000 rows at a time (formats.JSONL.chunk_rows): batches of 15,000 end
+    # inside a chunk, and the chunk's rest begins the next file
+    gateway.insert_rows([gateway_rows(H, 25_000)])
+    prism.configure(archive(tmp_path, batch_rows=15_000))
+
+    run = prism.sync("archive", KEY)
+
+    files = read_files(tmp_path / "bucket")
+    assert sorted(len(records) for records in files.values()) == [10_000, 15_000]
+    assert set(ids_in(files).values()) == {1}
+    assert sorted(ids_in(files)) == [r[0] for r in gateway_rows(H, 25_000)]
+    assert run.metadata["records"] == 25_000 and run.metadata["files"] == 2
+    assert run.metadata["cursor_after"] == 25_000
+
+
 def test_second_sync_delivers_only_new_rows(prism, gateway, tmp_path):
     prism.configure(archive(tmp_path))
     gateway.insert_rows([gateway_rows(H, 300)])

@@ -6,9 +6,9 @@ materialization per hour and no output, so a separate check step has nothing to 
 the checks are the asset's own ``check_specs`` and the asset body evaluates them for each hour it
 has just delivered (``partition_checks``; the alerts were scanned while it was delivered,
 ``scan_alerts``, the reconciliation counted while Dagster records the materialization,
-``count_reconciliation``), as ``AssetCheckEvaluation`` events carrying that hour as their partition (a
-backfill run covers many hours), and at the end of the run the two integration-wide checks
-(``run_checks``).
+``count_reconciliation``), as ``AssetCheckEvaluation`` events carrying that hour as their
+partition (a backfill run covers many hours), and at the end of the run the two
+integration-wide checks (``run_checks``).
 
 - ``reconciliation`` (per partition, ERROR): source rows up to the cursor = delivered + rejected.
 - ``error_rate``, ``p95_latency``, ``budget``, ``guardrails`` (per partition): the gateway alerts

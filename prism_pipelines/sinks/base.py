@@ -42,6 +42,10 @@ class Delivery:
 
 
 class Sink(ABC):
+    #: rows the sync reads, checks and hands over at a time: memory holds a few chunks, whatever
+    #: the size of a batch (a storage sink's is its format's, ``Format.chunk_rows``)
+    chunk_rows: int = 5_000
+
     def __init__(self, integration):
         self.integration = integration
         #: every retry made for this sink, by ``RetryLogic`` or by its SDK (see retry.py)

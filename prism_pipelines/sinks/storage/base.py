@@ -60,6 +60,10 @@ def object_key(
 
 
 class StorageSink(Sink):
+    @property
+    def chunk_rows(self) -> int:
+        return FORMATS[self.integration.format].chunk_rows
+
     def location_for(self, batch: Batch) -> str:
         i = self.integration
         return object_key(i.prefix, batch.partition, batch.id, i.layout, i.format)
