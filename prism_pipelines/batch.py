@@ -32,6 +32,10 @@ from prism_pipelines.records import (
     parse_guardrails,
 )
 
+#: rows the sync reads, checks and hands over at a time, unless the sink asks for another size
+#: (``Sink.chunk_rows``): memory holds a few chunks, whatever the size of a batch
+CHUNK_ROWS = 5_000
+
 
 @dataclass
 class Chunk:

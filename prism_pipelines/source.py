@@ -59,6 +59,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from prism_pipelines.batch import CHUNK_ROWS
 from prism_pipelines.database import make_engine, source_url
 from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import HOUR, utc
@@ -301,7 +302,7 @@ class GatewaySource:
         after_id: int,
         through_id: int | None = None,
         settle_seconds: float | None = None,
-        chunk_rows: int = 5_000,
+        chunk_rows: int = CHUNK_ROWS,
         counters: Counter | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Rows of ``hour`` with ``after_id < id [<= through_id]``, by id, as Arrow
@@ -665,8 +666,8 @@ def _read_ahead(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             pending = pool.submit(next, chunks, None)
             yield rows
     finally:
-        wait([pending])  # the thread is done with the reader:
-        chunks.close()  # release its cursor and connection
+        wait([pending])  # once the thread is done with the reader,
+        chunks.close()  # release its cursor and connection now
 
 
 def _rechunked(batches: Generator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

@@ -302,15 +302,10 @@ def _batches_of(
         nonlocal pending
         room = batch_rows
         while pending is not None and room > 0:
-            rows = pending
-            if rows.num_rows > room:
-                rows, pending = rows.slice(0, room), rows.slice(room)
-                room = 0
-                yield rows
-            else:
-                room -= rows.num_rows
-                yield rows
-                pending = next(chunks, None)
+            rows, rest = pending.slice(0, room), pending.slice(room)
+            room -= rows.num_rows
+            yield rows
+            pending = rest if rest.num_rows else next(chunks, None)
 
     while pending is not None:
         yield take()

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from prism_pipelines.batch import Batch
+from prism_pipelines.batch import CHUNK_ROWS, Batch
 from prism_pipelines.records import Reject
 from prism_pipelines.sinks.retry import RetryCount
 
@@ -42,9 +42,8 @@ class Delivery:
 
 
 class Sink(ABC):
-    #: rows the sync reads, checks and hands over at a time: memory holds a few chunks, whatever
-    #: the size of a batch (a storage sink's is its format's, ``Format.chunk_rows``)
-    chunk_rows: int = 5_000
+    #: rows a chunk holds for this sink (a storage sink's: its format's, ``Format.chunk_rows``)
+    chunk_rows: int = CHUNK_ROWS
 
     def __init__(self, integration):
         self.integration = integration

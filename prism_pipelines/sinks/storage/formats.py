@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from isal import isal_zlib
 
-from prism_pipelines.batch import Chunk
+from prism_pipelines.batch import CHUNK_ROWS, Chunk
 from prism_pipelines.workers import worker
 
 #: isa-l's level 1 (of 0-3): standard gzip output, several times zlib's speed at a similar size
@@ -57,7 +57,7 @@ class FileWriter:
 
     def __init__(self, target: BinaryIO, fields: tuple[str, ...] | None):
         self._out = _Hashed(target)
-        self._thread = worker("encode")
+        self._encoding = worker("encode")
         self._pending: Future | None = None
 
     def write(self, chunk: Chunk) -> int:
@@ -73,7 +73,7 @@ class FileWriter:
     def _behind(self, step, *args) -> None:
         """Run ``step(*args)`` in the writer's thread once the previous chunk's step is done."""
         self._wait()
-        self._pending = self._thread.submit(step, *args)
+        self._pending = self._encoding.submit(step, *args)
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -182,7 +182,7 @@ PARQUET = Format(
     "application/vnd.apache.parquet",
     None,
     "prism_pipelines.sinks.storage.parquet:ParquetWriter",
-    chunk_rows=5_000,
+    chunk_rows=CHUNK_ROWS,
 )
 FORMATS = {f.name: f for f in (JSONL, PARQUET)}
 #: the manifest (``_manifest.json``) and the validation marker
