@@ -521,13 +521,18 @@ class GatewaySource:
             return conn.execute(select(func.count()).where(where)).scalar_one()
 
     def count_around(self, hour: datetime, cursor: int) -> tuple[int, int]:
-        """Rows of ``hour`` up to ``cursor`` and past it, in one scan of the hour."""
+        """Rows of ``hour`` up to ``cursor`` and past it, in one statement (one snapshot): all
+        the hour's rows, which PostgreSQL counts from the ``timestamp`` index alone (an
+        index-only scan once autovacuum has marked the pages all-visible), and those past the
+        cursor, a range of the primary key that is short once the hour is delivered. One count
+        with both filters reads every row of the hour for its id (bench/README.md: 107 → 31 ms
+        on an hour of 337,725 rows)."""
         c = self.table.c
-        statement = select(
-            func.count().filter(c.id <= cursor), func.count().filter(c.id > cursor)
-        ).where(self.in_hour(hour))
+        rows = select(func.count()).where(self.in_hour(hour)).scalar_subquery()
+        past = select(func.count()).where(self.in_hour(hour) & (c.id > cursor)).scalar_subquery()
         with self.engine.connect() as conn:
-            return tuple(conn.execute(statement).one())
+            total, after = conn.execute(select(rows, past)).one()
+        return total - after, after
 
     def newest_event(self, hour: datetime, through_id: int) -> datetime | None:
         """The latest event time among ``hour``'s rows up to ``through_id`` (status's lag): on

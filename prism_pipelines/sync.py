@@ -261,7 +261,7 @@ def _batches_to_redo(
     cursor = max((b.through_id for b in ranged), default=0)
     recorded_rows = sum(b.records + b.rejects for b in done)
     # One count tells whether any recorded range gained rows; only then look per batch.
-    if done and source.count_rows(hour, 0, cursor) != recorded_rows + sum(
+    if done and source.count_around(hour, cursor)[0] != recorded_rows + sum(
         source.count_rows(hour, b.after_id, b.through_id) for b in redo
     ):
         redo += [

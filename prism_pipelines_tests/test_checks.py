@@ -4,6 +4,7 @@ the UI reads them."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 from dagster import AssetCheckKey, AssetCheckSeverity
@@ -103,7 +104,11 @@ def test_check_whose_query_fails_is_reported_failed_until_it_runs_again(
     prism.sync("archive", KEY)
     assert evaluation(prism, "reconciliation", KEY).passed
 
+    count_around = GatewaySource.count_around
+
     def terminated(self, hour, cursor):  # the server ends the check's session mid-query
+        if not threading.current_thread().name.startswith("prism-checks"):
+            return count_around(self, hour, cursor)  # the sync's own count (redo) is not hit
         with self.engine.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
 
