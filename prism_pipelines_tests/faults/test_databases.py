@@ -88,64 +88,83 @@ def _wait_for_batches(harness, proc, count: int) -> None:
         time.sleep(0.05)
 
 
-def _readers(url: str, waiting_on: str = "ClientWrite") -> list[int]:
+def _readers(conn, url: str, waiting_on: tuple[str, ...] = ("ClientWrite",)) -> list[int]:
     """Backends of the gateway database that are mid-read: the reader's connection (by its
-    application name) with its COPY active and waiting on ``waiting_on``; by default
+    application name) with its COPY active and waiting on one of ``waiting_on``; by default
     ``ClientWrite``, held up by the client (the rows left fill the socket's buffers, so the
-    read has not ended)."""
+    read has not ended); ``PgSleep``: working out rows (``_slow_gateway``). ``conn``: an admin
+    connection the caller keeps for its polling, so a look takes a millisecond, not a new
+    connection's tens."""
+    return list(
+        conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :name "
+                "AND application_name = :reader AND state = 'active' "
+                "AND wait_event = ANY(:waiting_on)"
+            ),
+            {
+                "name": url.rsplit("/", 1)[1],
+                "reader": READER_APPLICATION,
+                "waiting_on": list(waiting_on),
+            },
+        ).scalars()
+    )
+
+
+def _slow_gateway(harness) -> None:
+    """Read the gateway through a view that takes a millisecond a row, all of them worked out
+    before the first is sent (the read is by id, so PostgreSQL sorts them): each read spends its
+    first seconds computing (``PgSleep``), with nothing sent yet."""
+    with harness.traffic.source.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE VIEW slow_request_logs AS SELECT * FROM prism_request_logs "
+                "WHERE pg_sleep(0.001) IS NOT NULL"
+            )
+        )
+    harness.configure(batch_rows=BATCH_ROWS, source={"table": "slow_request_logs"})
+
+
+def _end_the_read(
+    harness, proc, hour: datetime, ended: set[int], waiting_on: tuple[str, ...] = ("ClientWrite",)
+) -> None:
+    """End the connection the sync reads through, mid-read: wait for a reading backend not
+    ended before (``_readers``, by ``waiting_on``), hold the sync still (SIGSTOP) so the read
+    cannot move on, check that the backend still holds its cursor open with rows of the hour
+    left to read past it, end it (``pg_terminate_backend``), and let the sync go on."""
+    deadline = time.monotonic() + SYNC_TIMEOUT
+    key = f"{hour:%Y-%m-%d-%H:%M}"
     admin = _admin()
     try:
         with admin.connect() as conn:
-            return list(
-                conn.execute(
-                    text(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = :name "
-                        "AND application_name = :reader AND state = 'active' "
-                        "AND wait_event = :waiting_on"
-                    ),
-                    {
-                        "name": url.rsplit("/", 1)[1],
-                        "reader": READER_APPLICATION,
-                        "waiting_on": waiting_on,
-                    },
-                ).scalars()
-            )
+            while True:
+                if proc.poll() is not None:
+                    ran = harness.finish(proc)
+                    raise AssertionError(
+                        f"the sync ended before its read was cut ({len(ended)} cut): {ran.output}"
+                    )
+                assert time.monotonic() < deadline, f"no new reading connection ({len(ended)} cut)"
+                readers = _readers(conn, harness.source_url, waiting_on)
+                fresh = [pid for pid in readers if pid not in ended]
+                if not fresh:
+                    time.sleep(0.002)
+                    continue
+                os.killpg(proc.pid, signal.SIGSTOP)
+                try:
+                    if fresh[0] not in _readers(conn, harness.source_url, waiting_on):
+                        continue  # it ended or moved on before the sync stood still: look again
+                    delivered = harness.cursors().get(key, 0)
+                    assert delivered < ROWS - READ_AHEAD_ROWS, (
+                        f"the sync had read nearly every row (cursor {delivered} of {ROWS}) "
+                        "before its read could be cut: the fault would not land mid-read"
+                    )
+                    _terminate_backend(fresh[0])
+                    ended.add(fresh[0])
+                    return
+                finally:
+                    os.killpg(proc.pid, signal.SIGCONT)
     finally:
         admin.dispose()
-
-
-def _end_the_read(harness, proc, hour: datetime, ended: set[int]) -> None:
-    """End the connection the sync reads through, mid-read: wait for a reading backend not
-    ended before, hold the sync still (SIGSTOP) so the read cannot move on, check that the
-    backend still holds its cursor open with rows of the hour left to read past it, end it
-    (``pg_terminate_backend``), and let the sync go on."""
-    deadline = time.monotonic() + SYNC_TIMEOUT
-    key = f"{hour:%Y-%m-%d-%H:%M}"
-    while True:
-        if proc.poll() is not None:
-            ran = harness.finish(proc)
-            raise AssertionError(
-                f"the sync ended before its read was cut ({len(ended)} cut): {ran.output}"
-            )
-        assert time.monotonic() < deadline, f"no new reading connection ({len(ended)} cut)"
-        fresh = [pid for pid in _readers(harness.source_url) if pid not in ended]
-        if not fresh:
-            time.sleep(0.02)
-            continue
-        os.killpg(proc.pid, signal.SIGSTOP)
-        try:
-            if fresh[0] not in _readers(harness.source_url):
-                continue  # it ended or moved on before the sync stood still: look again
-            delivered = harness.cursors().get(key, 0)
-            assert delivered < ROWS - READ_AHEAD_ROWS, (
-                f"the sync had read nearly every row (cursor {delivered} of {ROWS}) before its "
-                "read could be cut: the fault would not land mid-read"
-            )
-            _terminate_backend(fresh[0])
-            ended.add(fresh[0])
-            return
-        finally:
-            os.killpg(proc.pid, signal.SIGCONT)
 
 
 def _source_reconnects(harness) -> int:
@@ -196,22 +215,20 @@ def test_source_connection_terminated_while_the_server_computes_rows_is_read_on(
     on just the same. (Mid-read, about one cut in 40 lands between two messages: CI saw one
     fail the sync before this was handled.)"""
     rows = 1500
-    with harness.traffic.source.engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE VIEW slow_request_logs AS SELECT * FROM prism_request_logs "
-                "WHERE pg_sleep(0.001) IS NOT NULL"
-            )
-        )
-    harness.configure(batch_rows=BATCH_ROWS, source={"table": "slow_request_logs"})
+    _slow_gateway(harness)
     hour = _traffic_hour(harness)
     harness.traffic.add(rows, hour)
     proc = harness.start_sync()
     deadline = time.monotonic() + SYNC_TIMEOUT
-    while not (computing := _readers(harness.source_url, waiting_on="PgSleep")):
-        assert proc.poll() is None, "the sync ended before its read could be cut"
-        assert time.monotonic() < deadline, "the read was never seen computing rows"
-        time.sleep(0.01)
+    admin = _admin()
+    try:
+        with admin.connect() as conn:
+            while not (computing := _readers(conn, harness.source_url, ("PgSleep",))):
+                assert proc.poll() is None, "the sync ended before its read could be cut"
+                assert time.monotonic() < deadline, "the read was never seen computing rows"
+                time.sleep(0.01)
+    finally:
+        admin.dispose()
     _terminate_backend(computing[0])
     ran = harness.finish(proc)
     assert ran.code == 0, ran.output
@@ -224,14 +241,19 @@ def test_source_connection_terminated_while_the_server_computes_rows_is_read_on(
 def test_source_connection_lost_past_the_reconnects_fails_clearly_and_the_next_sync_catches_up(
     harness, kind
 ):
-    harness.configure(batch_rows=BATCH_ROWS)
+    """The read cut once mid-read, then each reconnect's read cut while the server is still
+    working out its rows (``_slow_gateway``), until the reconnects are spent. Each reconnect's
+    read is cut before it sends a row: cut in the middle of sending instead, every cut let the
+    sync take the rows already in the socket's buffers (300–400 rows here), and a loaded CI
+    machine saw the read end after 3 of the 5 cuts."""
+    _slow_gateway(harness)
     hour = _traffic_hour(harness)
     harness.traffic.add(ROWS, hour, padding=PADDING)
     proc = harness.start_sync()
     _wait_for_batches(harness, proc, harness.rng.randint(1, 5))
     ended: set[int] = set()
     for _ in range(RECONNECTS + 1):
-        _end_the_read(harness, proc, hour, ended)
+        _end_the_read(harness, proc, hour, ended, waiting_on=("ClientWrite", "PgSleep"))
     failed = harness.finish(proc)
     where = f"{kind}, the reading connection ended {len(ended)} times (seed {SEED})"
     assert failed.code == 1, f"{where}: {failed.output}"
