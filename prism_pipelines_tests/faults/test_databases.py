@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -35,50 +36,45 @@ PADDING = 16 * 1024
 READ_AHEAD_ROWS = 3 * BATCH_ROWS
 
 
+@contextmanager
 def _admin():
-    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    """A connection to the server as its administrator (autocommit), closed with its engine."""
+    engine = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def _terminate(url: str, refuse: bool = False) -> int:
     """End every session on the database of ``url`` (and with ``refuse``, take no new ones)."""
     name = url.rsplit("/", 1)[1]
-    admin = _admin()
-    try:
-        with admin.connect() as conn:
-            if refuse:
-                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-            return len(
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": name},
-                ).all()
-            )
-    finally:
-        admin.dispose()
+    with _admin() as conn:
+        if refuse:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        return len(
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            ).all()
+        )
 
 
 def _terminate_backend(pid: int) -> None:
     """End one backend's session (``pg_terminate_backend``), as a restart or failover would."""
-    admin = _admin()
-    try:
-        with admin.connect() as conn:
-            ended = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            assert ended.scalar_one()
-    finally:
-        admin.dispose()
+    with _admin() as conn:
+        ended = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        assert ended.scalar_one()
 
 
 def _allow_connections(url: str) -> None:
     name = url.rsplit("/", 1)[1]
-    admin = _admin()
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-    finally:
-        admin.dispose()
+    with _admin() as conn:
+        conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
 
 
 def _wait_for_batches(harness, proc, count: int) -> None:
@@ -134,37 +130,33 @@ def _end_the_read(
     left to read past it, end it (``pg_terminate_backend``), and let the sync go on."""
     deadline = time.monotonic() + SYNC_TIMEOUT
     key = f"{hour:%Y-%m-%d-%H:%M}"
-    admin = _admin()
-    try:
-        with admin.connect() as conn:
-            while True:
-                if proc.poll() is not None:
-                    ran = harness.finish(proc)
-                    raise AssertionError(
-                        f"the sync ended before its read was cut ({len(ended)} cut): {ran.output}"
-                    )
-                assert time.monotonic() < deadline, f"no new reading connection ({len(ended)} cut)"
-                readers = _readers(conn, harness.source_url, waiting_on)
-                fresh = [pid for pid in readers if pid not in ended]
-                if not fresh:
-                    time.sleep(0.002)
-                    continue
-                os.killpg(proc.pid, signal.SIGSTOP)
-                try:
-                    if fresh[0] not in _readers(conn, harness.source_url, waiting_on):
-                        continue  # it ended or moved on before the sync stood still: look again
-                    delivered = harness.cursors().get(key, 0)
-                    assert delivered < ROWS - READ_AHEAD_ROWS, (
-                        f"the sync had read nearly every row (cursor {delivered} of {ROWS}) "
-                        "before its read could be cut: the fault would not land mid-read"
-                    )
-                    _terminate_backend(fresh[0])
-                    ended.add(fresh[0])
-                    return
-                finally:
-                    os.killpg(proc.pid, signal.SIGCONT)
-    finally:
-        admin.dispose()
+    with _admin() as conn:
+        while True:
+            if proc.poll() is not None:
+                ran = harness.finish(proc)
+                raise AssertionError(
+                    f"the sync ended before its read was cut ({len(ended)} cut): {ran.output}"
+                )
+            assert time.monotonic() < deadline, f"no new reading connection ({len(ended)} cut)"
+            readers = _readers(conn, harness.source_url, waiting_on)
+            fresh = [pid for pid in readers if pid not in ended]
+            if not fresh:
+                time.sleep(0.002)
+                continue
+            os.killpg(proc.pid, signal.SIGSTOP)
+            try:
+                if fresh[0] not in _readers(conn, harness.source_url, waiting_on):
+                    continue  # it ended or moved on before the sync stood still: look again
+                delivered = harness.cursors().get(key, 0)
+                assert delivered < ROWS - READ_AHEAD_ROWS, (
+                    f"the sync had read nearly every row (cursor {delivered} of {ROWS}) "
+                    "before its read could be cut: the fault would not land mid-read"
+                )
+                _terminate_backend(fresh[0])
+                ended.add(fresh[0])
+                return
+            finally:
+                os.killpg(proc.pid, signal.SIGCONT)
 
 
 def _source_reconnects(harness) -> int:
@@ -220,15 +212,11 @@ def test_source_connection_terminated_while_the_server_computes_rows_is_read_on(
     harness.traffic.add(rows, hour)
     proc = harness.start_sync()
     deadline = time.monotonic() + SYNC_TIMEOUT
-    admin = _admin()
-    try:
-        with admin.connect() as conn:
-            while not (computing := _readers(conn, harness.source_url, ("PgSleep",))):
-                assert proc.poll() is None, "the sync ended before its read could be cut"
-                assert time.monotonic() < deadline, "the read was never seen computing rows"
-                time.sleep(0.01)
-    finally:
-        admin.dispose()
+    with _admin() as conn:
+        while not (computing := _readers(conn, harness.source_url, ("PgSleep",))):
+            assert proc.poll() is None, "the sync ended before its read could be cut"
+            assert time.monotonic() < deadline, "the read was never seen computing rows"
+            time.sleep(0.01)
     _terminate_backend(computing[0])
     ran = harness.finish(proc)
     assert ran.code == 0, ran.output
