@@ -5,6 +5,8 @@ Unset, as in production, a point costs one dictionary look-up.
 
 The points:
 
+- ``open_batch``: a batch's file is staged (read, written, not visible), the batch not yet
+  opened in the ledger (sync.py): a run stalled here finds its lease taken when it wakes;
 - ``publish_file``: a batch's file is staged and its version to replace decided (fencing), the
   conditional write not sent yet; for a redo whose rows are all gone, that write is the one
   that empties the file (sinks/storage/base.py);

@@ -9,7 +9,9 @@ A sync of hour H, in order:
 2. **New rows**: rows of H past the cursor, up to the first row younger than the settle delay
    (by the gateway database's clock; a row stamped in the future is not waited for), streamed in
    batches of the integration's ``rows_per_batch``. A batch is opened in the
-   ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it. A
+   ledger, delivered, and recorded (the cursor moves) only once the sink acknowledged it, one
+   batch after another (``_InOrder``); a storage batch's file is written before its batch is
+   opened, and published while the next batch's file is written. A
    connection to the gateway lost mid-read is the reader's to absorb: it reads on after the
    last row it handed over, so the batch goes on as if nothing happened (``GatewaySource``;
    the run's metadata counts ``source_reconnects``).
@@ -34,6 +36,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +59,8 @@ from prism_pipelines.manifest import write_manifest_if_due
 from prism_pipelines.records import GuardrailTexts, check_chunk, format_timestamp
 from prism_pipelines.sinks.base import Sink
 from prism_pipelines.source import GatewaySource
+from prism_pipelines.stop_points import stop_point
+from prism_pipelines.workers import worker
 
 
 class SyncError(PrismError):
@@ -183,46 +188,47 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
     by_start = {b.after_id: b for b in recorded_batches}
     try:
         sink.clean_up(hour, lease_seconds())
-        for recorded in _batches_to_redo(source, recorded_batches, hour, full):
-            batch = Batch(
-                name,
+        with _InOrder(integration, sink, ledger, lease, result) as batches:
+            for recorded in _batches_to_redo(source, recorded_batches, hour, full):
+                batch = Batch(
+                    name,
+                    hour,
+                    recorded.after_id,
+                    location=recorded.location,
+                    ordinal=bisect_left(starts, recorded.after_id),
+                    through_id=recorded.through_id,
+                )
+                rows = source.stream_chunks(
+                    hour,
+                    after_id=recorded.after_id,
+                    through_id=recorded.through_id,
+                    chunk_rows=sink.chunk_rows,
+                    counters=result.counters,
+                )
+                batches.send(batch, rows, recorded)
+                result.redone_batches += 1
+
+            # Redone batches lie below the cursor, and no other run moves it while this one holds
+            # the lease: the cursor is still the one read at the start.
+            cursor = result.cursor_before
+            chunk_rows = min(sink.chunk_rows, integration.rows_per_batch)
+            stream = source.stream_chunks(
                 hour,
-                recorded.after_id,
-                location=recorded.location,
-                ordinal=bisect_left(starts, recorded.after_id),
-                through_id=recorded.through_id,
-            )
-            rows = source.stream_chunks(
-                hour,
-                after_id=recorded.after_id,
-                through_id=recorded.through_id,
-                chunk_rows=sink.chunk_rows,
+                after_id=cursor,
+                settle_seconds=settle_seconds,
+                chunk_rows=chunk_rows,
                 counters=result.counters,
             )
-            _send(integration, sink, ledger, lease, batch, rows, result, recorded)
-            result.redone_batches += 1
-
-        # Redone batches lie below the cursor, and no other run moves it while this one holds
-        # the lease: the cursor is still the one read at the start.
-        cursor = result.cursor_before
-        chunk_rows = min(sink.chunk_rows, integration.rows_per_batch)
-        stream = source.stream_chunks(
-            hour,
-            after_id=cursor,
-            settle_seconds=settle_seconds,
-            chunk_rows=chunk_rows,
-            counters=result.counters,
-        )
-        with closing(stream):
-            settled = _until_unsettled(stream, result)
-            ordinal = bisect_left(starts, cursor)
-            for batch_rows in _batches_of(settled, integration.rows_per_batch):
-                batch = Batch(name, hour, after_id=cursor, ordinal=ordinal)
-                # An open batch at the cursor is an attempt that never recorded its range.
-                recorded = by_start.get(cursor)
-                _send(integration, sink, ledger, lease, batch, batch_rows, result, recorded)
-                cursor = batch.through_id
-                ordinal += 1
+            with closing(stream):
+                settled = _until_unsettled(stream, result)
+                ordinal = bisect_left(starts, cursor)
+                for batch_rows in _batches_of(settled, integration.rows_per_batch):
+                    batch = Batch(name, hour, after_id=cursor, ordinal=ordinal)
+                    # An open batch at the cursor is an attempt that never recorded its range.
+                    recorded = by_start.get(cursor)
+                    batches.send(batch, batch_rows, recorded)
+                    cursor = batch.through_id
+                    ordinal += 1
         if getattr(integration, "manifest", False):
             result.manifest = write_manifest_if_due(integration, sink, source, ledger, hour, lease)
     except (LeaseError, Superseded):
@@ -311,47 +317,103 @@ def _batches_of(
         yield take()
 
 
-def _send(
-    integration,
-    sink: Sink,
-    ledger: Ledger,
-    lease: Lease,
-    batch: Batch,
-    row_chunks: Iterator[pa.RecordBatch],
-    result: SyncResult,
-    recorded: RecordedBatch | None = None,
-) -> None:
-    batch.read_from(_chunks(row_chunks, integration.fields, result.counters))
-    location = (recorded and recorded.location) or sink.location_for(batch)
-    if recorded is not None:
-        # What the batch may replace: the version the ledger recorded for it, or else (an
-        # attempt that published and never recorded) what the destination holds now. Looked up
-        # before start_batch confirms the lease, so it cannot be the file of a run that took
-        # the partition over since: a stalled run's publish then fails (fencing).
-        batch.replaces = (recorded.finished and recorded.published_version) or (
-            location and sink.published_version(location)
+class _InOrder:
+    """A sync's batches, sent one after another: each is opened in the ledger before anything of
+    it can reach the destination, and recorded once the destination acknowledged it, before the
+    next one is opened (one open batch: what redo and exactly-once rely on).
+
+    A sink that stages (storage: ``Sink.stage`` writes the batch's file where no reader sees it)
+    is read and written before its batch is opened, so the batch is opened, published and
+    recorded in the ``"publish"`` worker while the next batch is read and written: an upload no
+    longer stalls the read. At most one batch is publishing. A sink that sends as it reads
+    (queues, Datadog, OTLP) has its batch opened first and delivered in the sync's thread.
+    """
+
+    def __init__(self, integration, sink: Sink, ledger: Ledger, lease: Lease, result: SyncResult):
+        self.integration, self.sink, self.ledger, self.lease = integration, sink, ledger, lease
+        self.result = result
+        self._publishing: Future | None = None
+
+    def send(
+        self,
+        batch: Batch,
+        row_chunks: Iterator[pa.RecordBatch],
+        recorded: RecordedBatch | None = None,
+    ) -> None:
+        """Deliver ``batch`` (of ``row_chunks``), or, for a sink that stages, start publishing
+        it; ``recorded``: its ledger entry, for a redo or a retried attempt."""
+        batch.read_from(_chunks(row_chunks, self.integration.fields, self.result.counters))
+        if recorded is not None and batch.location is None:
+            batch.location = recorded.location  # a retried attempt keeps its name (and format)
+        staged = self.sink.stage(batch)
+        try:
+            self.wait()  # the previous batch is recorded: this one may be opened
+        except BaseException:
+            staged is not None and staged.close()
+            raise
+        if staged is None:
+            self._open(batch, recorded)
+            self._done(self._record(batch, self.sink.deliver(batch)))
+        else:
+            self._publishing = worker("publish").submit(self._publish, batch, recorded, staged)
+
+    def wait(self) -> None:
+        """Until the batch publishing (if any) is recorded; raises what its publishing raised."""
+        if self._publishing is not None:
+            publishing, self._publishing = self._publishing, None
+            self._done(publishing.result())
+
+    def __enter__(self) -> _InOrder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # The last batch recorded before the sync goes on (the manifest reads the ledger), and
+        # never a batch left publishing once the sync has failed and let its lease go. A failed
+        # publish is the earlier batch's failure: it is the one raised.
+        self.wait()
+
+    def _publish(self, batch: Batch, recorded: RecordedBatch | None, staged) -> tuple | None:
+        with staged:
+            stop_point("open_batch")
+            self._open(batch, recorded)
+            return self._record(batch, self.sink.publish(batch, staged))
+
+    def _open(self, batch: Batch, recorded: RecordedBatch | None) -> None:
+        location = (recorded and recorded.location) or self.sink.location_for(batch)
+        if recorded is not None:
+            # What the batch may replace: the version the ledger recorded for it, or else (an
+            # attempt that published and never recorded) what the destination holds now. Looked
+            # up before start_batch confirms the lease, so it cannot be the file of a run that
+            # took the partition over since: a stalled run's publish then fails (fencing).
+            batch.replaces = (recorded.finished and recorded.published_version) or (
+                location and self.sink.published_version(location)
+            )
+        self.ledger.start_batch(batch, location, self.lease)
+
+    def _record(self, batch: Batch, delivery) -> tuple | None:
+        if delivery.records + len(delivery.rejects) != batch.records_read:
+            # The one guard that makes "nothing silently dropped" hold for every sink.
+            raise DestinationError(
+                f"integration '{self.integration.name}': the sink accounted for "
+                f"{delivery.records + len(delivery.rejects)} of {batch.records_read} records of "
+                f"batch {batch.id}; the batch is left open and will be redone"
+            )
+        if batch.through_id is None:
+            return None  # nothing was read: the batch stays open and unranged, like never started
+        batch.acknowledge(
+            delivery.records,
+            delivery.rejects,
+            delivery.location,
+            delivery.published_version,
+            delivery.sha256,
         )
-    ledger.start_batch(batch, location, lease)
-    delivery = sink.deliver(batch)
-    if delivery.records + len(delivery.rejects) != batch.records_read:
-        # The one guard that makes "nothing silently dropped" hold for every sink.
-        raise DestinationError(
-            f"integration '{integration.name}': the sink accounted for "
-            f"{delivery.records + len(delivery.rejects)} of {batch.records_read} records of batch "
-            f"{batch.id}; the batch is left open and will be redone"
-        )
-    if batch.through_id is None:
-        return  # nothing was read: the batch stays open and unranged, like never started
-    batch.acknowledge(
-        delivery.records,
-        delivery.rejects,
-        delivery.location,
-        delivery.published_version,
-        delivery.sha256,
-    )
-    ledger.finish_batch(batch, delivery.bytes, lease)
-    result.add(batch, delivery)
-    gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
+        self.ledger.finish_batch(batch, delivery.bytes, self.lease)
+        return batch, delivery
+
+    def _done(self, recorded: tuple | None) -> None:
+        if recorded is not None:
+            self.result.add(*recorded)
+        gc.collect(1)  # the young generations only: whatever cycles the sink made for this batch
 
 
 def _chunks(row_chunks: Iterator[pa.RecordBatch], fields, counters: Counter) -> Iterator[Chunk]:

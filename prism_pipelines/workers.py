@@ -1,5 +1,6 @@
 """The export's worker threads, one pool per role (``"read-ahead"``: the gateway's next chunk;
-``"encode"``: a file's compression and writes), kept for the life of the process.
+``"encode"``: a file's compression and writes; ``"publish"``: a storage batch's publishing
+while the next one is written, ``sync``), kept for the life of the process.
 
 Why not a thread per hour: glibc gives each thread a malloc arena, and a thread that exits
 leaves its arena to the next new thread, last out first in. With a reader and a writer started

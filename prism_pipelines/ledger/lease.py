@@ -112,7 +112,7 @@ def still_held(conn, lease: Lease) -> datetime:
         raise LeaseLost(
             f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
             "taken over by another run after this run's lease ran out (this run stalled for "
-            f"over {lease_seconds():.0f} s). This run stopped; the batch it had open is redone "
-            "by the run that holds the partition now."
+            f"over {lease_seconds():.0f} s). This run stopped; what it had not recorded is "
+            "delivered by the run that holds the partition now."
         )
     return now

@@ -1,6 +1,7 @@
 """What every sink is: validate, deliver a batch, describe what it delivered.
 
-Sinks know nothing of the ledger or of Dagster. ``deliver`` returns only when the destination
+Sinks know nothing of the ledger or of Dagster. ``deliver`` (a sink that sends as it reads) or
+``publish`` (one that ``stage``s the batch first: storage) returns only when the destination
 has acknowledged every record of the batch that it did not reject for good; otherwise it
 raises (``CredentialsError`` for refused credentials, ``DestinationError`` for the rest), and
 the batch stays open in the ledger, to be redone.
@@ -69,9 +70,21 @@ class Sink(ABC):
         uploads) older than ``stale_after`` seconds (the lease: no live run owns them); called
         under the partition's lease, before anything is delivered. Optional hook."""
 
-    @abstractmethod
+    def stage(self, batch: Batch) -> object | None:
+        """Read the batch and prepare it where the destination shows nothing yet (storage: its
+        file, ``StorageSink.stage``), for ``publish`` to make visible once the ledger has opened
+        the batch: the sync reads the next batch meanwhile. None (the default): the sink sends
+        as it reads, in ``deliver``, and nothing was read."""
+        return None
+
+    def publish(self, batch: Batch, staged: object) -> Delivery:
+        """Make what ``stage`` prepared visible at the destination (a sink that stages)."""
+        raise NotImplementedError
+
     def deliver(self, batch: Batch) -> Delivery:
-        """Send every chunk of the batch and wait for the destination's acknowledgement."""
+        """Send every chunk of the batch and wait for the destination's acknowledgement (a sink
+        that does not stage)."""
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook, most sinks hold nothing to release
         """Release clients; called once at the end of a run."""

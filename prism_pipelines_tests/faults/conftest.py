@@ -178,8 +178,8 @@ class Harness:
             start_new_session=True,  # its own process group, so a signal reaches all of it
         )
 
-    def start_sync(self) -> subprocess.Popen:
-        return self.start("sync", dest.NAME, "--since", self.traffic.since)
+    def start_sync(self, stop_at: str | None = None) -> subprocess.Popen:
+        return self.start("sync", dest.NAME, "--since", self.traffic.since, stop_at=stop_at)
 
     def finish(self, proc: subprocess.Popen, killed: bool = False) -> Ran:
         out, err = proc.communicate(timeout=SYNC_TIMEOUT)

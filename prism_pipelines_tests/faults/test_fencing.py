@@ -1,5 +1,6 @@
 """Fencing, with real processes: a sync stalled (SIGSTOP, as a paused VM or a long GC would)
-past its lease while it writes a batch cannot replace what the run that took the partition over
+past its lease once it has written a batch's file (before its batch is opened in the ledger,
+and after, as it publishes) cannot replace what the run that took the partition over
 published; a sync killed mid-batch leaves nothing behind once the next sync ran; and lease
 expiry follows the state database's clock, not the host's.
 
@@ -36,7 +37,7 @@ from prism_pipelines_tests.storage_helpers import AzureStore, GcsStore, S3Store
 #: the partition under test: a closed hour, so every row is settled
 HOUR_UNDER_TEST = floor_hour(utcnow()) - 3 * HOUR
 KEY = partition_key(HOUR_UNDER_TEST)
-#: one batch large enough to take a moment to read and encode, so a run can be caught in it
+#: one batch, and the rows the run that takes over finds besides
 FIRST_ROWS, LATER_ROWS = 30_000, 10_000
 LEASE_SECONDS = 3
 CLI = Path(sys.executable).with_name("prism-pipelines")
@@ -93,10 +94,12 @@ def own_home(env: dict[str, str]) -> dict[str, str]:
     return {**env, "DAGSTER_HOME": tempfile.mkdtemp(prefix="dagster_home_")}
 
 
-def start_sync(env: dict[str, str]) -> subprocess.Popen:
+def start_sync(env: dict[str, str], stop_at: str | None = None) -> subprocess.Popen:
+    """A sync of the partition; ``stop_at`` names the stop point where it stops itself
+    (``PRISM_STOP_AT``, prism_pipelines/stop_points.py)."""
     return subprocess.Popen(
         [str(CLI), "sync", "archive", "--partition", KEY],
-        env=own_home(env),
+        env={**own_home(env), **({"PRISM_STOP_AT": stop_at} if stop_at else {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -113,19 +116,13 @@ def sync(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def wait_for_open_batch(process: subprocess.Popen, state_url: str) -> None:
-    """Until the process has opened its batch in the ledger: it is reading and encoding it."""
-    ledger = Ledger(state_url)
+def wait_until_stopped(process: subprocess.Popen) -> None:
+    """Until the process has stopped itself at its stop point (state T in /proc)."""
     deadline = time.monotonic() + 120
-    statement = text("SELECT count(*) FROM prism_batches WHERE finished_at IS NULL")
-    while time.monotonic() < deadline:
+    while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
         assert process.poll() is None, process.communicate()
-        with ledger.engine.connect() as conn:
-            if conn.execute(statement).scalar_one():
-                ledger.engine.dispose()
-                return
+        assert time.monotonic() < deadline, "the sync never reached its stop point"
         time.sleep(0.01)
-    raise AssertionError("the sync never opened its batch")
 
 
 def delivered_ids(store) -> Counter:
@@ -138,14 +135,23 @@ def delivered_ids(store) -> Counter:
     return ids
 
 
+#: where the stalled run stops, and what it says when it wakes to find the partition taken over
+STALLS = {
+    # its file written, its batch not yet opened: the ledger refuses to open it
+    "open_batch": "was taken over by another run after this run's lease ran out",
+    # its batch opened, its file not yet published: the destination refuses the write
+    "publish_file": "published by another run meanwhile",
+}
+
+
+@pytest.mark.parametrize("stop_at", STALLS)
 def test_a_stalled_sync_cannot_replace_what_the_run_that_took_over_delivered(
-    store, env, gateway: GatewaySource, pg_url
+    store, env, gateway: GatewaySource, pg_url, stop_at
 ):
     gateway.insert_rows([gateway_rows(HOUR_UNDER_TEST, FIRST_ROWS)])
-    stalled = start_sync(env)
+    stalled = start_sync(env, stop_at)
     try:
-        wait_for_open_batch(stalled, pg_url)
-        stalled.send_signal(signal.SIGSTOP)
+        wait_until_stopped(stalled)
         gateway.insert_rows([gateway_rows(HOUR_UNDER_TEST, LATER_ROWS, start=FIRST_ROWS)])
         time.sleep(LEASE_SECONDS + 1)  # the stalled run's lease runs out
 
@@ -157,7 +163,7 @@ def test_a_stalled_sync_cannot_replace_what_the_run_that_took_over_delivered(
     _, stalled_err = stalled.communicate(timeout=300)
 
     assert stalled.returncode != 0
-    assert "published by another run meanwhile" in stalled_err
+    assert STALLS[stop_at] in stalled_err
     assert "Traceback" not in stalled_err
     ids = delivered_ids(store)
     assert len(ids) == FIRST_ROWS + LATER_ROWS and set(ids.values()) == {1}
@@ -189,9 +195,10 @@ def test_a_sync_killed_mid_batch_leaves_nothing_behind_after_the_next_sync(
         leftover_upload = store.client.create_multipart_upload(
             Bucket=store.bucket, Key=f"{folder}/batch_000000000000.jsonl.gz"
         )["UploadId"]
-    killed = start_sync(env)
-    wait_for_open_batch(killed, pg_url)
-    time.sleep(0.3)  # into the batch: the temporary file is being written
+    killed = start_sync(env, "open_batch")  # its file written, not yet published
+    wait_until_stopped(killed)
+    if isinstance(store, LocalStore):
+        assert [k for k in store.object_keys() if k.endswith(".tmp")], store.object_keys()
     killed.kill()
     killed.communicate()
     time.sleep(LEASE_SECONDS + 1)  # the killed run's lease and temporary files grow stale

@@ -1,4 +1,5 @@
-"""A sync stalled past its lease (SIGSTOP mid-batch, as a long GC pause or a frozen VM would):
+"""A sync stalled past its lease (stopped as it publishes a batch, as a long GC pause or a frozen
+VM would stop it):
 another sync takes the partition over and delivers more rows; then the stalled one wakes up
 (SIGCONT). Its late write must not replace the newer file, and nothing may be lost."""
 
@@ -6,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from datetime import timedelta
 
 import pytest
@@ -20,16 +20,14 @@ ROWS = 8000
 @pytest.mark.parametrize("kind", cases("stall"))
 def test_stalled_run_woken_after_a_takeover_does_not_overwrite_the_newer_file(harness, kind):
     harness.configure(batch_rows=ROWS * 2)
-    # One partition holds every row, so the batch the run is stopped in is a big one (still
-    # being read and written), whatever the time of the hour.
+    # One partition holds every row, whatever the time of the hour: one batch, which the run
+    # that takes over delivers whole, with the rows added meanwhile.
     hour = (harness.traffic.now - timedelta(hours=1)).replace(minute=0, second=0)
     harness.traffic.add(ROWS, hour)
-    stalled = harness.start_sync()
-    deadline = time.monotonic() + 60
-    while harness.batches_recorded() == 0:  # the batch is open: it is being read and sent
-        assert stalled.poll() is None and time.monotonic() < deadline, "the sync never started"
-        time.sleep(0.01)
-    os.killpg(stalled.pid, signal.SIGSTOP)
+    # Stopped with its batch opened and its file written, just before it publishes it (a stop
+    # before the batch is opened: test_fencing.py).
+    stalled = harness.start_sync(stop_at="publish_file")
+    harness.wait_until_stopped(stalled)
     try:
         harness.let_leases_run_out()
         harness.traffic.add(harness.rng.randint(100, 300), hour)

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import uuid
 from abc import abstractmethod
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
 from datetime import datetime
 from tempfile import SpooledTemporaryFile
 from typing import BinaryIO
@@ -59,6 +60,28 @@ def object_key(
     return f"{folder}/batch_{batch_id}{FORMATS[format_].extension}"
 
 
+@dataclass
+class Staged:
+    """A batch's file, written to its staging file and not yet published (``StorageSink.stage``);
+    closing it releases the staging file (and removes it, unless ``put`` took it)."""
+
+    key: str
+    spool: BinaryIO
+    size: int
+    sha256: str
+    uncompressed: int
+    _staging: ExitStack
+
+    def close(self) -> None:
+        self._staging.close()
+
+    def __enter__(self) -> Staged:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class StorageSink(Sink):
     @property
     def chunk_rows(self) -> int:
@@ -72,35 +95,43 @@ class StorageSink(Sink):
         """The hour's folder under the integration's prefix and layout."""
         return partition_folder(self.integration.prefix, partition, self.integration.layout)
 
-    def deliver(self, batch: Batch) -> Delivery:
+    def stage(self, batch: Batch) -> Staged:
+        """Read the batch and write its file where no reader sees it (``staging``): the file is
+        made visible by ``publish``, after the ledger has opened the batch, and meanwhile the
+        sync reads and writes the next batch's file."""
         key = batch.location or self.location_for(batch)
-        retries_before = self.retries.value
         uncompressed = 0
         # A redo keeps its recorded name, and so the format it was first written in.
         format_ = next(f for f in FORMATS.values() if key.endswith(f.extension))
-        with self.staging(key) as spool:
+        with ExitStack() as stack:
+            spool = stack.enter_context(self.staging(key))
             with format_.writer(spool, self.integration.fields) as out:
                 for chunk in batch.chunks():
                     uncompressed += out.write(chunk)
-            records = batch.records_read
-            if records == 0 and batch.replaces is None:
-                return Delivery(location=None)  # no rows and nothing to replace: no file
-            # A redo whose rows are all gone (deleted from the gateway) publishes the empty file
-            # over the earlier attempt's, by the same conditional write: never a delete, which
-            # not every destination can make conditional (docs/reliability.md, Fencing).
-            size = out.size
-            spool.seek(0)
-            stop_point("publish_file")
-            version = self._publish(key, spool, size, batch.replaces)
+            staged = Staged(key, spool, out.size, out.sha256, uncompressed, stack.pop_all())
+        return staged
+
+    def publish(self, batch: Batch, staged: Staged) -> Delivery:
+        """Make the staged file visible under its key, conditional on ``batch.replaces``
+        (fencing); the caller closes ``staged``."""
+        if batch.records_read == 0 and batch.replaces is None:
+            return Delivery(location=None)  # no rows and nothing to replace: no file
+        # A redo whose rows are all gone (deleted from the gateway) publishes the empty file
+        # over the earlier attempt's, by the same conditional write: never a delete, which
+        # not every destination can make conditional (docs/reliability.md, Fencing).
+        retries_before = self.retries.value
+        staged.spool.seek(0)
+        stop_point("publish_file")
+        version = self._publish(staged.key, staged.spool, staged.size, batch.replaces)
         return Delivery(
             published_version=version,
-            records=records,
-            bytes=size,
+            records=batch.records_read,
+            bytes=staged.size,
             requests=1,
             retries=self.retries.value - retries_before,
-            location=key,
-            sha256=out.sha256,
-            counters={"uncompressed_bytes": uncompressed, "files": 1},
+            location=staged.key,
+            sha256=staged.sha256,
+            counters={"uncompressed_bytes": staged.uncompressed, "files": 1},
         )
 
     def manifest_key(self, partition: datetime) -> str:
