@@ -349,7 +349,8 @@ class _InOrder:
         try:
             self.wait()  # the previous batch is recorded: this one may be opened
         except BaseException:
-            staged is not None and staged.close()
+            if staged is not None:
+                staged.close()  # the earlier batch failed: this one is never published
             raise
         if staged is None:
             self._open(batch, recorded)
