@@ -45,13 +45,14 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from datetime import UTC, datetime, timedelta
 from functools import cache, partial
 from pathlib import Path
@@ -150,6 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(SENDER_KINDS),
         help="comma-separated senders (senders part): sqs, pubsub, datadog, otlp",
     )
+    parser.add_argument(
+        "--uplink-mbit",
+        type=float,
+        default=400.0,
+        help="storage part: ours-s3-uplink sends its uploads through a relay at this rate "
+        "(Mbit/s), answers 10 ms late: a cloud host's uplink (default 400)",
+    )
     parser.add_argument("--workdir", type=Path, help="where outputs go (default: a temp dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         if "memory" in parts:
             bench.memory()
         if "storage" in parts:
-            bench.storage()
+            bench.storage(args.uplink_mbit)
         if "senders" in parts:
             bench.senders([k for k in args.senders.split(",") if k])
         if "backfill" in parts:
@@ -412,24 +420,29 @@ class Bench:
 
     # -- storage: the S3 stand-in beside the local folder ----------------------------------------
 
-    def storage(self) -> None:
+    def storage(self, uplink_mbit: float) -> None:
         sys.path.insert(0, str(REPO))
         from prism_pipelines_tests.services import run_moto
 
         with run_moto(self.fresh_dir("moto-logs")) as moto:
             bucket = "prism-bench"
             moto.client("s3").create_bucket(Bucket=bucket)
+            uplink = UplinkRelay(moto.endpoint_url, uplink_mbit * 1e6 / 8)
             for round_ in range(1, self.rounds + 1):
                 if not self.find("ours", "hour", self.table, round_):
                     self.measure("ours", "hour", self.table, round_)
-                self.measure(
-                    "ours-s3",
-                    "hour",
-                    self.table,
-                    round_,
-                    endpoint_url=moto.endpoint_url,
-                    bucket=bucket,
-                )
+                for candidate, endpoint_url in (
+                    ("ours-s3", moto.endpoint_url),
+                    ("ours-s3-uplink", uplink.url),
+                ):
+                    self.measure(
+                        candidate,
+                        "hour",
+                        self.table,
+                        round_,
+                        endpoint_url=endpoint_url,
+                        bucket=bucket,
+                    )
 
     # -- senders: queues and Datadog ------------------------------------------------------------
 
@@ -808,6 +821,55 @@ def _proc_stat(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return []
+
+
+class UplinkRelay:
+    """A loopback TCP relay to ``endpoint_url`` whose uploads (client to server, all
+    connections together) pass at ``bytes_per_s`` and whose answers come ``latency_s`` late:
+    moto as a cloud host would reach S3, where an upload takes time the export can overlap.
+    In the benchmark's own process (Linux's ``tc`` would need qdisc modules this machine
+    lacks); it costs some CPU, as moto does."""
+
+    def __init__(self, endpoint_url: str, bytes_per_s: float, latency_s: float = 0.01):
+        host, port = endpoint_url.rsplit("/", 1)[-1].rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.bytes_per_s, self.latency_s = bytes_per_s, latency_s
+        self._lock = threading.Lock()
+        self._free_at = time.monotonic()  # when the uplink is free for the next bytes
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True, name="uplink").start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            server = socket.create_connection(self.upstream)
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for source, target, up in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(source, target, up), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, up: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if up:
+                    with self._lock:
+                        self._free_at = max(self._free_at, time.monotonic())
+                        self._free_at += len(data) / self.bytes_per_s
+                        until = self._free_at
+                    time.sleep(max(0.0, until - time.monotonic()))
+                else:
+                    time.sleep(self.latency_s)
+                target.sendall(data)
+        except OSError:
+            pass  # either side closed
+        finally:
+            for sock in (source, target):
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def wait(proc: subprocess.Popen):
@@ -1753,6 +1815,7 @@ def child_send_sdk(scope: str, table: str, out: Path, args: dict, kind: str) -> 
 CHILDREN = {
     "ours": child_ours,
     "ours-s3": child_ours_s3,
+    "ours-s3-uplink": child_ours_s3,
     "ours-parquet": partial(child_ours, format_="parquet"),
     "ours+dagster": child_dagster,
     "backfill-sync": child_backfill_sync,
