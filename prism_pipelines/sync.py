@@ -194,7 +194,6 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                     name,
                     hour,
                     recorded.after_id,
-                    location=recorded.location,
                     ordinal=bisect_left(starts, recorded.after_id),
                     through_id=recorded.through_id,
                 )
@@ -343,8 +342,9 @@ class _InOrder:
         """Deliver ``batch`` (of ``row_chunks``), or, for a sink that stages, start publishing
         it; ``recorded``: its ledger entry, for a redo or a retried attempt."""
         batch.read_from(_chunks(row_chunks, self.integration.fields, self.result.counters))
-        if recorded is not None and batch.location is None:
-            batch.location = recorded.location  # a retried attempt keeps its name (and format)
+        # Where the batch goes, decided before its file is written: a redo, or a retried
+        # attempt, keeps its recorded name (and so its format).
+        batch.location = (recorded and recorded.location) or self.sink.location_for(batch)
         staged = self.sink.stage(batch)
         try:
             self.wait()  # the previous batch is recorded: this one may be opened
@@ -380,7 +380,7 @@ class _InOrder:
             return self._record(batch, self.sink.publish(batch, staged))
 
     def _open(self, batch: Batch, recorded: RecordedBatch | None) -> None:
-        location = (recorded and recorded.location) or self.sink.location_for(batch)
+        location = batch.location
         if recorded is not None:
             # What the batch may replace: the version the ledger recorded for it, or else (an
             # attempt that published and never recorded) what the destination holds now. Looked

@@ -98,8 +98,9 @@ class StorageSink(Sink):
     def stage(self, batch: Batch) -> Staged:
         """Read the batch and write its file where no reader sees it (``staging``): the file is
         made visible by ``publish``, after the ledger has opened the batch, and meanwhile the
-        sync reads and writes the next batch's file."""
-        key = batch.location or self.location_for(batch)
+        sync reads and writes the next batch's file. Its key is ``batch.location``, which the
+        sync has set (``location_for``, or a redo's recorded one)."""
+        key = batch.location
         uncompressed = 0
         # A redo keeps its recorded name, and so the format it was first written in.
         format_ = next(f for f in FORMATS.values() if key.endswith(f.extension))
