@@ -208,6 +208,19 @@ def test_processes_opening_the_ledger_at_once_migrate_it_once(state_url):
     assert Counter(results) == {(None, HEAD): 1, (HEAD, HEAD): 3}
 
 
+def test_a_new_sqlite_ledger_opened_by_several_at_once_is_never_locked(tmp_path):
+    """Each connection switches a new SQLite file to WAL; SQLite refuses the second of two
+    switches at once without waiting, which failed about one new ledger in ten (CI did)."""
+    for attempt in range(40):
+        engines = [make_engine(f"sqlite:///{tmp_path}/state-{attempt}.db") for _ in range(4)]
+        with ThreadPoolExecutor(len(engines)) as pool:
+            results = list(pool.map(upgrade, engines))
+        for engine in engines:
+            engine.dispose()
+
+        assert Counter(results) == {(None, HEAD): 1, (HEAD, HEAD): 3}
+
+
 def test_an_unreachable_state_database_is_a_message_without_its_password():
     command = [sys.executable, "-c", "from prism_pipelines.cli import run; run()", "upgrade-state"]
     url = "postgresql+psycopg2://prism:hunter2@127.0.0.1:9/prism_state"
