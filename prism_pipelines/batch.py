@@ -83,9 +83,9 @@ class Chunk:
         """One JSON document per record (queues send these one message each)."""
         return [encode_record(r) for r in self.records]
 
-    def jsonl(self) -> pa.Buffer:
-        """The records as JSON lines, written from the columns (``jsonl.encode_jsonl``): a
-        bytes-like buffer, not copied into ``bytes``."""
+    def jsonl(self) -> list[pa.Buffer]:
+        """The records as JSON lines, written from the columns (``jsonl.encode_jsonl``): bytes-like
+        buffers, one after another, not copied into ``bytes``."""
         # Imported here: polars costs 38 MB, which only processes writing JSON lines pay.
         from prism_pipelines.jsonl import encode_jsonl
 

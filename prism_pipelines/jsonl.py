@@ -46,24 +46,47 @@ _SECOND_TEXTS = pl.Series([f"{m:02d}:{s:02d}." for m in range(60) for s in range
 _MILLISECOND_TEXTS = pl.Series([f"{ms:03d}Z" for ms in range(1000)])
 
 
-def encode_jsonl(batch: pa.RecordBatch) -> pa.Buffer:
+def encode_jsonl(batch: pa.RecordBatch) -> list[pa.Buffer]:
     """One newline-terminated JSON object per row of ``batch``, its columns the keys, in order:
-    the bytes the record encoder writes for the same records, as a pyarrow ``Buffer`` (bytes-like:
-    isal, hashlib and ``bytes()`` take it; no copy into a ``bytes``)."""
+    the bytes the record encoder writes for the same records, as pyarrow ``Buffer``s to be
+    written one after another (bytes-like: isal, hashlib and ``bytes()`` take them)."""
     if batch.num_rows == 0 or batch.num_columns == 0:
-        return pa.py_buffer(b"{}\n" * batch.num_rows)
+        return [pa.py_buffer(b"{}\n" * batch.num_rows)]
     plan = tuple(
         (name, kind := _kind(name, column), column.null_count > 0, _hour(kind, column))
         for name, column in zip(batch.schema.names, batch.columns, strict=True)
     )
     frame = pl.from_arrow(batch, rechunk=False).lazy()
     lines = frame.select(_line(plan)).collect().to_series()
-    lines = lines.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: one buffer
-    if isinstance(lines, pa.ChunkedArray):
-        lines = lines.combine_chunks()
-    _, offsets, data = lines.buffers()
-    ends = np.frombuffer(offsets, np.int64)[[lines.offset, lines.offset + len(lines)]]
-    return data[int(ends[0]) : int(ends[1])]
+    views = lines.to_arrow(compat_level=pl.CompatLevel.newest())
+    if isinstance(views, pa.ChunkedArray):
+        views = views.combine_chunks()
+    if _written_in_order(views):
+        return views.buffers()[2:]
+    text = lines.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: one buffer
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    _, offsets, data = text.buffers()
+    ends = np.frombuffer(offsets, np.int64)[[text.offset, text.offset + len(text)]]
+    return [data[int(ends[0]) : int(ends[1])]]
+
+
+def _written_in_order(lines: pa.Array) -> bool:
+    """Whether the data buffers of ``lines`` (a ``string_view`` array) hold its lines and nothing
+    else, one after another: then they are the JSON lines as they are, where the copy into one
+    buffer would move the chunk's every byte again (a chunk of 10,000 rows: 6 MB). polars
+    writes each line it builds after the one before, so they are; a line short enough to be
+    held in its view (12 bytes), or another layout, takes the copy."""
+    _, views, *data = lines.buffers()
+    view = np.frombuffer(views, np.int32).reshape(-1, 4)[lines.offset : lines.offset + len(lines)]
+    size, buffer, start = view[:, 0], view[:, 2], view[:, 3]
+    if not len(view) or size.min() <= 12 or buffer[0] or start[0]:
+        return False
+    same = (buffer[1:] == buffer[:-1]) & (start[1:] == start[:-1] + size[:-1])
+    following = (buffer[1:] == buffer[:-1] + 1) & (start[1:] == 0)
+    return bool((same | following).all()) and int(size.sum(dtype=np.int64)) == sum(
+        part.size for part in data
+    )
 
 
 def _kind(name: str, column: pa.Array) -> int:

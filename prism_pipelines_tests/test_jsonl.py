@@ -97,9 +97,8 @@ def batch_of(columns: dict[str, tuple[list, pa.DataType]]) -> pa.RecordBatch:
 
 
 def encoded(batch: pa.RecordBatch) -> bytes:
-    data = encode_jsonl(batch)
-    memoryview(data)  # a bytes-like object: what isal and hashlib take
-    return bytes(data)
+    parts = encode_jsonl(batch)
+    return b"".join(memoryview(part) for part in parts)  # bytes-like: what isal and hashlib take
 
 
 # --- the property -------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_any_row_becomes_a_strict_json_record_of_the_contract_or_a_reject(rows):
     assert sorted(ids + [r.source_id for r in rejects]) == [1000 + i for i in range(len(rows))]
     for reject in rejects:
         assert reject.reason.startswith("malformed row: "), reject.reason
-    jsonl = bytes(chunk.jsonl())
+    jsonl = b"".join(chunk.jsonl())
     assert jsonl == b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
     lines = jsonl.split(b"\n")
     assert lines.pop() == b"" and len(lines) == len(records)

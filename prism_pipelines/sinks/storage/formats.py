@@ -123,14 +123,15 @@ class JsonlWriter(FileWriter):
         self._out.write(b"\x1f\x8b\x08\x04\0\0\0\0\0\xff" + struct.pack("<H", len(extra)) + extra)
 
     def write(self, chunk: Chunk) -> int:
-        data = chunk.jsonl()
-        self._behind(self._compress, data)
-        return len(data)
+        parts = chunk.jsonl()
+        self._behind(self._compress, parts)
+        return sum(part.size for part in parts)
 
-    def _compress(self, data: bytes) -> None:
-        self._crc = isal_zlib.crc32(data, self._crc)
-        self._length += len(data)
-        self._out.write(self._compressor.compress(data))
+    def _compress(self, parts: list) -> None:
+        for data in parts:
+            self._crc = isal_zlib.crc32(data, self._crc)
+            self._length += data.size
+            self._out.write(self._compressor.compress(data))
 
     def _end(self) -> None:
         self._out.write(self._compressor.flush())
