@@ -26,6 +26,10 @@ def state_url() -> str:
     return os.environ.get("PRISM_STATE_URL") or f"sqlite:///{embedded_dir() / 'state.db'}"
 
 
+#: how long an SQLite connection waits for another's lock before it fails
+SQLITE_BUSY_SECONDS = 30
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the settings every part relies on: UTC sessions, and a driver that exists.
 
@@ -58,10 +62,6 @@ def make_engine(url: str) -> Engine:
             parsed, connect_args={"options": "-c timezone=UTC"}, pool_pre_ping=True
         )
     return create_engine(parsed, pool_pre_ping=True)
-
-
-#: how long an SQLite connection waits for another's lock before it fails
-SQLITE_BUSY_SECONDS = 30
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

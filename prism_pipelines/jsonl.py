@@ -58,14 +58,12 @@ def encode_jsonl(batch: pa.RecordBatch) -> list[pa.Buffer]:
     )
     frame = pl.from_arrow(batch, rechunk=False).lazy()
     lines = frame.select(_line(plan)).collect().to_series()
-    views = lines.to_arrow(compat_level=pl.CompatLevel.newest())
+    views = lines.to_arrow(compat_level=pl.CompatLevel.newest())  # string_view, as polars holds it
     if isinstance(views, pa.ChunkedArray):
         views = views.combine_chunks()
     if _written_in_order(views):
         return views.buffers()[2:]
-    text = lines.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: one buffer
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
+    text = views.cast(pa.large_string())  # the lines copied into one buffer
     _, offsets, data = text.buffers()
     ends = np.frombuffer(offsets, np.int64)[[text.offset, text.offset + len(text)]]
     return [data[int(ends[0]) : int(ends[1])]]

@@ -380,16 +380,15 @@ class _InOrder:
             return self._record(batch, self.sink.publish(batch, staged))
 
     def _open(self, batch: Batch, recorded: RecordedBatch | None) -> None:
-        location = batch.location
         if recorded is not None:
             # What the batch may replace: the version the ledger recorded for it, or else (an
             # attempt that published and never recorded) what the destination holds now. Looked
             # up before start_batch confirms the lease, so it cannot be the file of a run that
             # took the partition over since: a stalled run's publish then fails (fencing).
             batch.replaces = (recorded.finished and recorded.published_version) or (
-                location and self.sink.published_version(location)
+                batch.location and self.sink.published_version(batch.location)
             )
-        self.ledger.start_batch(batch, location, self.lease)
+        self.ledger.start_batch(batch, batch.location, self.lease)
 
     def _record(self, batch: Batch, delivery) -> tuple | None:
         if delivery.records + len(delivery.rejects) != batch.records_read:

@@ -198,27 +198,26 @@ def test_a_state_database_from_before_versioning_is_upgraded_and_syncs_on_withou
     assert prism.sync("archive", KEY).metadata["records"] == 0
 
 
-def test_processes_opening_the_ledger_at_once_migrate_it_once(state_url):
-    engines = [make_engine(state_url) for _ in range(4)]
+def _opened_at_once(url: str, openers: int = 4) -> Counter:
+    """What ``upgrade`` returned to each of ``openers`` engines opening ``url`` at once."""
+    engines = [make_engine(url) for _ in range(openers)]
     with ThreadPoolExecutor(len(engines)) as pool:
         results = list(pool.map(upgrade, engines))
     for engine in engines:
         engine.dispose()
+    return Counter(results)
 
-    assert Counter(results) == {(None, HEAD): 1, (HEAD, HEAD): 3}
+
+def test_processes_opening_the_ledger_at_once_migrate_it_once(state_url):
+    assert _opened_at_once(state_url) == {(None, HEAD): 1, (HEAD, HEAD): 3}
 
 
 def test_a_new_sqlite_ledger_opened_by_several_at_once_is_never_locked(tmp_path):
     """Each connection switches a new SQLite file to WAL; SQLite refuses the second of two
     switches at once without waiting, which failed about one new ledger in ten (CI did)."""
     for attempt in range(40):
-        engines = [make_engine(f"sqlite:///{tmp_path}/state-{attempt}.db") for _ in range(4)]
-        with ThreadPoolExecutor(len(engines)) as pool:
-            results = list(pool.map(upgrade, engines))
-        for engine in engines:
-            engine.dispose()
-
-        assert Counter(results) == {(None, HEAD): 1, (HEAD, HEAD): 3}
+        url = f"sqlite:///{tmp_path}/state-{attempt}.db"
+        assert _opened_at_once(url) == {(None, HEAD): 1, (HEAD, HEAD): 3}
 
 
 def test_an_unreachable_state_database_is_a_message_without_its_password():
