@@ -30,11 +30,15 @@ def state_url() -> str:
 SQLITE_BUSY_SECONDS = 30
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, idle_in_transaction_seconds: float | None = None) -> Engine:
     """An engine with the settings every part relies on: UTC sessions, and a driver that exists.
 
     SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which we do not install;
     psycopg2 is what dagster-postgres uses too, so we name it explicitly.
+
+    ``idle_in_transaction_seconds`` (PostgreSQL): the server ends a session whose transaction
+    has waited that long between statements, releasing its locks (the ledger's: a run stalled
+    inside a transaction must not keep the lease's row locked past the lease).
     """
     try:
         parsed = make_url(url)
@@ -58,9 +62,11 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql":
         # Timestamps come back in UTC whatever the server's default zone is.
-        return create_engine(
-            parsed, connect_args={"options": "-c timezone=UTC"}, pool_pre_ping=True
-        )
+        options = "-c timezone=UTC"
+        if idle_in_transaction_seconds is not None:
+            milliseconds = max(1, round(idle_in_transaction_seconds * 1000))
+            options += f" -c idle_in_transaction_session_timeout={milliseconds}"
+        return create_engine(parsed, connect_args={"options": options}, pool_pre_ping=True)
     return create_engine(parsed, pool_pre_ping=True)
 
 

@@ -11,7 +11,9 @@ The points:
   conditional write not sent yet; for a redo whose rows are all gone, that write is the one
   that empties the file (sinks/storage/base.py);
 - ``publish_manifest``: the hour's manifest is built from the ledger, under the lease, the
-  conditional write not sent yet (manifest.py).
+  conditional write not sent yet (manifest.py);
+- ``lease_renewed``: a ledger transaction has renewed the lease (its row locked) and not yet
+  committed (ledger/lease.py): a run stalled here must not hold the partition past its lease.
 """
 
 from __future__ import annotations

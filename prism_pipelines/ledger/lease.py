@@ -24,6 +24,7 @@ from sqlalchemy import Connection, func, select, text, update
 from prism_pipelines.errors import PrismError
 from prism_pipelines.hours import utc
 from prism_pipelines.ledger.tables import leases
+from prism_pipelines.stop_points import stop_point
 
 #: How long a lease outlives its last renewal by default: how long the partition of a run that
 #: died stays refused to other runs. ``PRISM_LEASE_SECONDS`` overrides it.
@@ -109,10 +110,15 @@ def still_held(conn, lease: Lease) -> datetime:
     so that times written by runs on different hosts compare."""
     now = renew(conn, lease)
     if now is None:
-        raise LeaseLost(
-            f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
-            "taken over by another run after this run's lease ran out (this run stalled for "
-            f"over {lease_seconds():.0f} s). This run stopped; what it had not recorded is "
-            "delivered by the run that holds the partition now."
-        )
+        raise lost(lease)
+    stop_point("lease_renewed")
     return now
+
+
+def lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(
+        f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
+        "taken over by another run after this run's lease ran out (this run stalled for "
+        f"over {lease_seconds():.0f} s). This run stopped; what it had not recorded is "
+        "delivered by the run that holds the partition now."
+    )

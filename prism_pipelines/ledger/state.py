@@ -23,7 +23,7 @@ from datetime import datetime
 
 import orjson
 from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from prism_pipelines.batch import Batch
 from prism_pipelines.database import make_engine, state_url
@@ -37,6 +37,8 @@ from prism_pipelines.ledger.lease import (
     held_by,
     lease_key,
     lease_renew_seconds,
+    lease_seconds,
+    lost,
     renew,
     still_held,
 )
@@ -84,7 +86,10 @@ class PartitionState:
 class Ledger:
     def __init__(self, url: str | None = None):
         self.url = url or state_url()
-        self.engine = make_engine(self.url)
+        # A transaction idle for the lease's length is ended by the state database: a run
+        # stalled inside one (a paused VM) cannot keep the lease's row locked, and so the run
+        # that takes over waiting, for as long as it stays stalled (``_holding``).
+        self.engine = make_engine(self.url, idle_in_transaction_seconds=lease_seconds())
         upgrade(self.engine)
 
     # -- reading -------------------------------------------------------------------------------
@@ -158,8 +163,7 @@ class Ledger:
         read in one transaction that confirms the lease: while it is confirmed no other run
         records anything for the hour, so a manifest built from these batches and written
         only over that version cannot replace a newer run's (manifest.py)."""
-        with self.engine.begin() as conn:
-            still_held(conn, lease)
+        with self._holding(lease) as (conn, _):
             recorded = _recorded_batches(conn, integration, hour)
             version = conn.execute(
                 select(partitions.c.manifest_version).where(_partition_row(integration, hour))
@@ -168,8 +172,8 @@ class Ledger:
 
     def confirm(self, lease: Lease) -> None:
         """Renew the lease now, or raise ``LeaseLost``."""
-        with self.engine.begin() as conn:
-            still_held(conn, lease)
+        with self._holding(lease):
+            pass
 
     def partition_states(
         self, integration: str, since: datetime | None = None
@@ -312,6 +316,29 @@ class Ledger:
             except SQLAlchemyError:
                 pass  # unreachable state database: the lease runs out by itself
 
+    @contextmanager
+    def _holding(self, lease: Lease):
+        """A transaction of the lease's holder: (connection, the state database's time), the
+        lease renewed in it first (``still_held``). A run that stalled inside it past the lease
+        finds its connection ended by the state database (``__init__``; the driver says only
+        that the server closed it): if another run holds the lease now, that is a lost lease."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn, still_held(conn, lease)
+        except OperationalError as exc:
+            if exc.connection_invalidated and not self._still_ours(lease):
+                raise lost(lease) from None
+            raise
+
+    def _still_ours(self, lease: Lease) -> bool:
+        """Whether the lease is still this run's (renewing it), as far as can be told: an
+        unreachable state database says nothing, and the caller's error stands."""
+        try:
+            with self.engine.begin() as conn:
+                return renew(conn, lease) is not None
+        except SQLAlchemyError:
+            return True
+
     def _acquire(self, lease: Lease) -> None:
         # Insert the lease row; if one exists, take it over only if it ran out (one atomic
         # update). A row released between the two is inserted on the next attempt.
@@ -355,8 +382,7 @@ class Ledger:
         """Mark the batch open before the sink sees it. A batch already recorded (a redo) keeps
         the location it had, so the redo overwrites what the first attempt wrote."""
         key = _batch_key(batch)
-        with self.engine.begin() as conn:
-            now = still_held(conn, lease)
+        with self._holding(lease) as (conn, now):
             recorded = conn.execute(select(batches.c.location).where(key)).first()
             if recorded is None:
                 conn.execute(
@@ -383,8 +409,7 @@ class Ledger:
         """Record an acknowledged batch and its rejects together: the cursor moves here, and
         only if the run still holds the partition's lease. Stamped with the state database's
         clock, as the manifest is: which came last holds whichever host recorded them."""
-        with self.engine.begin() as conn:
-            now = still_held(conn, lease)
+        with self._holding(lease) as (conn, now):
             conn.execute(
                 update(batches)
                 .where(_batch_key(batch))
@@ -432,8 +457,7 @@ class Ledger:
         """Note that the hour's manifest was just written, as ``version``: only if the run still
         holds the lease (a run that lost it must not mark the hour done), and on the state
         database's clock, as batches are stamped, so a batch recorded later makes it due again."""
-        with self.engine.begin() as conn:
-            at = still_held(conn, lease)
+        with self._holding(lease) as (conn, at):
             values = {"manifest_at": at, "manifest_version": version}
             found = conn.execute(
                 update(partitions).where(_partition_row(integration, hour)).values(**values)

@@ -106,13 +106,13 @@ def start_sync(env: dict[str, str], stop_at: str | None = None) -> subprocess.Po
     )
 
 
-def sync(env: dict[str, str]) -> subprocess.CompletedProcess:
+def sync(env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(CLI), "sync", "archive", "--partition", KEY],
         env=own_home(env),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -174,6 +174,36 @@ def test_a_stalled_sync_cannot_replace_what_the_run_that_took_over_delivered(
     again = sync(env)
     assert again.returncode == 0, again.stderr
     assert delivered_ids(store) == ids
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)  # the ledger's fault, not a store's
+def test_a_sync_stalled_inside_a_ledger_transaction_does_not_hold_the_partition_past_its_lease(
+    store, env, gateway: GatewaySource, pg_url
+):
+    """Stalled while its transaction holds the lease's row (locked until it commits), a run
+    would keep the run that takes over waiting on that lock for as long as it stays stalled:
+    the state database ends such a transaction once it has been idle for the lease's length."""
+    gateway.insert_rows([gateway_rows(HOUR_UNDER_TEST, FIRST_ROWS)])
+    stalled = start_sync(env, "lease_renewed")  # in the transaction that opens its batch
+    try:
+        wait_until_stopped(stalled)
+        gateway.insert_rows([gateway_rows(HOUR_UNDER_TEST, LATER_ROWS, start=FIRST_ROWS)])
+        time.sleep(LEASE_SECONDS + 1)  # the stalled run's lease runs out
+
+        takeover = sync(env, timeout=60)  # not left waiting on the stalled run's lock
+        assert takeover.returncode == 0, takeover.stderr
+        assert f"{FIRST_ROWS + LATER_ROWS:,} records" in takeover.stdout
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    _, stalled_err = stalled.communicate(timeout=300)
+
+    assert stalled.returncode != 0
+    assert "was taken over by another run after this run's lease ran out" in stalled_err
+    assert "Traceback" not in stalled_err
+    ids = delivered_ids(store)
+    assert len(ids) == FIRST_ROWS + LATER_ROWS and set(ids.values()) == {1}
+    state = Ledger(pg_url).partition_state("archive", HOUR_UNDER_TEST)
+    assert state.delivered == sum(ids.values()) and state.cursor == gateway_max_id(gateway)
 
 
 def gateway_max_id(gateway: GatewaySource) -> int:
