@@ -116,6 +116,8 @@ def still_held(conn, lease: Lease) -> datetime:
 
 
 def lost(lease: Lease) -> LeaseLost:
+    """What a run is told when another run holds its lease now (``still_held``, and
+    ``Ledger._holding`` when the state database ended the stalled run's transaction)."""
     return LeaseLost(
         f"integration '{lease.integration}': partition {lease.hour:%Y-%m-%d %H:00} was "
         "taken over by another run after this run's lease ran out (this run stalled for "

@@ -86,9 +86,9 @@ class PartitionState:
 class Ledger:
     def __init__(self, url: str | None = None):
         self.url = url or state_url()
-        # A transaction idle for the lease's length is ended by the state database: a run
-        # stalled inside one (a paused VM) cannot keep the lease's row locked, and so the run
-        # that takes over waiting, for as long as it stays stalled (``_holding``).
+        # The state database ends a transaction left idle for the lease's length, so a run
+        # stalled inside one (a paused VM) cannot keep the lease's row locked, and the run that
+        # takes over waiting on that lock, for as long as it stays stalled (``_holding``).
         self.engine = make_engine(self.url, idle_in_transaction_seconds=lease_seconds())
         upgrade(self.engine)
 
