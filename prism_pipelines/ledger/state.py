@@ -293,15 +293,11 @@ class Ledger:
         stop = threading.Event()
 
         def renew_until_stopped() -> None:
+            # An unreachable state database counts as still ours: tried again at the next beat
+            # (if the lease runs out meanwhile, the delivery's next ledger write says so).
             while not stop.wait(lease_renew_seconds()):
-                try:
-                    with self.engine.begin() as conn:
-                        if not renew(conn, lease):
-                            return  # lost: the next batch opened or recorded raises LeaseLost
-                except SQLAlchemyError:
-                    # The state database is unreachable for now: try again at the next beat.
-                    # If the lease runs out meanwhile, the delivery's next ledger write says so.
-                    continue
+                if not self._still_ours(lease):
+                    return  # lost: the next batch opened or recorded raises LeaseLost
 
         heartbeat = threading.Thread(target=renew_until_stopped, name="prism-lease", daemon=True)
         heartbeat.start()
@@ -331,8 +327,9 @@ class Ledger:
             raise
 
     def _still_ours(self, lease: Lease) -> bool:
-        """Whether the lease is still this run's (renewing it), as far as can be told: an
-        unreachable state database says nothing, and the caller's error stands."""
+        """Whether the lease is still this run's, renewing it in a transaction of its own (the
+        heartbeat's beat), as far as can be told: an unreachable state database says nothing,
+        so it counts as yes."""
         try:
             with self.engine.begin() as conn:
                 return renew(conn, lease) is not None
