@@ -210,8 +210,21 @@ def machine_line() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"machine: {os.cpu_count()} cores, {memory:.1f} GiB, {model}; "
-        f"Python {platform.python_version()}; load average at start {load}"
+        f"Python {platform.python_version()}; load average {load}; "
+        f"a loop of 10M additions {python_loop_seconds():.2f} s of CPU"
     )
+
+
+def python_loop_seconds() -> float:
+    """The CPU time of a pure-Python loop of 10M additions: how fast the machine runs Python
+    now. Printed at the start and the end of a run, since a shared machine's speed drifts
+    within minutes and the ratios with it (bench/README.md, "Latest results"). Earlier runs'
+    notes timed the same loop at a module's top level, about twice as slow."""
+    started = time.process_time()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.process_time() - started
 
 
 class Run(dict):
