@@ -204,7 +204,8 @@ def _deliver(integration, sink, source, ledger, hour, lease, full, settle_second
                     chunk_rows=sink.chunk_rows,
                     counters=result.counters,
                 )
-                batches.send(batch, rows, recorded)
+                with closing(rows):  # a send that fails stops the read and its connection now
+                    batches.send(batch, rows, recorded)
                 result.redone_batches += 1
 
             # Redone batches lie below the cursor, and no other run moves it while this one holds

@@ -1,6 +1,6 @@
-"""The export's worker threads, one pool per role (``"read-ahead"``: the gateway's next chunk;
-``"encode"``: a file's compression and writes; ``"publish"``: a storage batch's publishing
-while the next one is written, ``sync``), kept for the life of the process.
+"""The export's worker threads, one pool per role (``"read-ahead"``: a read's producer, the
+gateway's next chunks; ``"encode"``: a file's compression and writes; ``"publish"``: a storage
+batch's publishing while the next one is written, ``sync``), kept for the life of the process.
 
 Why not a thread per hour: glibc gives each thread a malloc arena, and a thread that exits
 leaves its arena to the next new thread, last out first in. With a reader and a writer started
@@ -11,7 +11,8 @@ export of any number of hours peaks as one does.
 
 Each pool reuses an idle thread before it starts another, so one sync at a time (a run, the
 CLI) always meets the same thread per role; syncs side by side in one process get threads of
-their own, up to ``MAX_WORKERS``, and never wait on each other's reads.
+their own, up to ``MAX_WORKERS``, and never wait on each other's reads (a read holds its
+producer's thread until it ends: a read beyond ``MAX_WORKERS`` at once waits for one).
 """
 
 from __future__ import annotations

@@ -122,18 +122,18 @@ def test_partition_files_hold_exactly_the_partitions_rows(prism, gateway, tmp_pa
 
 
 def test_a_file_holds_batch_rows_rows_whatever_the_readers_chunk_size(prism, gateway, tmp_path):
-    # JSONL is read 10,000 rows at a time (formats.JSONL.chunk_rows): batches of 15,000 end
+    # JSONL is read 15,000 rows at a time (formats.JSONL.chunk_rows): batches of 12,000 end
     # inside a chunk, and the chunk's rest begins the next file
     gateway.insert_rows([gateway_rows(H, 25_000)])
-    prism.configure(archive(tmp_path, batch_rows=15_000))
+    prism.configure(archive(tmp_path, batch_rows=12_000))
 
     run = prism.sync("archive", KEY)
 
     files = read_files(tmp_path / "bucket")
-    assert sorted(len(records) for records in files.values()) == [10_000, 15_000]
+    assert sorted(len(records) for records in files.values()) == [1_000, 12_000, 12_000]
     assert set(ids_in(files).values()) == {1}
     assert sorted(ids_in(files)) == [r[0] for r in gateway_rows(H, 25_000)]
-    assert run.metadata["records"] == 25_000 and run.metadata["files"] == 2
+    assert run.metadata["records"] == 25_000 and run.metadata["files"] == 3
     assert run.metadata["cursor_after"] == 25_000
 
 

@@ -17,7 +17,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from sqlalchemy import create_engine, text
 
-from prism_pipelines.source import READER_APPLICATION, RECONNECTS
+from prism_pipelines.source import READ_AHEAD, READER_APPLICATION, RECONNECTS
 from prism_pipelines_tests.faults import destinations as dest
 from prism_pipelines_tests.faults.conftest import PG_SERVER, SEED, SYNC_TIMEOUT
 from prism_pipelines_tests.faults.matrix import BY_NAME, cases
@@ -31,9 +31,9 @@ ROWS = 3000
 #: and client (up to 36 MB here: ``tcp_rmem`` 32 MB, ``tcp_wmem`` 4 MB) for the server to be
 #: still sending, mid-read, when the sync is held still
 PADDING = 16 * 1024
-#: how far the reader can be ahead of the ledger's cursor: the batch in flight, the chunk read
+#: how far the reader can be ahead of the ledger's cursor: the batch in flight, the chunks read
 #: ahead and the one being fetched (a chunk is a batch here)
-READ_AHEAD_ROWS = 3 * BATCH_ROWS
+READ_AHEAD_ROWS = (2 + READ_AHEAD) * BATCH_ROWS
 
 
 @contextmanager

@@ -167,15 +167,17 @@ class Format:
 
 # JSONL's encoder pays a fixed cost per chunk (polars' frame and plan, its threads' hand-offs):
 # an hour in chunks of 10,000 rows takes 8% less time than in 5,000 (15 of 16 A/B runs), for a
-# peak 20 MB higher (232 against 212 MB). Parquet writes a row group per chunk and keeps 5,000:
-# at 10,000 its peak is 15 MB higher (156 against 141 MB). bench/README.md.
+# peak 20 MB higher (232 against 212 MB); 15,000 another 2.5% (13 of 16) for 254 MB, still flat
+# from 100,000 to 1,000,000 rows (1.16×); 20,000 is not (1.21×). Parquet writes a row group per
+# chunk and keeps 5,000: at 10,000 its peak is 15 MB higher (156 against 141 MB).
+# bench/README.md.
 JSONL = Format(
     "jsonl",
     ".jsonl.gz",
     "application/x-ndjson",
     "gzip",
     f"{__name__}:JsonlWriter",
-    chunk_rows=10_000,
+    chunk_rows=15_000,
 )
 PARQUET = Format(
     "parquet",
