@@ -319,7 +319,7 @@ class GatewaySource:
         clock (``_unsettled``; the caller stops there: see ``sync._until_unsettled``; one
         snapshot, so no row can slip in between a check and the read). SQLite adds
         ``malformed``, what is wrong with a row that could not be read whole. One query per
-        call (``read_statement``), streamed, so memory holds a couple of chunks whatever the
+        call (``read_statement``), streamed, so memory holds a few chunks whatever the
         size of the hour; read on after the last row handed over if the connection is lost
         (``_resuming``, each reconnect counted in ``counters["source_reconnects"]``).
         """

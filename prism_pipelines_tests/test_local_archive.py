@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from prism_pipelines.ledger import Ledger, leases
 from prism_pipelines.records import EXPORTED_FIELDS
 from prism_pipelines.sinks import build_sink
 from prism_pipelines.sinks.storage.local import LocalSink
-from prism_pipelines.source import GatewaySource
+from prism_pipelines.source import READER_APPLICATION, GatewaySource
 from prism_pipelines.sync import deliver_partition
 from prism_pipelines_tests.factories import gateway_rows
 
@@ -207,6 +208,32 @@ def test_rows_younger_than_the_settle_delay_wait_for_the_next_sync(prism, gatewa
 
     prism.configure(archive(tmp_path), source={"settle_seconds": 0})
     assert prism.sync("archive", key).metadata["records"] == 10
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])  # the reader that reads ahead
+def test_a_sync_held_back_mid_read_leaves_no_connection_to_the_gateway(prism, gateway, tmp_path):
+    """The read stops at the first unsettled row while the reader is chunks ahead of it, with
+    more chunks to come: its thread stops and its connection closes with the sync, not when
+    the process ends (a run over many hours would hold one per hour). Parquet reads 5,000 rows
+    a chunk: the read stops in the third of ten."""
+    prism.configure(archive(tmp_path, format="parquet"), source={"settle_seconds": 3600})
+    unsettled = gateway_rows(H, 40_000, start=10_000, ingested_at=datetime.now(UTC))
+    gateway.insert_rows([gateway_rows(H, 10_000), unsettled])
+
+    held = prism.sync("archive", KEY)
+
+    assert held.metadata["records"] == 10_000 and held.metadata["held_back_unsettled_rows"]
+    readers = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = :reader"
+    )
+    deadline = time.monotonic() + 10  # a closed connection's backend exits on its own time
+    with gateway.engine.connect() as conn:
+        while (left := conn.execute(readers, {"reader": READER_APPLICATION}).scalar()) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    assert left == 0, f"{left} reader connection(s) still open after the sync"
 
 
 @pytest.mark.parametrize("crash_in", ["upload", "ledger"])
