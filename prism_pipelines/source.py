@@ -123,8 +123,8 @@ _BATCH_BYTES = "adbc.postgresql.batch_size_hint_bytes"
 #: about what a gateway row takes in Arrow (demo traffic: 280 bytes), so that the driver's
 #: batches are about a chunk each
 _ROW_BYTES_HINT = 300
-#: chunks read ahead of the one the export works on: two keep the cores busier than one (2.5%
-#: faster, bench/README.md) for one more chunk of memory
+#: chunks read ahead of the one the export works on: two keep the cores busier than one (2%
+#: faster, four no faster than two: bench/README.md) for one more chunk of memory
 READ_AHEAD = 2
 #: the end of a read, as ``_read_ahead``'s producer hands it over
 _END = object()
@@ -694,10 +694,12 @@ def _read_ahead(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         except BaseException as exc:  # anything that ends the read ends the caller's loop too
             outcome = exc
         finally:
-            chunks.close()
-            with changed:
-                ready.append(outcome)
-                changed.notify()
+            try:
+                chunks.close()
+            finally:  # the caller waits for this, whatever closing did
+                with changed:
+                    ready.append(outcome)
+                    changed.notify()
 
     producer = worker("read-ahead").submit(produce)
     try:
