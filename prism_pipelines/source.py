@@ -673,6 +673,8 @@ def _read_ahead(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     stops the producer after the chunk it is reading, which then closes the reader: its cursor
     and connection are released before this returns.
     """
+    # A condition over a deque rather than ``queue.Queue``: a producer blocked in a full queue's
+    # ``put`` cannot be woken by the caller's stop, only by draining the queue in a loop.
     ready: deque = deque()  # chunks, then _END or the exception that ended the read
     changed = threading.Condition()
     stopped = False

@@ -145,6 +145,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(
+    what: str,
+    probe: Callable[[], object],
+    timeout: float,
+    interval: float = 2.0,
+    until: Callable[[object], bool] = bool,
+):
+    """probe() until until(its value); after ``timeout`` seconds, fail saying what was awaited
+    and what probe() returned last."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s; last: {value!r}")
+        time.sleep(interval)
+
+
 def _answers(url: str) -> bool:
     """True once anything answers at url; proxies are bypassed since the target is local."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from prism_pipelines.sinks.storage.local import LocalSink
 from prism_pipelines.source import READER_APPLICATION, GatewaySource
 from prism_pipelines.sync import deliver_partition
 from prism_pipelines_tests.factories import gateway_rows
+from prism_pipelines_tests.services import wait_for
 
 H = datetime(2026, 11, 22, 14, tzinfo=UTC)
 KEY = "2026-11-22-14:00"
@@ -227,13 +227,14 @@ def test_a_sync_held_back_mid_read_leaves_no_connection_to_the_gateway(prism, ga
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE datname = current_database() AND application_name = :reader"
     )
-    deadline = time.monotonic() + 10  # a closed connection's backend exits on its own time
-    with gateway.engine.connect() as conn:
-        while (left := conn.execute(readers, {"reader": READER_APPLICATION}).scalar()) and (
-            time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-    assert left == 0, f"{left} reader connection(s) still open after the sync"
+    with gateway.engine.connect() as conn:  # a closed connection's backend exits on its own time
+        wait_for(
+            "the reader's connections closed after the sync",
+            lambda: conn.execute(readers, {"reader": READER_APPLICATION}).scalar(),
+            timeout=10,
+            interval=0.05,
+            until=lambda left: left == 0,
+        )
 
 
 @pytest.mark.parametrize("crash_in", ["upload", "ledger"])

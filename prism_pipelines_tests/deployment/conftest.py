@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from sqlalchemy import create_engine, select, text
 from prism_pipelines.hours import HOUR, floor_hour, utcnow
 from prism_pipelines.source import GatewaySource
 from prism_pipelines_tests.factories import gateway_rows
-from prism_pipelines_tests.services import REPO, _patched_env, _tail, run_server
+from prism_pipelines_tests.services import REPO, _patched_env, _tail, run_server, wait_for
 from prism_pipelines_tests.test_notifications import Receiver
 
 DEPLOY = REPO / "deploy"
@@ -256,25 +256,6 @@ class Deployment:
         return "\n".join(
             f"--- {log.name}:\n{_tail(log, 15)}" for log in sorted(self.log_dir.glob("*.log"))
         )
-
-
-def wait_for(
-    what: str,
-    probe: Callable[[], object],
-    timeout: float,
-    interval: float = 2.0,
-    until: Callable[[object], bool] = bool,
-):
-    """probe() until until(its value); after ``timeout`` seconds, fail saying what was awaited
-    and what probe() returned last."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s; last: {value!r}")
-        time.sleep(interval)
 
 
 def _integration(name: str, archive: Path, since: datetime, **extra) -> dict:

@@ -21,8 +21,8 @@ from prism_pipelines_tests.deployment.conftest import (
     SCHEDULED_RUN_SECONDS,
     Deployment,
     past_hours,
-    wait_for,
 )
+from prism_pipelines_tests.services import wait_for
 
 SCHEDULED = SCHEDULED_RUN_SECONDS
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
